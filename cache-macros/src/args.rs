@@ -1,0 +1,310 @@
+//! The arguments of `#[cached(...)]`, parsed and checked.
+
+use proc_macro2::Span;
+use syn::{
+    parse::Parser, punctuated::Punctuated, spanned::Spanned, Expr, ExprLit, Lit, LitStr, Meta,
+    Token,
+};
+
+use crate::{template::Template, ttl::parse_duration_ms};
+
+/// Everything the attribute said.
+pub(crate) struct CacheArgs {
+    pub(crate) ttl_ms: u64,
+    pub(crate) backend: LitStr,
+    pub(crate) key: Option<Template>,
+    pub(crate) groups: Vec<Template>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) cache_none: bool,
+    pub(crate) cache_err: bool,
+    /// `Some(visibility)` for axum handlers.
+    pub(crate) http: Option<String>,
+    pub(crate) stale_ms: u64,
+    pub(crate) stale_if_error_ms: u64,
+    pub(crate) lock_ms: u64,
+}
+
+/// Lock TTL when `lock` is given without a duration.
+const DEFAULT_LOCK_MS: u64 = 5_000;
+
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, http, visibility";
+
+impl CacheArgs {
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+        let mut ttl_ms = None;
+        let mut backend = None;
+        let mut key = None;
+        let mut groups = Vec::new();
+        let mut name = None;
+        let mut cache_none = None;
+        let mut cache_err = None;
+        let mut http = None;
+        let mut visibility: Option<LitStr> = None;
+        let mut stale_ms = None;
+        let mut stale_if_error_ms = None;
+        let mut lock_ms = None;
+        for meta in metas {
+            let ident = meta
+                .path()
+                .get_ident()
+                .ok_or_else(|| {
+                    syn::Error::new(
+                        meta.path().span(),
+                        format!("unknown argument; expected one of: {KNOWN}"),
+                    )
+                })?
+                .clone();
+            let label = ident.to_string();
+            match label.as_str() {
+                "ttl" => set_once(
+                    &mut ttl_ms,
+                    &ident,
+                    parse_duration(value_of(&meta)?, "ttl")?,
+                )?,
+                "stale" => set_once(
+                    &mut stale_ms,
+                    &ident,
+                    parse_duration(value_of(&meta)?, "stale")?,
+                )?,
+                "stale_if_error" => set_once(
+                    &mut stale_if_error_ms,
+                    &ident,
+                    parse_duration(value_of(&meta)?, "stale_if_error")?,
+                )?,
+                "lock" => {
+                    let ms = match &meta {
+                        Meta::Path(_) => DEFAULT_LOCK_MS,
+                        _ => parse_duration(value_of(&meta)?, "lock")?,
+                    };
+                    set_once(&mut lock_ms, &ident, ms)?
+                }
+                "backend" => {
+                    let lit = string_value(value_of(&meta)?, "backend")?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "backend name must not be empty",
+                        ));
+                    }
+                    set_once(&mut backend, &ident, lit)?;
+                }
+                "key" => {
+                    let template = Template::parse(string_value(value_of(&meta)?, "key")?)?;
+                    set_once(&mut key, &ident, template)?;
+                }
+                "group" => groups.push(Template::parse(string_value(value_of(&meta)?, "group")?)?),
+                "name" => {
+                    let lit = string_value(value_of(&meta)?, "name")?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new(lit.span(), "name must not be empty"));
+                    }
+                    set_once(&mut name, &ident, lit)?;
+                }
+                "cache_none" => set_once(&mut cache_none, &ident, flag(&meta)?)?,
+                "cache_err" => set_once(&mut cache_err, &ident, flag(&meta)?)?,
+                "http" => set_once(&mut http, &ident, flag(&meta)?)?,
+                "visibility" => {
+                    let lit = string_value(value_of(&meta)?, "visibility")?;
+                    if !matches!(lit.value().as_str(), "public" | "private") {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`visibility` is \"public\" or \"private\"",
+                        ));
+                    }
+                    set_once(&mut visibility, &ident, lit)?;
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        ident.span(),
+                        format!("unknown argument `{label}`; expected one of: {KNOWN}"),
+                    ))
+                }
+            }
+        }
+        let ttl_ms = ttl_ms.ok_or_else(|| {
+            syn::Error::new(
+                Span::call_site(),
+                "missing `ttl`: say how long results live, e.g. `ttl = 60` (seconds) or `ttl = \"5m\"`",
+            )
+        })?;
+        let http = match (http.unwrap_or(false), visibility) {
+            (true, visibility) => {
+                Some(visibility.map_or_else(|| "public".to_owned(), |v| v.value()))
+            }
+            (false, Some(visibility)) => {
+                return Err(syn::Error::new(
+                    visibility.span(),
+                    "`visibility` applies to HTTP handlers: add `http`",
+                ))
+            }
+            (false, None) => None,
+        };
+        Ok(Self {
+            http,
+            stale_ms: stale_ms.unwrap_or(0),
+            stale_if_error_ms: stale_if_error_ms.unwrap_or(0),
+            lock_ms: lock_ms.unwrap_or(0),
+            ttl_ms,
+            backend: backend.unwrap_or_else(|| LitStr::new("memory", Span::call_site())),
+            key,
+            groups,
+            name,
+            cache_none: cache_none.unwrap_or(true),
+            cache_err: cache_err.unwrap_or(false),
+        })
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, ident: &syn::Ident, value: T) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new(
+            ident.span(),
+            format!("duplicate argument `{ident}`"),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn value_of(meta: &Meta) -> syn::Result<&Expr> {
+    match meta {
+        Meta::NameValue(nv) => Ok(&nv.value),
+        other => Err(syn::Error::new(
+            other.span(),
+            format!(
+                "`{}` needs a value, e.g. `{} = ...`",
+                path_text(other.path()),
+                path_text(other.path())
+            ),
+        )),
+    }
+}
+
+fn path_text(path: &syn::Path) -> String {
+    path.get_ident()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+fn string_value(expr: &Expr, what: &str) -> syn::Result<LitStr> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit.clone()),
+        other => Err(syn::Error::new(
+            other.span(),
+            format!("`{what}` takes a string literal"),
+        )),
+    }
+}
+
+/// `flag` alone means true; `flag = true/false` is explicit.
+fn flag(meta: &Meta) -> syn::Result<bool> {
+    match meta {
+        Meta::Path(_) => Ok(true),
+        Meta::NameValue(nv) => match &nv.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(b), ..
+            }) => Ok(b.value),
+            other => Err(syn::Error::new(other.span(), "expected `true` or `false`")),
+        },
+        Meta::List(list) => Err(syn::Error::new(list.span(), "expected `true` or `false`")),
+    }
+}
+
+/// A duration argument: whole seconds (`60`) or a duration string (`"1h30m"`), in milliseconds.
+fn parse_duration(expr: &Expr, what: &str) -> syn::Result<u64> {
+    let ms = match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) if int.base10_digits().starts_with('-') => {
+            return Err(syn::Error::new(int.span(), format!("`{what}` must be positive")))
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => {
+            let seconds: u64 = int.base10_parse().map_err(|_| {
+                syn::Error::new(int.span(), format!("`{what}` must be a whole number of seconds"))
+            })?;
+            seconds
+                .checked_mul(1000)
+                .ok_or_else(|| syn::Error::new(int.span(), format!("`{what}` is too long")))?
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text),
+            ..
+        }) => parse_duration_ms(&text.value()).map_err(|message| {
+            syn::Error::new(
+                text.span(),
+                format!("invalid `{what}` {:?}: {message}", text.value()),
+            )
+        })?,
+        Expr::Unary(unary) if matches!(unary.op, syn::UnOp::Neg(_)) => {
+            return Err(syn::Error::new(unary.span(), format!("`{what}` must be positive")))
+        }
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!("`{what}` takes seconds (`{what} = 60`) or a duration string (`{what} = \"1h30m\"`)"),
+            ))
+        }
+    };
+    if ms == 0 {
+        return Err(syn::Error::new(
+            expr.span(),
+            format!("`{what}` must be greater than zero"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// Everything `#[cache_invalidate(...)]` said.
+pub(crate) struct InvalidateArgs {
+    pub(crate) keys: Vec<Template>,
+    pub(crate) groups: Vec<Template>,
+    pub(crate) http: bool,
+}
+
+impl InvalidateArgs {
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+        let mut keys = Vec::new();
+        let mut groups = Vec::new();
+        let mut http = None;
+        for meta in metas {
+            let label = meta.path().get_ident().map(ToString::to_string);
+            match label.as_deref() {
+                Some("key") => keys.push(Template::parse(string_value(value_of(&meta)?, "key")?)?),
+                Some("group") => {
+                    groups.push(Template::parse(string_value(value_of(&meta)?, "group")?)?)
+                }
+                Some("http") => {
+                    let ident = meta
+                        .path()
+                        .get_ident()
+                        .cloned()
+                        .unwrap_or_else(|| syn::Ident::new("http", meta.path().span()));
+                    set_once(&mut http, &ident, flag(&meta)?)?
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        meta.path().span(),
+                        "unknown argument; expected one of: key, group, http",
+                    ))
+                }
+            }
+        }
+        if keys.is_empty() && groups.is_empty() {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "#[cache_invalidate] needs at least one `key = \"...\"` or `group = \"...\"`",
+            ));
+        }
+        Ok(Self {
+            keys,
+            groups,
+            http: http.unwrap_or(false),
+        })
+    }
+}

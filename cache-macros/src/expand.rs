@@ -1,0 +1,451 @@
+//! Code generation for `#[cached]` and `#[cache_invalidate]`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{ItemFn, ReturnType};
+
+use crate::{
+    args::{CacheArgs, InvalidateArgs},
+    signature::{self, is_state, Checked, Needs, Shape},
+    template::Template,
+};
+
+fn runtime() -> TokenStream {
+    quote!(::cache_runtime)
+}
+
+pub(crate) fn cached(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = CacheArgs::parse(attr)?;
+    let function: ItemFn = syn::parse2(item)?;
+    let needs = Needs {
+        handler: args.http.is_some(),
+        value: true,
+    };
+    let checked = signature::check(&function.sig, needs)?;
+    let names = checked.names();
+    if let Some(key) = &args.key {
+        key.check_names(&names, "key")?;
+    }
+    for group in &args.groups {
+        group.check_names(&names, "group")?;
+    }
+    Ok(match &args.http {
+        Some(visibility) => cached_handler(&args, visibility, &function, &checked),
+        None => cached_fn(&args, &function, &checked),
+    })
+}
+
+pub(crate) fn cache_invalidate(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = InvalidateArgs::parse(attr)?;
+    let function: ItemFn = syn::parse2(item)?;
+    let needs = Needs {
+        handler: args.http,
+        value: false,
+    };
+    let checked = signature::check(&function.sig, needs)?;
+    let names = checked.names();
+    for key in &args.keys {
+        key.check_names(&names, "key")?;
+    }
+    for group in &args.groups {
+        group.check_names(&names, "group")?;
+    }
+    Ok(if args.http {
+        invalidate_handler(&args, &function, &checked)
+    } else {
+        invalidate_fn(&args, &function, &checked)
+    })
+}
+
+/// `#[cached]` on a plain async fn or method.
+fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
+    let rt = runtime();
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let function_name = function_name(args, function);
+    let site = site(args, &function_name);
+    let key_expr = key_expr(args, checked, &function_name, false);
+    let groups = render_all(&args.groups);
+    let ReturnType::Type(_, ret) = &sig.output else {
+        unreachable!("signature::check rejects fns without a return type")
+    };
+    let call = quote! {
+        #rt::__private::memoize(&__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors)
+    };
+    let spawn_probe = spawn_probe(checked);
+    let errors = quote! {
+        let __cache_errors = {
+            use #rt::__private::{ViaClone as _, ViaNoClone as _};
+            let __cache_probe = #rt::__private::ErrorProbe::of(&__cache_body);
+            let __cache_sharing = (&__cache_probe).sharing();
+            __cache_sharing
+        };
+        #spawn_probe
+    };
+    let cached_call = match (checked.shape, args.cache_none, args.cache_err) {
+        (Shape::Result, _, false) => quote! {
+            #errors
+            #call.await
+        },
+        (Shape::Option, false, _) => quote! {
+            let __cache_body = async move { __cache_body.await.ok_or(#rt::__private::NotCached) };
+            #errors
+            match #call.await {
+                ::core::result::Result::Ok(value) => ::core::option::Option::Some(value),
+                ::core::result::Result::Err(_) => ::core::option::Option::None,
+            }
+        },
+        _ => quote! {
+            let __cache_body = async move {
+                ::core::result::Result::Ok::<_, #rt::__private::Never>(__cache_body.await)
+            };
+            #errors
+            match #call.await {
+                ::core::result::Result::Ok(value) => value,
+                ::core::result::Result::Err(never) => match never {},
+            }
+        },
+    };
+    let inputs = &checked.helper_inputs;
+    let helpers = helper_fns(
+        args,
+        function,
+        quote!(#(#inputs),*),
+        TokenStream::new(),
+        &key_expr,
+    );
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #site
+            let __cache_key: ::std::string::String = #key_expr;
+            let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            let __cache_body = async move {
+                let __cache_out: #ret = #block;
+                #[allow(unreachable_code)]
+                __cache_out
+            };
+            #cached_call
+        }
+        #helpers
+    }
+}
+
+/// `#[cached(http)]` on an axum handler.
+fn cached_handler(
+    args: &CacheArgs,
+    visibility: &str,
+    function: &ItemFn,
+    checked: &Checked,
+) -> TokenStream {
+    let rt = runtime();
+    let parts = HandlerParts::new(function, checked);
+    let HandlerParts {
+        outer_inputs,
+        arg_idents,
+        bindings,
+        inner_fn,
+    } = &parts;
+    let ItemFn {
+        attrs, vis, sig, ..
+    } = function;
+    let ident = &sig.ident;
+    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+    let function_name = function_name(args, function);
+    let site = site(args, &function_name);
+    let key_expr = key_expr(args, checked, &function_name, true);
+    let groups = render_all(&args.groups);
+    let helpers = helper_fns(
+        args,
+        function,
+        outer_inputs.clone(),
+        bindings.clone(),
+        &key_expr,
+    );
+    let spawn_probe = spawn_probe(checked);
+    quote! {
+            #(#attrs)*
+            #vis async fn #ident #impl_generics (
+                __cache_http: #rt::http::RequestInfo,
+                #outer_inputs
+            ) -> #rt::http::Response #where_clause {
+                #inner_fn
+                #site
+                let (__cache_key, __cache_groups): (
+                    ::std::string::String,
+                    ::std::vec::Vec<::std::string::String>,
+                ) = {
+                    #bindings
+                    (#key_expr, #groups)
+                };
+    let __cache_body = #rt::http::outcome(
+                    &__CACHE_SITE,
+                    __cache_http.cacheable_method(),
+                    async move {
+                        #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await)
+                    },
+                );
+                #spawn_probe
+                #rt::http::serve(&__CACHE_SITE, __cache_http, __cache_key, __cache_groups, #visibility, __cache_run)
+                    .await
+            }
+            #helpers
+        }
+}
+
+/// `#[cache_invalidate]` on a plain async fn or method.
+fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
+    let rt = runtime();
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let ret = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let keys = render_all(&args.keys);
+    let groups = render_all(&args.groups);
+    let succeeded = match checked.shape {
+        Shape::Result => quote!(__cache_out.is_ok()),
+        _ => quote!(true),
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __cache_keys: ::std::vec::Vec<::std::string::String> = #keys;
+            let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            let __cache_out: #ret = async move {
+                let __cache_out: #ret = #block;
+                #[allow(unreachable_code)]
+                __cache_out
+            }
+            .await;
+            if #succeeded {
+                #rt::__private::invalidate_after_success(&__cache_keys, &__cache_groups).await;
+            }
+            __cache_out
+        }
+    }
+}
+
+/// `#[cache_invalidate(http)]` on an axum handler: invalidates after a 2xx response.
+fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
+    let rt = runtime();
+    let HandlerParts {
+        outer_inputs,
+        arg_idents,
+        bindings,
+        inner_fn,
+    } = HandlerParts::new(function, checked);
+    let ItemFn {
+        attrs, vis, sig, ..
+    } = function;
+    let ident = &sig.ident;
+    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+    let keys = render_all(&args.keys);
+    let groups = render_all(&args.groups);
+    quote! {
+        #(#attrs)*
+        #vis async fn #ident #impl_generics (#outer_inputs) -> #rt::http::Response #where_clause {
+            #inner_fn
+            let (__cache_keys, __cache_groups): (
+                ::std::vec::Vec<::std::string::String>,
+                ::std::vec::Vec<::std::string::String>,
+            ) = {
+                #bindings
+                (#keys, #groups)
+            };
+            let __cache_response =
+                #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await);
+            #rt::http::after_mutation(__cache_response, __cache_keys, __cache_groups).await
+        }
+    }
+}
+
+/// The pieces every handler rewrite shares: the handler's own body kept as an inner fn with the
+/// original signature, outer arguments with plain names, and `let` bindings of the names the
+/// original patterns bind (by reference) for templates and keys.
+struct HandlerParts {
+    outer_inputs: TokenStream,
+    arg_idents: Vec<syn::Ident>,
+    bindings: TokenStream,
+    inner_fn: TokenStream,
+}
+
+impl HandlerParts {
+    fn new(function: &ItemFn, checked: &Checked) -> Self {
+        let ItemFn { sig, block, .. } = function;
+        let arg_idents: Vec<syn::Ident> = (0..checked.helper_inputs.len())
+            .map(|i| format_ident!("__cache_arg{}", i))
+            .collect();
+        let types = checked.helper_inputs.iter().map(|input| &input.ty);
+        let outer_inputs = quote!(#(#arg_idents: #types),*);
+        let bindings = checked
+            .helper_inputs
+            .iter()
+            .zip(&arg_idents)
+            .filter(|(input, _)| !is_state(&input.ty))
+            .map(|(input, ident)| {
+                let pat = &input.pat;
+                quote!(#[allow(unused_variables)] let #pat = &#ident;)
+            })
+            .collect();
+        let inputs = &sig.inputs;
+        let output = &sig.output;
+        let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+        let inner_fn = quote! {
+            #[allow(clippy::too_many_arguments)]
+            async fn __cache_handler #impl_generics (#inputs) #output #where_clause #block
+        };
+        Self {
+            outer_inputs,
+            arg_idents,
+            bindings,
+            inner_fn,
+        }
+    }
+}
+
+/// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when
+/// the future is `Send + 'static` (autoref specialization on `Send`; the probe is dropped before any
+/// await). Bodies that borrow run in place: specialization cannot see lifetimes.
+fn spawn_probe(checked: &Checked) -> TokenStream {
+    let rt = runtime();
+    if !checked.may_be_static {
+        return quote! {
+            let __cache_run = #rt::__private::Body::Local(__cache_body);
+        };
+    }
+    quote! {
+        let __cache_run = {
+            use #rt::__private::{ViaLocal as _, ViaSpawn as _};
+            let __cache_probe = #rt::__private::SpawnProbe::new(__cache_body);
+            let __cache_run = (&__cache_probe).body();
+            __cache_run
+        };
+    }
+}
+
+fn function_name(args: &CacheArgs, function: &ItemFn) -> String {
+    args.name
+        .as_ref()
+        .map_or_else(|| function.sig.ident.to_string(), syn::LitStr::value)
+}
+
+fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
+    let rt = runtime();
+    let backend = &args.backend;
+    let (ttl_ms, stale_ms, stale_if_error_ms, lock_ms) = (
+        args.ttl_ms,
+        args.stale_ms,
+        args.stale_if_error_ms,
+        args.lock_ms,
+    );
+    quote! {
+        static __CACHE_SITE: #rt::__private::Site = #rt::__private::Site::new(
+            ::core::module_path!(),
+            #function_name,
+            #backend,
+            #rt::Policy {
+                ttl_ms: #ttl_ms,
+                stale_ms: #stale_ms,
+                stale_if_error_ms: #stale_if_error_ms,
+                lock_ms: #lock_ms,
+            },
+        );
+    }
+}
+
+fn render_all(templates: &[Template]) -> TokenStream {
+    let rt = runtime();
+    let rendered = templates.iter().map(|t| t.render(&rt));
+    quote!(::std::vec![#(#rendered),*])
+}
+
+/// `<fn>_key` and `<fn>_invalidate`, taking `inputs` and running `bindings` before the key.
+fn helper_fns(
+    args: &CacheArgs,
+    function: &ItemFn,
+    inputs: TokenStream,
+    bindings: TokenStream,
+    key_expr: &TokenStream,
+) -> TokenStream {
+    let rt = runtime();
+    let ItemFn { vis, sig, .. } = function;
+    let ident = &sig.ident;
+    let backend = &args.backend;
+    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+    let key_fn = format_ident!("{}_key", ident);
+    let invalidate_fn = format_ident!("{}_invalidate", ident);
+    let key_doc = format!("The cache key of one call of [`{ident}`] with these arguments.");
+    let invalidate_doc = format!(
+        "Removes the cached result of one call of [`{ident}`] with these arguments from its backend."
+    );
+    quote! {
+        #[doc = #key_doc]
+        #[allow(unused_variables, clippy::needless_pass_by_value)]
+        #vis fn #key_fn #impl_generics (#inputs) -> ::std::string::String #where_clause {
+            #bindings
+            let __cache_key: ::std::string::String = #key_expr;
+            #rt::key::normalize_key(__cache_key)
+        }
+
+        #[doc = #invalidate_doc]
+        #[allow(unused_variables, clippy::needless_pass_by_value)]
+        #vis async fn #invalidate_fn #impl_generics (#inputs)
+            -> ::core::result::Result<(), #rt::CacheError> #where_clause
+        {
+            let __cache_key: ::std::string::String = {
+                #bindings
+                #key_expr
+            };
+            #rt::__private::invalidate_entry(#backend, __cache_key).await
+        }
+    }
+}
+
+/// The expression computing a call's key: the `key` template, or the default key. In handlers the
+/// bound names are references and request metadata (`HeaderMap`, `Uri`, `Method`) may enter the key.
+fn key_expr(
+    args: &CacheArgs,
+    checked: &Checked,
+    function_name: &str,
+    handler: bool,
+) -> TokenStream {
+    let rt = runtime();
+    if let Some(template) = &args.key {
+        return template.render(&rt);
+    }
+    let module = if checked.has_receiver && args.name.is_none() {
+        quote!(::std::any::type_name::<Self>())
+    } else {
+        quote!(::core::module_path!())
+    };
+    let named = checked
+        .key_args
+        .iter()
+        .flat_map(|arg| arg.names.iter().map(move |name| (arg.span, name)));
+    if handler {
+        let steps = named.map(|(span, name)| {
+            quote_spanned!(span=> let __cache_k = (&#rt::http::HttpKeyArg(&*#name)).add_to(__cache_k);)
+        });
+        let span = Span::call_site();
+        quote_spanned! {span=> {
+            #[allow(unused_imports)]
+            use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
+            let __cache_k = #rt::__private::DefaultKey::new();
+            #(#steps)*
+            __cache_k.finish(#module, #function_name)
+        }}
+    } else {
+        let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));
+        quote!(#rt::__private::DefaultKey::new() #(#parts)* .finish(#module, #function_name))
+    }
+}

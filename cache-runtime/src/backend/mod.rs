@@ -1,0 +1,137 @@
+//! The [`Backend`] trait and the built-in stores.
+//!
+//! A backend stores opaque envelopes (bytes) under keys, with a TTL, and keeps one *generation* per
+//! group. The runtime records the generations it saw before computing a value inside that value's
+//! envelope; a stored value whose recorded generations differ from the current ones is stale. Group
+//! invalidation is therefore a single change of one generation, whatever the size of the group.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::BackendError;
+
+pub mod file;
+pub mod memory;
+pub mod redis;
+pub mod tiered;
+
+pub use file::FileBackend;
+pub use memory::MemoryBackend;
+pub use redis::RedisBackend;
+pub use tiered::TieredBackend;
+
+/// What [`Backend::get`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The stored bytes, if the key holds a live entry.
+    pub value: Option<Vec<u8>>,
+    /// The current generation of each requested group, in the order asked. A group never
+    /// invalidated has generation 0.
+    pub generations: Vec<u64>,
+}
+
+/// A store for cache entries. Implement it to plug any store into `#[cached(backend = "name")]`
+/// through [`register`](crate::register).
+///
+/// The trait is object safe; the runtime holds backends as `Arc<dyn Backend>` and wraps every call in
+/// a timeout and a circuit breaker, so implementations need neither.
+///
+/// Rules an implementation must keep:
+/// - `get` returns the entry's bytes exactly as `set` received them, or `None` once the TTL passed;
+/// - `invalidate_group` changes the group's generation to a value the group never had before
+///   (a counter that only grows is enough), in O(1);
+/// - `get` reads the entry and the generations in one step where the store allows it (one round trip).
+///
+/// ```
+/// use std::{collections::HashMap, sync::Mutex, time::Duration};
+/// use cache_runtime::{async_trait, Backend, BackendError, Lookup};
+///
+/// #[derive(Default)]
+/// struct MapStore {
+///     entries: Mutex<HashMap<String, Vec<u8>>>,
+///     generations: Mutex<HashMap<String, u64>>,
+/// }
+///
+/// #[async_trait]
+/// impl Backend for MapStore {
+///     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
+///         let gens = self.generations.lock().unwrap();
+///         Ok(Lookup {
+///             value: self.entries.lock().unwrap().get(key).cloned(),
+///             generations: groups.iter().map(|g| gens.get(g).copied().unwrap_or(0)).collect(),
+///         })
+///     }
+///     async fn set(&self, key: &str, value: Vec<u8>, _ttl: Duration, _groups: &[String]) -> Result<(), BackendError> {
+///         self.entries.lock().unwrap().insert(key.to_owned(), value);
+///         Ok(())
+///     }
+///     async fn delete(&self, key: &str) -> Result<(), BackendError> {
+///         self.entries.lock().unwrap().remove(key);
+///         Ok(())
+///     }
+///     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
+///         *self.generations.lock().unwrap().entry(group.to_owned()).or_default() += 1;
+///         Ok(())
+///     }
+///     async fn clear(&self) -> Result<(), BackendError> {
+///         self.entries.lock().unwrap().clear();
+///         Ok(())
+///     }
+/// }
+///
+/// cache_runtime::register("map", MapStore::default());
+/// ```
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Reads the entry under `key` and the current generation of each of `groups`.
+    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError>;
+
+    /// Stores `value` under `key` for `ttl`. `groups` are the entry's groups (informational: the
+    /// generations that make an entry stale travel inside `value`).
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        groups: &[String],
+    ) -> Result<(), BackendError>;
+
+    /// Removes the entry under `key`, if any.
+    async fn delete(&self, key: &str) -> Result<(), BackendError>;
+
+    /// Makes every entry of `group` stale by moving the group to a new generation.
+    async fn invalidate_group(&self, group: &str) -> Result<(), BackendError>;
+
+    /// Removes every entry of this backend.
+    async fn clear(&self) -> Result<(), BackendError>;
+
+    /// Takes the cross-process computation lock of `key` for `ttl`, tagged with `token`: `true` when
+    /// this caller got it. Used by `#[cached(lock = ..)]` so that one process computes a missing
+    /// value while the others wait for it. Backends without locks keep the default, which always
+    /// grants it.
+    async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
+        let _ = (key, token, ttl);
+        Ok(true)
+    }
+
+    /// Releases the lock of `key` if it is still held with `token` (compare-and-delete).
+    async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
+        let _ = (key, token);
+        Ok(())
+    }
+
+    /// The in-process memory store behind this backend, if it is one: the runtime then keeps typed
+    /// values and skips serialization on hits.
+    #[doc(hidden)]
+    fn as_memory(&self) -> Option<&MemoryBackend> {
+        None
+    }
+
+    /// The two-tier store behind this backend, if it is one: the runtime then reads its local tier
+    /// first.
+    #[doc(hidden)]
+    fn as_tiered(&self) -> Option<&TieredBackend> {
+        None
+    }
+}

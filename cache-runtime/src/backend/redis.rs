@@ -1,0 +1,454 @@
+//! The Redis backend, on the `redis` crate's auto-reconnecting [`ConnectionManager`], or on its
+//! cluster client for a Redis Cluster.
+//!
+//! Layout under the prefix (default `cache:`):
+//! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
+//! - `{prefix}g:{group}`: a group's generation, a counter moved by `INCR` (no TTL);
+//! - `{prefix}l:{key}`: a computation lock (`SET NX PX`, released by compare-and-delete).
+//!
+//! A lookup is one `MGET` of the entry and its groups' generations (one round trip; on a cluster the
+//! client splits it by slot and runs the parts in parallel, so there is no `CROSSSLOT` error). Group
+//! invalidation is one `INCR`, followed by a `PUBLISH` on `{prefix}invalidations` that in-process
+//! tiers of other processes listen to (see [`TieredBackend`](super::TieredBackend)); on a single
+//! node both go in one pipeline. Clearing walks the prefix with `SCAN` and removes in batches with
+//! `UNLINK`, so no command blocks the server.
+//!
+//! Generation keys must not be evicted: run Redis with `maxmemory-policy` `noeviction` or one of the
+//! `volatile-*` policies (entries carry TTLs, generations do not).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{aio::ConnectionManager, cluster::ClusterClient, cluster_async::ClusterConnection};
+use tokio::sync::OnceCell;
+
+use super::{Backend, Lookup};
+use crate::BackendError;
+
+/// Default Redis URL when `REDIS_URL` is not set.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "cache:";
+
+/// A Redis store, single node or cluster. Connects lazily on first use and reconnects by itself.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cache_runtime::BackendError> {
+/// use cache_runtime::RedisBackend;
+/// let backend = RedisBackend::open("redis://127.0.0.1:6379")?.with_prefix("myapp:");
+/// cache_runtime::register("redis", backend);
+/// let cluster = RedisBackend::cluster(&["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
+/// cache_runtime::register("sessions", cluster);
+/// # Ok(()) }
+/// ```
+pub struct RedisBackend {
+    target: Target,
+    /// Where pub/sub subscriptions go (any node of a cluster sees every message).
+    pubsub: redis::Client,
+    url: String,
+    prefix: String,
+    connection: OnceCell<Connection>,
+    timeout: Duration,
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A live connection: both kinds are cheap handles to a shared, multiplexed connection.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Connection::Single(conn) => cmd.query_async(conn).await,
+            Connection::Cluster(conn) => cmd.query_async(conn).await,
+        }
+    }
+
+    /// Two commands: pipelined on a single node, one after the other on a cluster (they may
+    /// belong to different nodes).
+    async fn query_both(
+        &mut self,
+        first: redis::Cmd,
+        second: redis::Cmd,
+    ) -> redis::RedisResult<()> {
+        match self {
+            Connection::Single(conn) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(first)
+                    .ignore()
+                    .add_command(second)
+                    .ignore();
+                pipe.query_async(conn).await
+            }
+            Connection::Cluster(conn) => {
+                let _: redis::Value = first.query_async(conn).await?;
+                let _: redis::Value = second.query_async(conn).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn unlock(&mut self, lock_key: String, token: u64) -> redis::RedisResult<i64> {
+        let mut invocation = UNLOCK.key(lock_key);
+        invocation.arg(token);
+        match self {
+            Connection::Single(conn) => invocation.invoke_async(conn).await,
+            Connection::Cluster(conn) => invocation.invoke_async(conn).await,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.url)
+            .field("cluster", &matches!(self.target, Target::Cluster(_)))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// A backend for `url` (`redis://host:port/db`). Nothing is connected until first use.
+    pub fn open(url: &str) -> Result<Self, BackendError> {
+        let client = redis::Client::open(url)?;
+        Ok(Self::with_target(
+            Target::Single(client.clone()),
+            client,
+            url,
+        ))
+    }
+
+    /// A backend for a Redis Cluster reached through any of `nodes` (`redis://host:port`).
+    pub fn cluster(nodes: &[&str]) -> Result<Self, BackendError> {
+        let first = nodes.first().ok_or_else(|| {
+            BackendError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster needs at least one node",
+            )))
+        })?;
+        let timeout = Duration::from_millis(500);
+        let client = ClusterClient::builder(nodes.iter().copied())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()?;
+        let pubsub = redis::Client::open(*first)?;
+        Ok(Self::with_target(
+            Target::Cluster(Box::new(client)),
+            pubsub,
+            &nodes.join(","),
+        ))
+    }
+
+    fn with_target(target: Target, pubsub: redis::Client, url: &str) -> Self {
+        Self {
+            target,
+            pubsub,
+            url: url.to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connection: OnceCell::new(),
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// The built-in `"redis"` backend: a cluster when `REDIS_CLUSTER_NODES` lists nodes
+    /// (comma-separated URLs), else `REDIS_URL` (default [`DEFAULT_URL`]); the prefix is
+    /// `CACHE_REDIS_PREFIX` (default [`DEFAULT_PREFIX`]).
+    pub fn from_env() -> Result<Self, BackendError> {
+        let backend = match std::env::var("REDIS_CLUSTER_NODES") {
+            Ok(nodes) if !nodes.trim().is_empty() => {
+                let nodes: Vec<&str> = nodes.split(',').map(str::trim).collect();
+                Self::cluster(&nodes)?
+            }
+            _ => {
+                Self::open(&std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned()))?
+            }
+        };
+        Ok(match std::env::var("CACHE_REDIS_PREFIX") {
+            Ok(prefix) => backend.with_prefix(&prefix),
+            Err(_) => backend,
+        })
+    }
+
+    /// Uses `prefix` before every key this backend writes.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// The URL this backend connects to (the nodes, comma-separated, for a cluster).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connects now (it otherwise happens on first use) and checks the server answers `PING`.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        let _: String = conn.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn connection(&self) -> Result<Connection, BackendError> {
+        let conn = self
+            .connection
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Single(client) => {
+                        let config = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_number_of_retries(1)
+                            .set_max_delay(Duration::from_millis(500));
+                        let manager = client.get_connection_manager_with_config(config).await?;
+                        Ok::<_, redis::RedisError>(Connection::Single(manager))
+                    }
+                    Target::Cluster(client) => {
+                        Ok(Connection::Cluster(client.get_async_connection().await?))
+                    }
+                }
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        format!("{}k:{key}", self.prefix)
+    }
+
+    fn group_key(&self, group: &str) -> String {
+        format!("{}g:{group}", self.prefix)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.prefix)
+    }
+
+    /// The pub/sub channel on which invalidations are announced to in-process tiers.
+    pub(crate) fn invalidation_channel(&self) -> String {
+        format!("{}invalidations", self.prefix)
+    }
+
+    /// The client to subscribe with.
+    pub(crate) fn pubsub_client(&self) -> &redis::Client {
+        &self.pubsub
+    }
+
+    fn announce(&self, invalidation: Invalidation<'_>) -> redis::Cmd {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.invalidation_channel())
+            .arg(invalidation.encode());
+        cmd
+    }
+}
+
+/// An invalidation as announced on the invalidation channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Invalidation<'a> {
+    Key(&'a str),
+    Group(&'a str),
+    All,
+}
+
+impl<'a> Invalidation<'a> {
+    pub(crate) fn encode(&self) -> String {
+        match self {
+            Invalidation::Key(key) => format!("k:{key}"),
+            Invalidation::Group(group) => format!("g:{group}"),
+            Invalidation::All => "*".to_owned(),
+        }
+    }
+
+    pub(crate) fn decode(message: &'a str) -> Option<Self> {
+        match message.split_at_checked(2) {
+            Some(("k:", key)) => Some(Invalidation::Key(key)),
+            Some(("g:", group)) => Some(Invalidation::Group(group)),
+            _ if message == "*" => Some(Invalidation::All),
+            _ => None,
+        }
+    }
+}
+
+/// Deletes a lock only if it still holds the caller's token, so a caller whose lock expired never
+/// releases the lock another process took since.
+static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    )
+});
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
+        let mut conn = self.connection().await?;
+        if groups.is_empty() {
+            let value: Option<Vec<u8>> = conn
+                .query(redis::cmd("GET").arg(self.entry_key(key)))
+                .await?;
+            return Ok(Lookup {
+                value,
+                generations: Vec::new(),
+            });
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.entry_key(key));
+        for group in groups {
+            cmd.arg(self.group_key(group));
+        }
+        let mut replies: Vec<Option<Vec<u8>>> = conn.query(&cmd).await?;
+        if replies.len() != groups.len() + 1 {
+            return Err(BackendError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "MGET returned a wrong number of values",
+            ))));
+        }
+        let generations = replies
+            .drain(1..)
+            .map(|g| {
+                g.and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok(Lookup {
+            value: replies.pop().flatten(),
+            generations,
+        })
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        _groups: &[String],
+    ) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.entry_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms);
+        let _: () = conn.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(self.entry_key(key));
+        conn.query_both(unlink, self.announce(Invalidation::Key(key)))
+            .await?;
+        Ok(())
+    }
+
+    async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        let mut incr = redis::cmd("INCR");
+        incr.arg(self.group_key(group));
+        conn.query_both(incr, self.announce(Invalidation::Group(group)))
+            .await?;
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
+        let mut conn = self.connection().await?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.lock_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms);
+        let reply: Option<String> = conn.query(&cmd).await?;
+        Ok(reply.is_some())
+    }
+
+    async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        conn.unlock(self.lock_key(key), token).await?;
+        Ok(())
+    }
+
+    async fn clear(&self) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        if let Connection::Cluster(_) = conn {
+            return Err(BackendError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "clear is not supported on a Redis Cluster (it would need a SCAN of every node); \
+                 invalidate groups instead",
+            ))));
+        }
+        let pattern = format!("{}k:*", escape_glob(&self.prefix));
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = conn.query(&scan).await?;
+            if !keys.is_empty() {
+                let _: i64 = conn.query(redis::cmd("UNLINK").arg(keys)).await?;
+            }
+            if next == 0 {
+                let _: i64 = conn.query(&self.announce(Invalidation::All)).await?;
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Escapes glob characters so a prefix matches only itself in `SCAN MATCH`.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_in_separate_namespaces() {
+        let backend = RedisBackend::open(DEFAULT_URL).unwrap().with_prefix("app:");
+        assert_eq!(backend.entry_key("users"), "app:k:users");
+        assert_eq!(backend.group_key("users"), "app:g:users");
+    }
+
+    #[test]
+    fn glob_characters_in_prefix_are_escaped() {
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn invalidation_messages_round_trip() {
+        for message in [
+            Invalidation::Key("user:1"),
+            Invalidation::Group("g:x"),
+            Invalidation::All,
+        ] {
+            assert_eq!(Invalidation::decode(&message.encode()), Some(message));
+        }
+        assert_eq!(Invalidation::decode("zz"), None);
+    }
+
+    #[test]
+    fn bad_url_is_an_error_not_a_panic() {
+        assert!(RedisBackend::open("not a url").is_err());
+    }
+}

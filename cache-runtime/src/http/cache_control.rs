@@ -1,0 +1,92 @@
+//! `Cache-Control` directives (RFC 9111 §5.2) as far as a server-side cache needs them.
+
+use axum::http::{header::CACHE_CONTROL, HeaderMap};
+
+/// The directives of every `Cache-Control` field of a message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+}
+
+impl CacheControl {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut cc = Self::default();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else {
+                continue;
+            };
+            for directive in split_list(text) {
+                let (name, argument) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let seconds = || argument.and_then(|a| a.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
+                    // A malformed max-age is treated as stale (RFC 9111 §4.2.1): age 0.
+                    "max-age" => cc.max_age = Some(seconds().unwrap_or(0)),
+                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(0)),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Splits a header list on commas outside quoted strings, trimmed, without empty elements
+/// (RFC 9110 §5.6.1); quoted strings may hold commas (`private="a, b"`, `"a,b"` entity tags).
+pub(crate) fn split_list(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(values: &[&str]) -> CacheControl {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(CACHE_CONTROL, v.parse().unwrap());
+        }
+        CacheControl::of(&headers)
+    }
+
+    #[test]
+    fn reads_directives_across_fields_and_cases() {
+        let cc = parse(&["Public, max-age=60", "S-MaxAge=\"120\""]);
+        assert!(cc.public && !cc.private && !cc.no_store);
+        assert_eq!((cc.max_age, cc.s_maxage), (Some(60), Some(120)));
+        let cc = parse(&["private=\"set-cookie, x\", no-store"]);
+        assert!(cc.private && cc.no_store);
+        assert_eq!(parse(&["max-age=abc"]).max_age, Some(0));
+    }
+}

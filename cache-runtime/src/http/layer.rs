@@ -1,0 +1,529 @@
+//! [`CacheLayer`]: a tower layer that caches whole `GET` responses of a router or route.
+
+use std::{
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response},
+};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cache_control::CacheControl,
+    handler::storable,
+    response::{CachedResponse, ReplyCacheControl},
+    DEFAULT_MAX_BODY,
+};
+use crate::{
+    key::{escape_into, normalize_key, DefaultKey},
+    memo::{probe, store, Probe},
+    registry::{self, Registered},
+    stats::{Event, Policy, Site},
+};
+
+/// Caches whole responses of the routes it wraps, keyed by method, host, URI and the request
+/// headers the response names in `Vary`, following RFC 9111 for a shared cache:
+///
+/// - only `GET` is stored, and `HEAD` is answered from it (same headers and `ETag`, no body);
+/// - not stored: `Cache-Control: no-store` or `private` responses, `Set-Cookie`, `Vary: *`, non-2xx or
+///   `206`, and answers to requests with `Authorization` unless the response says `public`,
+///   `s-maxage` or `must-revalidate`; a request's own `no-store` bypasses the cache and its
+///   `no-cache` skips the lookup;
+/// - freshness from `s-maxage`, else `max-age`, else the layer's TTL;
+/// - a successful `POST`/`PUT`/`PATCH`/`DELETE` through the layer removes the entry of its URI;
+/// - replies carry `ETag`, `Age`, `Cache-Control` (the origin's, or `public, max-age=<remaining>`)
+///   and `X-Cache: HIT` or `MISS`; `If-None-Match` is answered with 304;
+/// - bodies over the size limit stream through uncached.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use cache_runtime::http::CacheLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/products", get(|| async { "[...]" }))
+///     .layer(CacheLayer::new().backend("redis").ttl(Duration::from_secs(30)).group("products"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheLayer {
+    backend: String,
+    ttl: Duration,
+    groups: Vec<String>,
+    groups_header: Option<HeaderName>,
+    max_body: usize,
+    /// One stats site per configured layer, however many routes it is applied to.
+    site: Arc<OnceLock<&'static Site>>,
+}
+
+impl Default for CacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheLayer {
+    /// A layer on the `"memory"` backend with a 60 s default TTL.
+    pub fn new() -> Self {
+        Self {
+            backend: "memory".to_owned(),
+            ttl: Duration::from_secs(60),
+            groups: Vec::new(),
+            groups_header: None,
+            max_body: DEFAULT_MAX_BODY,
+            site: Arc::default(),
+        }
+    }
+
+    fn reconfigured(mut self) -> Self {
+        self.site = Arc::default();
+        self
+    }
+
+    /// Stores in the backend registered under `name`.
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = name.into();
+        self.reconfigured()
+    }
+
+    /// Freshness for responses that state none (`s-maxage`/`max-age` win when present).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self.reconfigured()
+    }
+
+    /// Puts every entry of this layer in `group` (repeatable), for
+    /// [`invalidate_group`](crate::invalidate_group).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.groups.push(group.into());
+        self.reconfigured()
+    }
+
+    /// Also takes groups from this response header (comma-separated), which is removed from the
+    /// response. Costs one more backend read per lookup.
+    pub fn groups_from_header(mut self, name: HeaderName) -> Self {
+        self.groups_header = Some(name);
+        self.reconfigured()
+    }
+
+    /// Bodies larger than this many bytes are not cached (default [`DEFAULT_MAX_BODY`]).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self.reconfigured()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let site = *self.site.get_or_init(|| {
+            let backend: &'static str = Box::leak(self.backend.clone().into_boxed_str());
+            let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+            let site: &'static Site = Box::leak(Box::new(Site::new(
+                "cache_runtime::http",
+                "CacheLayer",
+                backend,
+                Policy::ttl(ttl_ms),
+            )));
+            site.register();
+            site
+        });
+        CacheService {
+            inner,
+            shared: Arc::new(Shared {
+                config: self.clone(),
+                site,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: CacheLayer,
+    site: &'static Site,
+}
+
+/// The service [`CacheLayer`] wraps around a route or router.
+#[derive(Debug, Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The entry under a URI's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum UriEntry {
+    /// The response, which has no `Vary`.
+    Whole(CachedResponse),
+    /// The response varies on these request headers; variants live under keys with `nonce`.
+    Vary { names: Vec<String>, nonce: u64 },
+}
+
+impl<S, ReqBody> tower_service::Service<Request<ReqBody>> for CacheService<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready serves this request; a fresh clone stays for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(handle(inner, request, Arc::clone(&self.shared)))
+    }
+}
+
+/// What a lookup saw, to store the fresh response consistently with it.
+struct Observed {
+    epoch: u64,
+    groups: Vec<String>,
+    generations: Option<Vec<u64>>,
+    vary: Option<(Vec<String>, u64)>,
+}
+
+async fn handle<S, B>(
+    mut inner: S,
+    request: Request<B>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<Body>>,
+{
+    let method = request.method().clone();
+    let Some(backend) = registry::resolve(&shared.config.backend) else {
+        return inner.call(request).await;
+    };
+    let base = uri_key(&Method::GET, &request);
+    if method != Method::GET && method != Method::HEAD {
+        let response = inner.call(request).await?;
+        let status = response.status();
+        if !method.is_safe() && (status.is_success() || status.is_redirection()) {
+            forget(backend, &base).await;
+        }
+        return Ok(response);
+    }
+    let request_cc = CacheControl::of(request.headers());
+    if request_cc.no_store {
+        return Ok(mark(inner.call(request).await?, "MISS"));
+    }
+    let if_none_match: Vec<HeaderValue> = request
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .cloned()
+        .collect();
+    let site = shared.site;
+    let epoch = registry::invalidation_epoch();
+    let groups = lookup_groups(&shared, backend, &base).await;
+    let mut observed = Observed {
+        epoch,
+        groups,
+        generations: None,
+        vary: None,
+    };
+    if request_cc.no_cache {
+        // Skip the lookup, but read the generations so that the fresh response is stored.
+        let read = backend
+            .guard
+            .run("get", backend.backend.get(&base, &observed.groups));
+        observed.generations = read.await.ok().map(|lookup| lookup.generations);
+    }
+    match probe::<UriEntry>(site, backend, &base, &observed.groups).await {
+        Probe::Hit(UriEntry::Whole(cached)) if !request_cc.no_cache => {
+            site.count(Event::Hit);
+            return Ok(cached.reply(ReplyCacheControl::Shared, &if_none_match, Some("HIT")));
+        }
+        Probe::Hit(UriEntry::Vary { names, nonce }) => {
+            let variant = variant_key(&base, nonce, &names, request.headers());
+            match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
+                Probe::Hit(cached) if !request_cc.no_cache => {
+                    site.count(Event::Hit);
+                    return Ok(cached.reply(
+                        ReplyCacheControl::Shared,
+                        &if_none_match,
+                        Some("HIT"),
+                    ));
+                }
+                Probe::Hit(_) => {}
+                Probe::Stale { generations, .. } => observed.generations = Some(generations),
+                Probe::Miss(generations) => observed.generations = generations,
+            }
+            observed.vary = Some((names, nonce));
+        }
+        Probe::Hit(UriEntry::Whole(_)) => {}
+        Probe::Stale { generations, .. } => observed.generations = Some(generations),
+        Probe::Miss(generations) => observed.generations = generations,
+    }
+    site.count(Event::Miss);
+    // HEAD is answered from stored GET responses, but a HEAD reply has no body to store.
+    if method == Method::HEAD {
+        return Ok(mark(inner.call(request).await?, "MISS"));
+    }
+    let authorized = request.headers().contains_key(header::AUTHORIZATION);
+    let request_headers = request.headers().clone();
+    let mut response = inner.call(request).await?;
+    let header_groups = take_header_groups(&shared, &mut response);
+    let Some(ttl) = freshness(&shared, &response, authorized) else {
+        return Ok(mark(response, "MISS"));
+    };
+    let cached =
+        match CachedResponse::capture(response, ttl.as_millis() as u64, shared.config.max_body)
+            .await
+        {
+            Ok(cached) => cached,
+            Err(passthrough) => return Ok(mark(passthrough, "MISS")),
+        };
+    let reply = cached.reply(ReplyCacheControl::Shared, &if_none_match, Some("MISS"));
+    save(
+        &shared,
+        backend,
+        &base,
+        observed,
+        header_groups,
+        &request_headers,
+        cached,
+        ttl,
+    )
+    .await;
+    Ok(reply)
+}
+
+/// How long the response may be stored, or `None` when it may not be.
+fn freshness(shared: &Shared, response: &Response<Body>, authorized: bool) -> Option<Duration> {
+    let cc = CacheControl::of(response.headers());
+    let varies_on_everything = response.headers().get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|t| t.split(',').any(|n| n.trim() == "*"))
+    });
+    if !storable(response) || varies_on_everything {
+        return None;
+    }
+    // RFC 9111 §3.5; and such a response is only stored with explicit freshness, never the
+    // layer's default TTL, so one user's answer is not kept on a guess.
+    if authorized
+        && (!(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+            || cc.s_maxage.or(cc.max_age).is_none())
+    {
+        return None;
+    }
+    // `no-cache` responses need revalidation on every use; `Expires` without `max-age` is not
+    // interpreted: neither is stored.
+    let expires_only =
+        response.headers().contains_key(header::EXPIRES) && cc.s_maxage.or(cc.max_age).is_none();
+    if cc.no_cache || expires_only {
+        return None;
+    }
+    let ttl = match cc.s_maxage.or(cc.max_age) {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => shared.config.ttl,
+    };
+    (!ttl.is_zero()).then_some(ttl)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn save(
+    shared: &Shared,
+    backend: &Registered,
+    base: &str,
+    observed: Observed,
+    header_groups: Vec<String>,
+    request_headers: &HeaderMap,
+    cached: CachedResponse,
+    ttl: Duration,
+) {
+    let site = shared.site;
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let _gate = registry::STORE_GATE.read().await;
+    if registry::invalidated_since(observed.epoch, base, &observed.groups) {
+        return; // an invalidation of this URI or its groups ran while the response was computed
+    }
+    let mut groups = shared.config.groups.clone();
+    groups.extend(header_groups.iter().cloned());
+    let generations = if groups == observed.groups {
+        observed.generations
+    } else {
+        // New groups from the response header: their generations are read now.
+        match backend
+            .guard
+            .run("get", backend.backend.get(base, &groups))
+            .await
+        {
+            Ok(lookup) => Some(lookup.generations),
+            Err(_) => None,
+        }
+    };
+    let Some(generations) = generations else {
+        return; // the backend failed during the lookup: store nothing
+    };
+    let names = vary_names(&cached);
+    if shared.config.groups_header.is_some() {
+        let key = groups_key(base);
+        store(
+            site,
+            backend,
+            &key,
+            &[],
+            Vec::new(),
+            &Arc::new(header_groups),
+            Policy::ttl(ttl_ms),
+        )
+        .await;
+    }
+    if names.is_empty() {
+        let entry = Arc::new(UriEntry::Whole(cached));
+        store(
+            site,
+            backend,
+            base,
+            &groups,
+            generations,
+            &entry,
+            Policy::ttl(ttl_ms),
+        )
+        .await;
+        return;
+    }
+    let nonce = match observed.vary {
+        Some((seen, nonce)) if seen == names => nonce,
+        _ => fastrand::u64(..),
+    };
+    let variant = variant_key(base, nonce, &names, request_headers);
+    let index = Arc::new(UriEntry::Vary { names, nonce });
+    store(
+        site,
+        backend,
+        base,
+        &groups,
+        generations.clone(),
+        &index,
+        Policy::ttl(ttl_ms),
+    )
+    .await;
+    store(
+        site,
+        backend,
+        &variant,
+        &groups,
+        generations,
+        &Arc::new(cached),
+        Policy::ttl(ttl_ms),
+    )
+    .await;
+}
+
+/// Removes a URI's entries after a successful unsafe request (RFC 9111 §4.4).
+async fn forget(backend: &Registered, base: &str) {
+    registry::note_key_invalidation(base).await;
+    for key in [base.to_owned(), groups_key(base)] {
+        if let Err(error) = backend
+            .guard
+            .run("delete", backend.backend.delete(&key))
+            .await
+        {
+            tracing::warn!(key, %error, "could not remove a cached response after a mutation");
+        }
+    }
+}
+
+async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec<String> {
+    let mut groups = shared.config.groups.clone();
+    if shared.config.groups_header.is_some() {
+        if let Probe::Hit(extra) =
+            probe::<Vec<String>>(shared.site, backend, &groups_key(base), &[]).await
+        {
+            groups.extend(extra);
+        }
+    }
+    groups
+}
+
+fn take_header_groups(shared: &Shared, response: &mut Response<Body>) -> Vec<String> {
+    let Some(name) = &shared.config.groups_header else {
+        return Vec::new();
+    };
+    let values: Vec<HeaderValue> = response.headers_mut().remove(name).into_iter().collect();
+    let mut groups: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|t| t.split(','))
+        .map(|g| g.trim().to_owned())
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+fn vary_names(cached: &CachedResponse) -> Vec<String> {
+    let mut names: Vec<String> = cached
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "vary")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn mark(mut response: Response<Body>, x_cache: &'static str) -> Response<Body> {
+    response.headers_mut().insert(
+        HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(x_cache),
+    );
+    response
+}
+
+/// `http:<METHOD>:<host><path?query>`, host escaped.
+fn uri_key<B>(method: &Method, request: &Request<B>) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let mut key = format!("http:{method}:");
+    escape_into(&mut key, host);
+    key.push_str(request.uri().path_and_query().map_or("/", |p| p.as_str()));
+    normalize_key(key)
+}
+
+fn variant_key(base: &str, nonce: u64, names: &[String], headers: &HeaderMap) -> String {
+    let values: Vec<(&str, Vec<&[u8]>)> = names
+        .iter()
+        .map(|n| {
+            let values = headers
+                .get_all(n.as_str())
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            (n.as_str(), values)
+        })
+        .collect();
+    let hash = DefaultKey::new()
+        .arg(&nonce)
+        .arg(&values)
+        .finish("vary", "v");
+    normalize_key(format!("{base}|{hash}"))
+}
+
+fn groups_key(base: &str) -> String {
+    normalize_key(format!("{base}|groups"))
+}

@@ -1,0 +1,339 @@
+//! A whole response in a form that can be stored, and the reply built from it.
+
+use axum::{
+    body::Body,
+    http::{
+        header::{self, HeaderName, HeaderValue},
+        HeaderMap, Response, StatusCode,
+    },
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cache_control::split_list,
+    conditional::{none_match, strong_etag},
+};
+use crate::envelope::now_ms;
+
+/// Headers never stored: hop-by-hop ones, and those rebuilt on every reply.
+const NOT_STORED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "date",
+    "age",
+    "etag",
+    "x-cache",
+    "content-length",
+];
+
+/// Headers that identify a representation, hashed into the ETag with the body.
+const REPRESENTATION: &[&str] = &["content-type", "content-encoding", "content-language"];
+
+/// A stored response: status, headers and body, with its validator and age.
+#[doc(hidden)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    #[serde(with = "body_repr")]
+    pub(crate) body: Bytes,
+    pub(crate) etag: String,
+    /// When the response was produced (ms since the Unix epoch).
+    pub(crate) stored_ms: u64,
+    /// How long it is fresh.
+    pub(crate) ttl_ms: u64,
+}
+
+/// What to put in `Cache-Control` on a reply.
+pub(crate) enum ReplyCacheControl<'a> {
+    /// `<visibility>, max-age=<remaining>`: the attribute, which is the origin.
+    Origin(&'a str),
+    /// The stored `Cache-Control` if the origin sent one, else `public, max-age=<remaining>`:
+    /// the layer, which is a cache in front of the origin.
+    Shared,
+}
+
+impl CachedResponse {
+    /// Reads a whole response into memory if it is at most `max_body` bytes; otherwise gives the
+    /// response back, intact and still streaming.
+    pub(crate) async fn capture(
+        response: Response<Body>,
+        ttl_ms: u64,
+        max_body: usize,
+    ) -> Result<Self, Response<Body>> {
+        let (parts, body) = response.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max_body as u64) {
+            return Err(Response::from_parts(parts, body));
+        }
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            if NOT_STORED.contains(&name.as_str()) {
+                continue;
+            }
+            match value.to_str() {
+                Ok(text) => headers.push((name.as_str().to_owned(), text.to_owned())),
+                // Not representable as text: do not cache rather than alter it.
+                Err(_) => return Err(Response::from_parts(parts, body)),
+            }
+        }
+        let body = match read_limited(body, max_body).await {
+            Ok(bytes) => bytes,
+            Err(body) => return Err(Response::from_parts(parts, body)),
+        };
+        let etag = match parts
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(tag) => tag.to_owned(),
+            None => {
+                let representation: Vec<(&str, &[u8])> = REPRESENTATION
+                    .iter()
+                    .filter_map(|name| Some((*name, parts.headers.get(*name)?.as_bytes())))
+                    .collect();
+                strong_etag(&representation, &body)
+            }
+        };
+        Ok(Self {
+            status: parts.status.as_u16(),
+            headers,
+            body,
+            etag,
+            stored_ms: now_ms(),
+            ttl_ms,
+        })
+    }
+
+    /// Every value of a stored header, joined with `, ` (the list form of a repeated field).
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+
+    /// Builds the reply: the stored response, or `304 Not Modified` when `if_none_match` matches.
+    pub(crate) fn reply(
+        &self,
+        cache_control: ReplyCacheControl<'_>,
+        if_none_match: &[HeaderValue],
+        x_cache: Option<&'static str>,
+    ) -> Response<Body> {
+        let age_ms = now_ms().saturating_sub(self.stored_ms);
+        // Whole seconds, as HTTP counts them: Age is floored and max-age is what is left of the TTL.
+        let remaining = (self.ttl_ms / 1000).saturating_sub(age_ms / 1000);
+        let cache_control = match cache_control {
+            ReplyCacheControl::Origin(visibility) => {
+                // The handler's own directives (no-cache, must-revalidate, immutable...) are kept;
+                // visibility and freshness are the cache's.
+                let mut value = format!("{visibility}, max-age={remaining}");
+                let handler_directives = self.header("cache-control").unwrap_or_default();
+                for directive in split_list(&handler_directives) {
+                    let name = directive
+                        .split('=')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase();
+                    if !matches!(name.as_str(), "public" | "private" | "max-age" | "s-maxage") {
+                        value.push_str(", ");
+                        value.push_str(directive);
+                    }
+                }
+                value
+            }
+            ReplyCacheControl::Shared => self
+                .header("cache-control")
+                .unwrap_or_else(|| format!("public, max-age={remaining}")),
+        };
+        let not_modified = none_match(if_none_match, &self.etag);
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
+        for (name, value) in &self.headers {
+            let keep = !not_modified || name == "vary" || name == "content-location";
+            if keep && name != "cache-control" {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+        }
+        let mut set = |name: HeaderName, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        set(header::ETAG, &self.etag);
+        set(header::CACHE_CONTROL, &cache_control);
+        set(header::AGE, &(age_ms / 1000).to_string());
+        if let Some(x_cache) = x_cache {
+            set(HeaderName::from_static("x-cache"), x_cache);
+        }
+        let (status, body) = if not_modified {
+            (StatusCode::NOT_MODIFIED, Body::empty())
+        } else {
+            (
+                StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+                Body::from(self.body.clone()),
+            )
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// Collects `body` if it has at most `limit` bytes and no trailers. Otherwise returns a body that
+/// replays what was read and streams the rest, so nothing is lost.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, Body> {
+    let mut collected = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                let within = frame
+                    .data_ref()
+                    .is_some_and(|data| collected.len() + data.len() <= limit);
+                if within {
+                    if let Some(data) = frame.data_ref() {
+                        collected.extend_from_slice(data);
+                    }
+                    frames.push(frame);
+                } else {
+                    frames.push(frame);
+                    return Err(replay(frames, Some(body), None));
+                }
+            }
+            Some(Err(error)) => return Err(replay(frames, None, Some(error))),
+        }
+    }
+}
+
+fn replay(
+    frames: Vec<http_body::Frame<Bytes>>,
+    rest: Option<Body>,
+    error: Option<axum::Error>,
+) -> Body {
+    let head = futures_util::stream::iter(frames.into_iter().map(Ok::<_, axum::Error>));
+    let tail = futures_util::stream::iter(error.map(Err));
+    match rest {
+        Some(rest) => Body::new(StreamBody::new(
+            head.chain(BodyStream::new(rest)).chain(tail),
+        )),
+        None => Body::new(StreamBody::new(head.chain(tail))),
+    }
+}
+
+/// Bodies are stored as text when they are UTF-8 (JSON, HTML) and as base64 otherwise.
+mod body_repr {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    enum Repr {
+        #[serde(rename = "text")]
+        Text(String),
+        #[serde(rename = "base64")]
+        Base64(String),
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(body) {
+            Ok(text) => Repr::Text(text.to_owned()),
+            Err(_) => Repr::Base64(STANDARD.encode(body)),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Text(text) => Ok(Bytes::from(text)),
+            Repr::Base64(b64) => STANDARD
+                .decode(b64)
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: Body) -> Response<Body> {
+        let mut r = Response::new(body);
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+
+    #[tokio::test]
+    async fn captures_and_replays_with_validators() {
+        let cached = CachedResponse::capture(response(Body::from("hello")), 60_000, 1024)
+            .await
+            .unwrap();
+        assert_eq!(cached.body, "hello");
+        assert!(cached.header("connection").is_none());
+        assert_eq!(cached.header("content-type").as_deref(), Some("text/plain"));
+        let reply = cached.reply(ReplyCacheControl::Origin("public"), &[], Some("HIT"));
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(reply.headers()[header::ETAG], cached.etag.as_str());
+        assert_eq!(reply.headers()[header::CACHE_CONTROL], "public, max-age=60");
+        assert_eq!(reply.headers()["x-cache"], "HIT");
+        let etag: HeaderValue = cached.etag.parse().unwrap();
+        let not_modified = cached.reply(ReplyCacheControl::Origin("public"), &[etag], None);
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        assert!(not_modified.headers().get(header::CONTENT_TYPE).is_none());
+        let body = not_modified.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_come_back_whole() {
+        let chunks = (0..10).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![b'a' + i; 100])));
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let passed = CachedResponse::capture(response(body), 60_000, 250)
+            .await
+            .unwrap_err();
+        let bytes = passed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 1000);
+        assert_eq!(bytes[999], b'j');
+    }
+
+    #[test]
+    fn binary_bodies_survive_serialization() {
+        let cached = CachedResponse {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from_static(&[0, 159, 146, 150]),
+            etag: "\"x\"".into(),
+            stored_ms: 0,
+            ttl_ms: 0,
+        };
+        let json = serde_json::to_string(&cached).unwrap();
+        let back: CachedResponse = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.body, cached.body);
+    }
+}

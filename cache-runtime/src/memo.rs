@@ -1,0 +1,837 @@
+//! The path of one memoized call: look up, join or lead the flight, run the body, store.
+
+use std::{
+    cell::Cell,
+    future::Future,
+    marker::PhantomData,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::{
+    backend::memory::TypedLookup,
+    envelope::{self, now_ms, Decoded, Meta},
+    flight::{self, Followed, Leader, Role},
+    key::{fingerprint, normalize_key, UNKEYABLE},
+    registry::{self, Registered},
+    stats::{Event, Policy, Site},
+};
+
+/// Default limit on the serialized size of one stored value; `CACHE_MAX_VALUE_BYTES` overrides it.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How often a caller waiting for another process's computation looks for its result.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
+pub(crate) fn max_value_bytes() -> u64 {
+    static LIMIT: OnceLock<u64> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("CACHE_MAX_VALUE_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_VALUE_BYTES)
+    })
+}
+
+/// Spawns a leader's computation (a fn pointer chosen where its bounds are known).
+type SpawnLeader<T, E, F> = fn(Lead, F, Leader, Errors<E>) -> JoinHandle<Result<Arc<T>, E>>;
+
+/// A memoized fn's body, either run in place or, when it is `Send + 'static`, in a task of its own
+/// so that it outlives a caller that goes away (and can refresh a stale value in the background).
+pub enum Body<T, E, F> {
+    /// Runs inside the caller's future.
+    Local(F),
+    /// Runs in a spawned task (spawned only on a miss: a hit never moves the body).
+    Spawn(F, SpawnLeader<T, E, F>),
+}
+
+/// Chooses the [`Body`] kind by autoref specialization: `(&SpawnProbe::new(fut)).body()`.
+pub struct SpawnProbe<F>(Cell<Option<F>>);
+
+impl<F> SpawnProbe<F> {
+    /// Wraps the body future.
+    pub fn new(body: F) -> Self {
+        Self(Cell::new(Some(body)))
+    }
+
+    fn take(&self) -> F {
+        self.0
+            .take()
+            .expect("the generated code takes the body once")
+    }
+}
+
+/// Selected when the body is `Send + 'static`.
+pub trait ViaSpawn<T, E, F> {
+    /// The body, to run in a task.
+    fn body(&self) -> Body<T, E, F>;
+}
+
+impl<T, E, F> ViaSpawn<T, E, F> for SpawnProbe<F>
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: Serialize + Send + Sync + 'static,
+    E: Send + 'static,
+{
+    fn body(&self) -> Body<T, E, F> {
+        Body::Spawn(self.take(), spawn_leader::<T, E, F>)
+    }
+}
+
+/// Selected otherwise.
+pub trait ViaLocal<T, E, F> {
+    /// The body, to run in place.
+    fn body(&self) -> Body<T, E, F>;
+}
+
+impl<T, E, F: Future<Output = Result<T, E>>> ViaLocal<T, E, F> for &SpawnProbe<F> {
+    fn body(&self) -> Body<T, E, F> {
+        Body::Local(self.take())
+    }
+}
+
+/// How a leader's error reaches its followers: only for errors that are `Clone + Send + Sync`.
+pub struct ErrorSharing<E> {
+    share: fn(&E) -> flight::Shared,
+    take: fn(&flight::Shared) -> Option<E>,
+}
+
+// Manual impls: fn pointers are `Copy` whatever `E` is.
+impl<E> Clone for ErrorSharing<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for ErrorSharing<E> {}
+
+impl<E> Clone for Errors<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Errors<E> {}
+
+/// Finds out by autoref specialization whether a body's error can be shared with waiters, which
+/// then receive it instead of running the body again: `(&ErrorProbe::of(&fut)).sharing()`.
+pub struct ErrorProbe<E>(PhantomData<fn() -> E>);
+
+impl<E> ErrorProbe<E> {
+    /// The probe for the error type of `body`.
+    pub fn of<F, T>(body: &F) -> Self
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let _ = body;
+        Self(PhantomData)
+    }
+}
+
+/// Selected when the error is `Clone + Send + Sync`.
+pub trait ViaClone<E> {
+    /// How to share the error.
+    fn sharing(&self) -> Option<ErrorSharing<E>>;
+}
+
+impl<E: Clone + Send + Sync + 'static> ViaClone<E> for ErrorProbe<E> {
+    fn sharing(&self) -> Option<ErrorSharing<E>> {
+        Some(ErrorSharing {
+            share: |error| Arc::new(error.clone()),
+            take: |shared| shared.downcast_ref::<E>().cloned(),
+        })
+    }
+}
+
+/// What happens to a leader's error: shared with followers, or not; and whether it lets a stale
+/// value be served (stale-if-error).
+#[doc(hidden)]
+pub struct Errors<E> {
+    sharing: Option<ErrorSharing<E>>,
+    /// Followers of a leader whose error is not shared run their own body at once, instead of
+    /// taking turns as leader (for outcomes that are per-request, like an uncacheable response).
+    independent: bool,
+    /// Whether an error is a failure that a stale value may stand in for.
+    is_failure: fn(&E) -> bool,
+}
+
+impl<E> Errors<E> {
+    pub(crate) fn new(sharing: Option<ErrorSharing<E>>) -> Self {
+        Self {
+            sharing,
+            independent: false,
+            is_failure: |_| true,
+        }
+    }
+
+    /// Per-request outcomes: followers run their own body; only `is_failure` errors count as
+    /// failures for stale-if-error.
+    pub(crate) fn independent(is_failure: fn(&E) -> bool) -> Self {
+        Self {
+            sharing: None,
+            independent: true,
+            is_failure,
+        }
+    }
+}
+
+/// Selected otherwise.
+pub trait ViaNoClone<E> {
+    /// `None`: the error cannot be shared; waiters run the body themselves, one at a time.
+    fn sharing(&self) -> Option<ErrorSharing<E>>;
+}
+
+impl<E> ViaNoClone<E> for &ErrorProbe<E> {
+    fn sharing(&self) -> Option<ErrorSharing<E>> {
+        None
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Probe<T> {
+    Hit(T),
+    /// Expired but kept for stale serving. `revalidate`: inside the stale-while-revalidate window
+    /// (serve it now); otherwise only inside the stale-if-error window (serve it if the body fails).
+    Stale {
+        value: T,
+        generations: Vec<u64>,
+        revalidate: bool,
+    },
+    /// A miss, with the group generations to store the new value under (`None`: the backend failed,
+    /// so nothing is stored).
+    Miss(Option<Vec<u64>>),
+}
+
+/// Everything a leader needs to store its value and end its flight.
+#[doc(hidden)]
+pub struct Lead {
+    site: &'static Site,
+    backend: &'static Registered,
+    key: String,
+    groups: Vec<String>,
+    generations: Option<Vec<u64>>,
+    epoch: u64,
+    lock_token: Option<u64>,
+}
+
+/// Runs `body` unless a live value for `key` is cached, and caches its `Ok` value.
+///
+/// Called by the code `#[cached]` generates. The cache never fails the call: backend errors are
+/// logged and counted, and the body runs.
+pub async fn memoize<T, E, F>(
+    site: &'static Site,
+    key: String,
+    groups: Vec<String>,
+    body: Body<T, E, F>,
+    errors: Option<ErrorSharing<E>>,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    if let Some(value) = fresh_in_memory::<T>(site, &key, &groups) {
+        return Ok(value);
+    }
+    memoize_with(site, key, groups, body, Errors::new(errors)).await
+}
+
+/// The hot path: a fresh typed value in an in-process backend, found without building the
+/// machinery of a full call (span, flight, timers on untimed calls).
+pub(crate) fn fresh_in_memory<T: Clone + 'static>(
+    site: &'static Site,
+    key: &str,
+    groups: &[String],
+) -> Option<T> {
+    let memory = registry::resolve_for(site)?.backend.as_memory()?;
+    if key.len() > crate::key::MAX_KEY_LEN || key.as_bytes().contains(&UNKEYABLE) {
+        return None; // the full path normalizes the key, or runs uncached
+    }
+    let started = crate::stats::sample_timing().then(Instant::now);
+    match memory.get_typed::<T>(key, groups) {
+        TypedLookup::Hit(value) => {
+            site.register();
+            site.count(Event::Hit);
+            site.hit_took(started.map(|s| s.elapsed()));
+            Some(value)
+        }
+        _ => None,
+    }
+}
+
+pub(crate) async fn memoize_with<T, E, F>(
+    site: &'static Site,
+    key: String,
+    groups: Vec<String>,
+    body: Body<T, E, F>,
+    errors: Errors<E>,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    let span = tracing::debug_span!(
+        "cache",
+        function = site.function,
+        backend = site.backend,
+        key = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("key", key.as_str());
+    }
+    memoize_in_span(site, key, groups, body, errors, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn memoize_in_span<T, E, F>(
+    site: &'static Site,
+    key: String,
+    groups: Vec<String>,
+    body: Body<T, E, F>,
+    errors: Errors<E>,
+    span: tracing::Span,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    site.register();
+    let outcome = |name: &'static str| span.record("outcome", name);
+    let Some(backend) = registry::resolve_for(site) else {
+        tracing::debug!(
+            backend = site.backend,
+            "unknown cache backend; running uncached"
+        );
+        site.count(Event::Miss);
+        outcome("uncached");
+        return run_in_place(body).await;
+    };
+    let in_process = backend.backend.as_memory().is_some();
+    let started = (!in_process || crate::stats::sample_timing()).then(Instant::now);
+    let took = || started.map(|s| s.elapsed());
+    if key.as_bytes().contains(&UNKEYABLE) {
+        tracing::warn!(
+            "an argument of this call could not be serialized into its key; running uncached"
+        );
+        site.count(Event::Miss);
+        outcome("unkeyable");
+        return run_in_place(body).await;
+    }
+    let key = normalize_key(key);
+    let mut flight_key = None;
+    loop {
+        let epoch = registry::invalidation_epoch();
+        let (stale, generations) = match probe::<T>(site, backend, &key, &groups).await {
+            Probe::Hit(value) => {
+                site.count(Event::Hit);
+                site.hit_took(took());
+                outcome("hit");
+                return Ok(value);
+            }
+            Probe::Stale {
+                value,
+                generations,
+                revalidate,
+            } => (Some((value, revalidate)), Some(generations)),
+            Probe::Miss(generations) => (None, generations),
+        };
+        let serve_stale = |stale: Option<(T, bool)>, only_revalidating: bool| {
+            let (value, revalidate) = stale?;
+            (revalidate || !only_revalidating).then(|| {
+                site.count(Event::Stale);
+                site.hit_took(took());
+                outcome("stale");
+                value
+            })
+        };
+        let overtaken = |started: u64| registry::invalidated_since(started, &key, &groups);
+        let flight_key = flight_key
+            .get_or_insert_with(|| format!("{}\u{0}{key}", site.backend))
+            .clone();
+        match flight::join(flight_key, epoch, overtaken) {
+            Role::Follower(receiver) => {
+                if let Some(value) = serve_stale(stale.clone(), true) {
+                    return Ok(value); // a refresh is under way
+                }
+                match flight::follow(receiver).await {
+                    Followed::Value(shared) => {
+                        if let Some(value) = shared.downcast_ref::<T>() {
+                            site.count(Event::Join);
+                            site.miss_took(took());
+                            outcome("joined");
+                            return Ok(value.clone());
+                        }
+                    }
+                    Followed::Error(shared) => {
+                        if let Some(value) = serve_stale(stale, false) {
+                            return Ok(value); // stale-if-error: the leader's body failed
+                        }
+                        if let Some(error) = errors.sharing.as_ref().and_then(|e| (e.take)(&shared))
+                        {
+                            site.count(Event::Join);
+                            outcome("joined-error");
+                            return Err(error);
+                        }
+                    }
+                    Followed::Pass => {
+                        site.count(Event::Miss);
+                        outcome("passed");
+                        return run_in_place(body).await;
+                    }
+                    Followed::Retry => {}
+                }
+                // The leader gave up: look again, and maybe lead.
+            }
+            Role::Leader(leader) => {
+                let mut lead = Lead {
+                    site,
+                    backend,
+                    key: key.clone(),
+                    groups: groups.clone(),
+                    generations,
+                    epoch,
+                    lock_token: None,
+                };
+                let revalidating = stale.as_ref().is_some_and(|(_, revalidate)| *revalidate);
+                let body = match body {
+                    Body::Spawn(future, spawn) if revalidating && tokio_available() => {
+                        // Stale-while-revalidate: refresh in the background, answer now.
+                        drop(spawn(lead, future, leader, errors));
+                        return Ok(serve_stale(stale, true).expect("revalidating stale value"));
+                    }
+                    body => body,
+                };
+                if site.policy.lock_ms > 0 && lead.generations.is_some() {
+                    match wait_for_other_process::<T>(&lead).await {
+                        Wait::Found(value) => {
+                            leader.finish(Arc::new(value.clone()));
+                            site.count(Event::LockWait);
+                            site.miss_took(took());
+                            outcome("lock-wait");
+                            return Ok(value);
+                        }
+                        Wait::Locked(token) => lead.lock_token = Some(token),
+                        Wait::Proceed => {}
+                    }
+                }
+                site.count(Event::Miss);
+                let result = match body {
+                    Body::Spawn(future, spawn) if tokio_available() => {
+                        match spawn(lead, future, leader, errors).await {
+                            Ok(result) => result,
+                            Err(join) if join.is_panic() => {
+                                std::panic::resume_unwind(join.into_panic())
+                            }
+                            Err(join) => panic!("cache computation task was cancelled: {join}"),
+                        }
+                    }
+                    Body::Spawn(future, _) => run_leader(lead, future, leader, errors).await,
+                    Body::Local(future) => run_leader(lead, future, leader, errors).await,
+                };
+                site.miss_took(took());
+                return match result {
+                    Ok(shared) => {
+                        outcome("miss");
+                        Ok(Arc::unwrap_or_clone(shared))
+                    }
+                    Err(error) => match stale.filter(|_| (errors.is_failure)(&error)) {
+                        Some(stale) => Ok(serve_stale(Some(stale), false).expect("stale value")), // stale-if-error
+                        None => {
+                            outcome("error");
+                            Err(error)
+                        }
+                    },
+                };
+            }
+        }
+    }
+}
+
+fn tokio_available() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+async fn run_in_place<T, E, F: Future<Output = Result<T, E>>>(body: Body<T, E, F>) -> Result<T, E> {
+    body.run_in_place().await
+}
+
+impl<T, E, F: Future<Output = Result<T, E>>> Body<T, E, F> {
+    /// Runs the body in the caller, uncached.
+    pub(crate) async fn run_in_place(self) -> Result<T, E> {
+        match self {
+            Body::Local(future) | Body::Spawn(future, _) => future.await,
+        }
+    }
+}
+
+pub(crate) fn spawn_leader<T, E, F>(
+    lead: Lead,
+    future: F,
+    leader: Leader,
+    errors: Errors<E>,
+) -> JoinHandle<Result<Arc<T>, E>>
+where
+    T: Serialize + Send + Sync + 'static,
+    E: Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+{
+    tokio::spawn(run_leader(lead, future, leader, errors))
+}
+
+/// Runs the body as the flight's leader, stores an `Ok` value, releases any lock, and hands the
+/// outcome to the followers.
+async fn run_leader<T, E, F>(
+    lead: Lead,
+    future: F,
+    leader: Leader,
+    errors: Errors<E>,
+) -> Result<Arc<T>, E>
+where
+    T: Serialize + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    // Released when this leader ends, however it ends (a dropped caller or a panic included).
+    let lock = lead.lock_token.map(|token| LockRelease {
+        backend: lead.backend,
+        key: lead.key.clone(),
+        token: Some(token),
+    });
+    let result = future.await;
+    let outcome = match result {
+        Ok(value) => {
+            let shared = Arc::new(value);
+            if let Some(generations) = lead.generations.clone() {
+                let _gate = registry::STORE_GATE.read().await;
+                if !registry::invalidated_since(lead.epoch, &lead.key, &lead.groups) {
+                    let policy = lead.site.policy;
+                    store(
+                        lead.site,
+                        lead.backend,
+                        &lead.key,
+                        &lead.groups,
+                        generations,
+                        &shared,
+                        policy,
+                    )
+                    .await;
+                }
+            }
+            leader.finish(Arc::clone(&shared) as flight::Shared);
+            Ok(shared)
+        }
+        Err(error) => {
+            match (&errors.sharing, errors.independent) {
+                (Some(sharing), _) => leader.fail((sharing.share)(&error)),
+                (None, true) => leader.pass(),
+                (None, false) => drop(leader),
+            }
+            Err(error)
+        }
+    };
+    if let Some(mut lock) = lock {
+        if let Some(token) = lock.token.take() {
+            release_lock(lock.backend, &lock.key, token).await;
+        }
+    }
+    outcome
+}
+
+async fn release_lock(backend: &Registered, key: &str, token: u64) {
+    let _ = backend
+        .guard
+        .run("unlock", backend.backend.unlock(key, token))
+        .await;
+}
+
+/// Releases a cross-process lock that its leader did not release itself (it was dropped or
+/// panicked), from a task of its own.
+struct LockRelease {
+    backend: &'static Registered,
+    key: String,
+    token: Option<u64>,
+}
+
+impl Drop for LockRelease {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let backend = self.backend;
+            let key = std::mem::take(&mut self.key);
+            runtime.spawn(async move { release_lock(backend, &key, token).await });
+        }
+    }
+}
+
+enum Wait<T> {
+    /// Another process stored the value while this one waited.
+    Found(T),
+    /// This process holds the lock: compute, then release it.
+    Locked(u64),
+    /// No lock (backend failed, or the holder took too long): compute anyway.
+    Proceed,
+}
+
+/// Takes the cross-process lock of the key, or waits (at most the lock's TTL) for the process that
+/// holds it to store the value.
+async fn wait_for_other_process<T>(lead: &Lead) -> Wait<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let backend = &lead.backend;
+    let lock_ttl = Duration::from_millis(lead.site.policy.lock_ms);
+    let token = fastrand::u64(1..);
+    let deadline = Instant::now() + lock_ttl;
+    loop {
+        let locked = backend
+            .guard
+            .run("lock", backend.backend.try_lock(&lead.key, token, lock_ttl))
+            .await;
+        match locked {
+            Ok(true) => {
+                // The previous holder may have stored the value just before releasing the lock.
+                if let Probe::Hit(value) =
+                    probe::<T>(lead.site, backend, &lead.key, &lead.groups).await
+                {
+                    release_lock(backend, &lead.key, token).await;
+                    return Wait::Found(value);
+                }
+                return Wait::Locked(token);
+            }
+            Ok(false) => {}
+            Err(_) => return Wait::Proceed,
+        }
+        if Instant::now() >= deadline {
+            return Wait::Proceed;
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+        if let Probe::Hit(value) = probe::<T>(lead.site, backend, &lead.key, &lead.groups).await {
+            return Wait::Found(value);
+        }
+    }
+}
+
+/// The fingerprint of `T`, cached for the first type a site stores (a layer stores several).
+fn type_fingerprint<T: 'static>(site: &Site) -> u64 {
+    let of_t = || fingerprint(std::any::type_name::<T>());
+    let (type_id, cached) = *site
+        .fingerprint
+        .get_or_init(|| (std::any::TypeId::of::<T>(), of_t()));
+    if type_id == std::any::TypeId::of::<T>() {
+        cached
+    } else {
+        of_t()
+    }
+}
+
+pub(crate) async fn probe<T>(
+    site: &Site,
+    backend: &Registered,
+    key: &str,
+    groups: &[String],
+) -> Probe<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let policy = site.policy;
+    if let Some(memory) = backend.backend.as_memory() {
+        return match memory.get_typed::<T>(key, groups) {
+            TypedLookup::Hit(value) => Probe::Hit(value),
+            TypedLookup::Stale(value, generations, expired_ms) => Probe::Stale {
+                value,
+                generations,
+                revalidate: now_ms() < expired_ms.saturating_add(policy.stale_ms),
+            },
+            TypedLookup::Miss(generations) => Probe::Miss(Some(generations)),
+        };
+    }
+    if let Some(tiered) = backend.backend.as_tiered() {
+        return probe_tiered(site, backend, tiered, key, groups).await;
+    }
+    probe_stored(site, backend, key, groups).await.0
+}
+
+/// The local tier first, then Redis; a fresh value found in Redis is copied into the local tier
+/// under the local generations observed before reading Redis.
+async fn probe_tiered<T>(
+    site: &Site,
+    backend: &Registered,
+    tiered: &crate::TieredBackend,
+    key: &str,
+    groups: &[String],
+) -> Probe<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let local = tiered.usable_local();
+    let local_groups = crate::backend::tiered::local_groups(key, groups);
+    let observed = match local.map(|l| l.get_typed::<T>(key, &local_groups)) {
+        Some(TypedLookup::Hit(value)) => return Probe::Hit(value),
+        Some(TypedLookup::Stale(_, generations, _) | TypedLookup::Miss(generations)) => {
+            Some(generations)
+        }
+        None => None,
+    };
+    let (probe, expires_ms) = probe_stored::<T>(site, backend, key, groups).await;
+    if let (Probe::Hit(value), Some(local), Some(generations)) = (&probe, local, observed) {
+        let remaining = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
+        let ttl = remaining.min(tiered.local_ttl());
+        if !ttl.is_zero() {
+            let value = Arc::new(value.clone());
+            let _ = local.set_typed(
+                key.to_owned(),
+                value,
+                ttl,
+                0,
+                generations,
+                max_value_bytes(),
+            );
+        }
+    }
+    probe
+}
+
+/// Reads and decodes a serialized entry; with a hit, also when it expires (ms since the epoch).
+async fn probe_stored<T>(
+    site: &Site,
+    backend: &Registered,
+    key: &str,
+    groups: &[String],
+) -> (Probe<T>, u64)
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let policy = site.policy;
+    let lookup = match backend
+        .guard
+        .run("get", backend.backend.get(key, groups))
+        .await
+    {
+        Ok(lookup) => lookup,
+        Err(_) => {
+            site.count(Event::BackendError);
+            return (Probe::Miss(None), 0);
+        }
+    };
+    let current = lookup.generations;
+    let Some(bytes) = lookup.value else {
+        return (Probe::Miss(Some(current)), 0);
+    };
+    let (meta, payload) = match envelope::decode(&bytes) {
+        Decoded::Valid(meta, payload) if meta.type_fingerprint == type_fingerprint::<T>(site) => {
+            (meta, payload)
+        }
+        Decoded::Valid(..) => {
+            decode_failure(site, key, &"stored by a different value type");
+            return (Probe::Miss(Some(current)), 0);
+        }
+        Decoded::Unusable => {
+            decode_failure(site, key, &"not an envelope of this format version");
+            return (Probe::Miss(Some(current)), 0);
+        }
+    };
+    if meta.generations != current {
+        // A group was invalidated: never served, even stale.
+        return (Probe::Miss(Some(current)), 0);
+    }
+    let now = now_ms();
+    let stale_until = meta
+        .expires_ms
+        .saturating_add(policy.stale_ms.max(policy.stale_if_error_ms));
+    if now >= meta.expires_ms && now >= stale_until {
+        return (Probe::Miss(Some(current)), 0);
+    }
+    let probe = match serde_json::from_slice(payload) {
+        Ok(value) if now < meta.expires_ms => Probe::Hit(value),
+        Ok(value) => Probe::Stale {
+            value,
+            generations: current,
+            revalidate: now < meta.expires_ms.saturating_add(policy.stale_ms),
+        },
+        Err(error) => {
+            decode_failure(site, key, &error);
+            Probe::Miss(Some(current))
+        }
+    };
+    (probe, meta.expires_ms)
+}
+
+fn decode_failure(site: &Site, key: &str, reason: &dyn std::fmt::Display) {
+    site.count(Event::DecodeFailure);
+    tracing::debug!(key, %reason, "cached entry unusable; recomputing");
+}
+
+/// Stores `value` under `key`, fresh for `policy.ttl_ms` and kept for its stale windows too.
+pub(crate) async fn store<T>(
+    site: &Site,
+    backend: &Registered,
+    key: &str,
+    groups: &[String],
+    generations: Vec<u64>,
+    value: &Arc<T>,
+    policy: Policy,
+) where
+    T: Serialize + Send + Sync + 'static,
+{
+    let retention = policy.retention();
+    if let Some(memory) = backend.backend.as_memory() {
+        let fresh_until = if policy.serves_stale() {
+            now_ms().saturating_add(policy.ttl_ms)
+        } else {
+            0
+        };
+        let stored = memory.set_typed(
+            key.to_owned(),
+            Arc::clone(value),
+            retention,
+            fresh_until,
+            generations,
+            max_value_bytes(),
+        );
+        if !stored {
+            oversized(site, key);
+        }
+        return;
+    }
+    let meta = Meta::fresh(
+        Duration::from_millis(policy.ttl_ms),
+        type_fingerprint::<T>(site),
+        generations,
+    );
+    let bytes = match envelope::encode(&meta, value.as_ref()) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(key, %error, "value could not be serialized; not cached");
+            return;
+        }
+    };
+    if bytes.len() as u64 > max_value_bytes() {
+        oversized(site, key);
+        return;
+    }
+    let stored = backend
+        .guard
+        .run("set", backend.backend.set(key, bytes, retention, groups))
+        .await;
+    if stored.is_err() {
+        site.count(Event::BackendError);
+    }
+}
+
+fn oversized(site: &Site, key: &str) {
+    site.count(Event::Oversized);
+    tracing::warn!(
+        key,
+        limit = max_value_bytes(),
+        "value larger than CACHE_MAX_VALUE_BYTES; not cached"
+    );
+}
+
+/// Removes one call's entry from the function's backend (behind the generated `*_invalidate` fns).
+pub async fn invalidate_entry(backend: &str, key: String) -> Result<(), crate::CacheError> {
+    registry::invalidate_key_in(backend, key).await
+}

@@ -1,0 +1,526 @@
+//! HTTP caching against real servers on real ports, with a real client.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use axum::{
+    extract::{FromRequestParts, Path, Query, State},
+    http::{header, request::Parts, HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+    Json, Router,
+};
+use cache_runtime::{cache_invalidate, cached, http::CacheLayer};
+use serde::{Deserialize, Serialize};
+use support::http::{client, send, TestServer};
+
+static ITEM_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    name: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    prefix: &'static str,
+}
+
+#[cached(http, ttl = 60, key = "item:{id}", group = "items")]
+async fn item(State(state): State<AppState>, Path(id): Path<u64>) -> impl IntoResponse {
+    ITEM_RUNS.fetch_add(1, Ordering::SeqCst);
+    (
+        [("x-custom", "kept")],
+        Json(Item {
+            id,
+            name: format!("{}{id}", state.prefix),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn handler_hits_keep_status_headers_and_body() {
+    let app = Router::new()
+        .route("/items/{id}", get(item))
+        .with_state(AppState { prefix: "item-" });
+    let server = TestServer::start(app).await;
+
+    let first = server.get("/items/1").await;
+    let second = server.get("/items/1").await;
+    assert_eq!(
+        ITEM_RUNS.load(Ordering::SeqCst),
+        1,
+        "second request is a hit"
+    );
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, r#"{"id":1,"name":"item-1"}"#);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("x-custom"), Some("kept"));
+    assert_eq!(second.header("content-type"), Some("application/json"));
+    let etag = first.header("etag").unwrap();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert_eq!(second.header("etag"), Some(etag));
+    let cc = second.header("cache-control").unwrap();
+    assert!(
+        cc == "public, max-age=60" || cc == "public, max-age=59",
+        "{cc}"
+    );
+    assert!(second.header("age").is_some());
+
+    server.get("/items/2").await;
+    assert_eq!(ITEM_RUNS.load(Ordering::SeqCst), 2);
+
+    // HEAD: same validators, no body, answered from the cache.
+    let head = server.send("HEAD", "/items/1", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("etag"), Some(etag));
+    assert!(head.body.is_empty());
+    assert_eq!(ITEM_RUNS.load(Ordering::SeqCst), 2);
+}
+
+static ARTICLE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(http, ttl = 60, visibility = "private")]
+async fn article(Path(id): Path<u64>) -> String {
+    ARTICLE_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("article {id}")
+}
+
+#[tokio::test]
+async fn if_none_match_gets_304_for_exact_weak_listed_and_star() {
+    let server = TestServer::start(Router::new().route("/articles/{id}", get(article))).await;
+    let first = server.get("/articles/7").await;
+    let etag = first.header("etag").unwrap().to_owned();
+    assert_eq!(first.header("cache-control"), Some("private, max-age=60"));
+
+    let weak = format!("W/{etag}");
+    let listed = format!("\"nope\", {etag}");
+    for validator in [etag.as_str(), weak.as_str(), listed.as_str(), "*"] {
+        let reply = server
+            .send("GET", "/articles/7", &[("if-none-match", validator)])
+            .await;
+        assert_eq!(reply.status, 304, "validator {validator}");
+        assert!(reply.body.is_empty());
+        assert_eq!(reply.header("etag"), Some(etag.as_str()));
+        assert!(reply
+            .header("cache-control")
+            .unwrap()
+            .starts_with("private, max-age="));
+    }
+    let other = server
+        .send("GET", "/articles/7", &[("if-none-match", "\"other\"")])
+        .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.body, "article 7");
+    assert_eq!(ARTICLE_RUNS.load(Ordering::SeqCst), 1);
+
+    // The first (miss) response answers a matching validator too, e.g. from another process.
+    article_invalidate(Path(7)).await.unwrap();
+    let revalidated = server
+        .send("GET", "/articles/7", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(revalidated.status, 304);
+    assert_eq!(ARTICLE_RUNS.load(Ordering::SeqCst), 2);
+}
+
+static STATUS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Deserialize, Serialize)]
+struct Mode {
+    mode: String,
+}
+
+#[cached(http, ttl = 60)]
+async fn status(Query(q): Query<Mode>) -> axum::response::Response {
+    STATUS_RUNS.fetch_add(1, Ordering::SeqCst);
+    match q.mode.as_str() {
+        "404" => (StatusCode::NOT_FOUND, "missing").into_response(),
+        "500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "cookie" => ([(header::SET_COOKIE, "session=1")], "with cookie").into_response(),
+        "no-store" => ([(header::CACHE_CONTROL, "no-store")], "secret").into_response(),
+        "private" => ([(header::CACHE_CONTROL, "private")], "mine").into_response(),
+        _ => "ok".into_response(),
+    }
+}
+
+#[tokio::test]
+async fn errors_cookies_no_store_private_and_post_are_never_cached() {
+    let app = Router::new().route("/status", get(status).post(status));
+    let server = TestServer::start(app).await;
+    for mode in ["404", "500", "cookie", "no-store", "private"] {
+        let before = STATUS_RUNS.load(Ordering::SeqCst);
+        let path = format!("/status?mode={mode}");
+        let a = server.get(&path).await;
+        let b = server.get(&path).await;
+        assert_eq!(
+            STATUS_RUNS.load(Ordering::SeqCst),
+            before + 2,
+            "{mode} was cached"
+        );
+        assert_eq!(a.status, b.status);
+        assert!(a.header("etag").is_none(), "{mode} got an etag");
+    }
+    assert_eq!(server.get("/status?mode=404").await.status, 404);
+    assert_eq!(
+        server.get("/status?mode=cookie").await.header("set-cookie"),
+        Some("session=1")
+    );
+
+    let before = STATUS_RUNS.load(Ordering::SeqCst);
+    server.send("POST", "/status?mode=ok", &[]).await;
+    server.send("POST", "/status?mode=ok", &[]).await;
+    assert_eq!(
+        STATUS_RUNS.load(Ordering::SeqCst),
+        before + 2,
+        "POST passes through"
+    );
+    server.get("/status?mode=ok").await;
+    server.get("/status?mode=ok").await;
+    assert_eq!(
+        STATUS_RUNS.load(Ordering::SeqCst),
+        before + 3,
+        "GET is cached"
+    );
+}
+
+/// An extractor for the caller's identity; being `Serialize`, it enters the default key.
+#[derive(Serialize)]
+struct Caller(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, StatusCode> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(StatusCode::UNAUTHORIZED)?;
+        Ok(Caller(token.to_owned()))
+    }
+}
+
+#[cached(http, ttl = 60, visibility = "private")]
+async fn profile(caller: Caller) -> String {
+    format!("profile of {}", caller.0)
+}
+
+#[cached(http, ttl = 60, visibility = "private")]
+async fn dashboard(headers: HeaderMap) -> String {
+    let who = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous");
+    format!("dashboard of {who}")
+}
+
+#[tokio::test]
+async fn two_users_never_share_an_entry() {
+    let app = Router::new()
+        .route("/profile", get(profile))
+        .route("/dashboard", get(dashboard));
+    let server = TestServer::start(app).await;
+    for path in ["/profile", "/dashboard"] {
+        let alice = server
+            .send("GET", path, &[("authorization", "Bearer alice")])
+            .await;
+        let bob = server
+            .send("GET", path, &[("authorization", "Bearer bob")])
+            .await;
+        let alice_again = server
+            .send("GET", path, &[("authorization", "Bearer alice")])
+            .await;
+        assert!(alice.body.ends_with("Bearer alice"), "{}", alice.body);
+        assert!(bob.body.ends_with("Bearer bob"), "{}", bob.body);
+        assert_eq!(alice_again.body, alice.body);
+    }
+    assert_eq!(server.get("/profile").await.status, 401);
+}
+
+static LAYER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+async fn layered(headers: HeaderMap, Path(kind): Path<String>) -> axum::response::Response {
+    LAYER_RUNS.fetch_add(1, Ordering::SeqCst);
+    let lang = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("en")
+        .to_owned();
+    match kind.as_str() {
+        "vary" => (
+            [(header::VARY, "accept-language")],
+            format!("hello in {lang}"),
+        )
+            .into_response(),
+        "vary-star" => ([(header::VARY, "*")], "anything").into_response(),
+        "max-age" => ([(header::CACHE_CONTROL, "max-age=1")], "short").into_response(),
+        "public" => ([(header::CACHE_CONTROL, "public, max-age=30")], "shared").into_response(),
+        "big" => "x".repeat(10_000).into_response(),
+        "error" => (StatusCode::SERVICE_UNAVAILABLE, "later").into_response(),
+        _ => format!("plain {kind}").into_response(),
+    }
+}
+
+fn layered_app() -> Router {
+    Router::new()
+        .route("/l/{kind}", get(layered).post(|| async { "updated" }))
+        .layer(
+            CacheLayer::new()
+                .ttl(Duration::from_secs(30))
+                .max_body(4096),
+        )
+}
+
+async fn runs_for(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (usize, Vec<String>) {
+    let before = LAYER_RUNS.load(Ordering::SeqCst);
+    let mut x_cache = Vec::new();
+    for _ in 0..2 {
+        let reply = server.send("GET", path, headers).await;
+        x_cache.push(reply.header("x-cache").unwrap_or("-").to_owned());
+    }
+    (LAYER_RUNS.load(Ordering::SeqCst) - before, x_cache)
+}
+
+#[tokio::test]
+async fn layer_caches_by_uri_and_vary_and_follows_rfc_9111() {
+    let server = TestServer::start(layered_app()).await;
+
+    assert_eq!(
+        runs_for(&server, "/l/a", &[]).await,
+        (1, vec!["MISS".into(), "HIT".into()])
+    );
+    assert_eq!(
+        runs_for(&server, "/l/a?page=2", &[]).await.0,
+        1,
+        "query is part of the key"
+    );
+
+    // Vary: one entry per Accept-Language value.
+    let fr = [("accept-language", "fr")];
+    let de = [("accept-language", "de")];
+    assert_eq!(runs_for(&server, "/l/vary", &fr).await.0, 1);
+    assert_eq!(runs_for(&server, "/l/vary", &de).await.0, 1);
+    assert_eq!(server.send("GET", "/l/vary", &fr).await.body, "hello in fr");
+    assert_eq!(server.send("GET", "/l/vary", &de).await.body, "hello in de");
+    assert_eq!(runs_for(&server, "/l/vary", &fr).await.0, 0);
+    assert_eq!(
+        runs_for(&server, "/l/vary-star", &[]).await.0,
+        2,
+        "Vary: * is never stored"
+    );
+
+    // Authorization: not stored unless the response allows it.
+    let auth = [("authorization", "Bearer x")];
+    assert_eq!(runs_for(&server, "/l/private-data", &auth).await.0, 2);
+    assert_eq!(runs_for(&server, "/l/public", &auth).await.0, 1);
+
+    // Errors and oversized bodies pass through, the latter whole.
+    assert_eq!(runs_for(&server, "/l/error", &[]).await.0, 2);
+    assert_eq!(runs_for(&server, "/l/big", &[]).await.0, 2);
+    assert_eq!(server.get("/l/big").await.body.len(), 10_000);
+
+    // max-age from the response wins over the layer's TTL.
+    assert_eq!(runs_for(&server, "/l/max-age", &[]).await.0, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(runs_for(&server, "/l/max-age", &[]).await.0, 1);
+
+    // A request's no-store bypasses the cache.
+    assert_eq!(
+        runs_for(&server, "/l/a", &[("cache-control", "no-store")])
+            .await
+            .0,
+        2
+    );
+
+    // ETag and 304 from the layer, HEAD from the stored GET.
+    let reply = server.get("/l/a").await;
+    let etag = reply.header("etag").unwrap().to_owned();
+    let not_modified = server
+        .send("GET", "/l/a", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(not_modified.header("x-cache"), Some("HIT"));
+    let head = server.send("HEAD", "/l/a", &[]).await;
+    assert_eq!(
+        (head.status, head.header("etag")),
+        (200, Some(etag.as_str()))
+    );
+
+    // A successful POST to the URI removes its entry.
+    assert_eq!(server.send("POST", "/l/a", &[]).await.body, "updated");
+    assert_eq!(
+        runs_for(&server, "/l/a", &[]).await,
+        (1, vec!["MISS".into(), "HIT".into()])
+    );
+}
+
+static PRODUCT_RUNS: AtomicUsize = AtomicUsize::new(0);
+static CATALOG_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(http, ttl = 60, group = "products")]
+async fn product(Path(id): Path<u64>) -> String {
+    PRODUCT_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("product {id}")
+}
+
+async fn catalog() -> &'static str {
+    CATALOG_RUNS.fetch_add(1, Ordering::SeqCst);
+    "catalog"
+}
+
+#[derive(Deserialize)]
+struct NewPrice {
+    valid: bool,
+}
+
+#[cache_invalidate(http, group = "products", key = "price:{id}")]
+async fn update_product(Path(id): Path<u64>, Query(q): Query<NewPrice>) -> impl IntoResponse {
+    if q.valid {
+        (StatusCode::OK, format!("updated {id}"))
+    } else {
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_mutation_handler_invalidates_the_attribute_and_the_layer() {
+    let app = Router::new()
+        .route("/products/{id}", get(product))
+        .route(
+            "/catalog",
+            get(catalog).layer(CacheLayer::new().group("products")),
+        )
+        .route("/products/{id}/price", post(update_product));
+    let server = TestServer::start(app).await;
+    for _ in 0..2 {
+        server.get("/products/1").await;
+        server.get("/catalog").await;
+    }
+    assert_eq!(PRODUCT_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(CATALOG_RUNS.load(Ordering::SeqCst), 1);
+
+    // A failed mutation invalidates nothing.
+    let rejected = server
+        .send("POST", "/products/1/price?valid=false", &[])
+        .await;
+    assert_eq!(rejected.status, 422);
+    server.get("/products/1").await;
+    server.get("/catalog").await;
+    assert_eq!(PRODUCT_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(CATALOG_RUNS.load(Ordering::SeqCst), 1);
+
+    let accepted = server
+        .send("POST", "/products/1/price?valid=true", &[])
+        .await;
+    assert_eq!(
+        (accepted.status, accepted.body.as_str()),
+        (200, "updated 1")
+    );
+    server.get("/products/1").await;
+    server.get("/catalog").await;
+    assert_eq!(PRODUCT_RUNS.load(Ordering::SeqCst), 2);
+    assert_eq!(CATALOG_RUNS.load(Ordering::SeqCst), 2);
+}
+
+/// A child process serving the same cached handler; killed on drop.
+struct ChildServer {
+    child: Child,
+    port: u16,
+}
+
+impl ChildServer {
+    fn start() -> Self {
+        let mut child = Command::new(support::child_binary())
+            .args(["http", "serve", "-"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cache-child starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected child output {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn etags_are_identical_across_processes() {
+    let (a, b) = (ChildServer::start(), ChildServer::start());
+    let client = client();
+    let url = |port: u16| format!("http://127.0.0.1:{port}/article/5");
+    let from_a = send(&client, "GET", &url(a.port), &[]).await;
+    let from_b = send(&client, "GET", &url(b.port), &[]).await;
+    assert_eq!(from_a.status, 200);
+    assert_eq!(from_a.body, from_b.body);
+    let etag = from_a.header("etag").unwrap();
+    assert_eq!(from_b.header("etag"), Some(etag));
+    // A validator from one process is honoured by the other.
+    let revalidated = send(&client, "GET", &url(b.port), &[("if-none-match", etag)]).await;
+    assert_eq!(revalidated.status, 304);
+}
+
+static TAGGED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+async fn tagged(Path(id): Path<u64>) -> impl IntoResponse {
+    TAGGED_RUNS.fetch_add(1, Ordering::SeqCst);
+    (
+        [("x-cache-groups", format!("shelf, book:{id}"))],
+        format!("book {id}"),
+    )
+}
+
+#[tokio::test]
+async fn layer_on_redis_with_groups_from_a_response_header() {
+    let redis = support::RegisteredRedis::start("redis-layer");
+    let app = Router::new().route("/books/{id}", get(tagged)).layer(
+        CacheLayer::new()
+            .backend("redis-layer")
+            .groups_from_header(header::HeaderName::from_static("x-cache-groups")),
+    );
+    let server = TestServer::start(app).await;
+    let first = server.get("/books/1").await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert!(
+        first.header("x-cache-groups").is_none(),
+        "the header is internal"
+    );
+    let second = server.get("/books/1").await;
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.body, "book 1");
+    server.get("/books/2").await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 2);
+    assert!(redis.server.cli(&["DBSIZE"]).parse::<u32>().unwrap() >= 2);
+
+    // A group named only by the response header reaches the entry...
+    cache_runtime::invalidate_group("book:1").await.unwrap();
+    assert_eq!(server.get("/books/1").await.header("x-cache"), Some("MISS"));
+    assert_eq!(server.get("/books/2").await.header("x-cache"), Some("HIT"));
+    // ...and so does a group shared by both.
+    cache_runtime::invalidate_group("shelf").await.unwrap();
+    assert_eq!(server.get("/books/1").await.header("x-cache"), Some("MISS"));
+    assert_eq!(server.get("/books/2").await.header("x-cache"), Some("MISS"));
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 5);
+}

@@ -1,0 +1,268 @@
+//! The Redis backend against real `redis-server` processes that the tests start themselves.
+
+mod support;
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use cache_runtime::cached;
+use serde::{Deserialize, Serialize};
+use support::{free_port, RegisteredRedis};
+
+/// Every test takes this lock: the process-wide `invalidate_*` functions reach every registered
+/// backend, so one test's killed or unreachable server must not fail another test's invalidation.
+static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    friends: Vec<u64>,
+    address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Address {
+    city: String,
+}
+
+static PROFILE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    ttl = 60,
+    backend = "redis-hits",
+    key = "profile:{id}",
+    group = "profiles"
+)]
+async fn profile(id: u64) -> Profile {
+    PROFILE_RUNS.fetch_add(1, Ordering::SeqCst);
+    Profile {
+        id,
+        name: format!("p{id}"),
+        friends: vec![1, 2, 3],
+        address: Some(Address {
+            city: "Lyon".into(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn values_round_trip_through_redis_with_ttl_and_prefix() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-hits");
+    let first = profile(1).await;
+    let second = profile(1).await;
+    assert_eq!(first, second);
+    assert_eq!(second.address.unwrap().city, "Lyon");
+    assert_eq!(PROFILE_RUNS.load(Ordering::SeqCst), 1);
+
+    assert_eq!(redis.server.cli(&["EXISTS", "cache:k:profile:1"]), "1");
+    let pttl: u64 = redis
+        .server
+        .cli(&["PTTL", "cache:k:profile:1"])
+        .parse()
+        .unwrap();
+    assert!((55_000..=60_000).contains(&pttl), "PTTL {pttl}");
+
+    // Removing the entry behind the cache's back makes the next call recompute.
+    redis.server.cli(&["DEL", "cache:k:profile:1"]);
+    profile(1).await;
+    assert_eq!(PROFILE_RUNS.load(Ordering::SeqCst), 2);
+}
+
+static GROUP_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, backend = "redis-groups", group = "big")]
+async fn member(n: u64) -> u64 {
+    GROUP_RUNS.fetch_add(1, Ordering::SeqCst);
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_invalidation_is_one_incr_whatever_the_group_size() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-groups");
+    const MEMBERS: u64 = 3_000;
+    for n in 0..MEMBERS {
+        member(n).await;
+    }
+    assert_eq!(GROUP_RUNS.load(Ordering::SeqCst), MEMBERS as usize);
+    let stored: u64 = redis.server.cli(&["DBSIZE"]).parse().unwrap();
+    assert_eq!(stored, MEMBERS);
+
+    redis.server.cli(&["CONFIG", "RESETSTAT"]);
+    cache_runtime::invalidate_group("big").await.unwrap();
+    let stats = redis.server.cli(&["INFO", "commandstats"]);
+    let commands: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
+        .collect();
+    // For the whole group the server saw one INCR of its generation, and one PUBLISH announcing
+    // it to in-process tiers: no KEYS, SCAN or DEL.
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    for expected in ["cmdstat_incr:calls=1,", "cmdstat_publish:calls=1,"] {
+        assert!(
+            commands.iter().any(|c| c.starts_with(expected)),
+            "{commands:?}"
+        );
+    }
+
+    for n in [0, MEMBERS / 2, MEMBERS - 1] {
+        member(n).await;
+    }
+    assert_eq!(GROUP_RUNS.load(Ordering::SeqCst), MEMBERS as usize + 3);
+}
+
+static GARBAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, backend = "redis-garbage", key = "garbage:{n}")]
+async fn garbage_target(n: u64) -> Vec<u64> {
+    GARBAGE_RUNS.fetch_add(1, Ordering::SeqCst);
+    vec![n; 3]
+}
+
+#[cached(ttl = 60, backend = "redis-garbage", key = "garbage:{n}")]
+async fn same_key_other_type(n: u64) -> String {
+    format!("text {n}")
+}
+
+#[tokio::test]
+async fn garbage_truncated_and_foreign_entries_are_misses_that_get_overwritten() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-garbage");
+    redis
+        .server
+        .cli(&["SET", "cache:k:garbage:1", "not an envelope"]);
+    assert_eq!(garbage_target(1).await, vec![1, 1, 1]);
+    assert_eq!(GARBAGE_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(garbage_target(1).await, vec![1, 1, 1]);
+    assert_eq!(
+        GARBAGE_RUNS.load(Ordering::SeqCst),
+        1,
+        "overwritten by a valid entry"
+    );
+
+    // Another type under the same key: a miss for it, then a miss for the first type again.
+    assert_eq!(same_key_other_type(1).await, "text 1");
+    assert_eq!(garbage_target(1).await, vec![1, 1, 1]);
+    assert_eq!(GARBAGE_RUNS.load(Ordering::SeqCst), 2);
+
+    // A truncated envelope.
+    redis.server.cli(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[1], string.sub(redis.call('GET', KEYS[1]), 1, 20))",
+        "1",
+        "cache:k:garbage:1",
+    ]);
+    assert_eq!(redis.server.cli(&["STRLEN", "cache:k:garbage:1"]), "20");
+    assert_eq!(garbage_target(1).await, vec![1, 1, 1]);
+    assert_eq!(GARBAGE_RUNS.load(Ordering::SeqCst), 3);
+
+    let stats = cache_runtime::stats();
+    let s = stats
+        .iter()
+        .find(|s| s.function.ends_with("::garbage_target"))
+        .unwrap();
+    assert!(s.decode_failures >= 3, "{s:?}");
+}
+
+static DEAD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, backend = "redis-dead")]
+async fn on_dead_redis(n: u64) -> u64 {
+    DEAD_RUNS.fetch_add(1, Ordering::SeqCst);
+    n + 1
+}
+
+#[tokio::test]
+async fn a_closed_port_costs_little_and_never_fails_the_call() {
+    let _global = GLOBAL.lock().await;
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    cache_runtime::register(
+        "redis-dead",
+        cache_runtime::RedisBackend::open(&url).unwrap(),
+    );
+    let started = Instant::now();
+    assert_eq!(on_dead_redis(1).await, 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    for n in 0..50 {
+        assert_eq!(on_dead_redis(n).await, n + 1);
+    }
+    // The breaker opened: fifty more calls cost nothing like fifty timeouts.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(DEAD_RUNS.load(Ordering::SeqCst), 51);
+    cache_runtime::unregister("redis-dead");
+}
+
+static RESTART_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, backend = "redis-restart")]
+async fn across_restart(n: u64) -> u64 {
+    RESTART_RUNS.fetch_add(1, Ordering::SeqCst);
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_a_redis_restart_and_hits_resume() {
+    let _global = GLOBAL.lock().await;
+    let mut redis = RegisteredRedis::start("redis-restart");
+    across_restart(1).await;
+    across_restart(1).await;
+    assert_eq!(RESTART_RUNS.load(Ordering::SeqCst), 1);
+
+    redis.server.kill();
+    for _ in 0..5 {
+        assert_eq!(
+            across_restart(1).await,
+            1,
+            "a dead Redis never fails the call"
+        );
+    }
+    let runs_while_down = RESTART_RUNS.load(Ordering::SeqCst);
+    assert!(runs_while_down >= 2);
+
+    redis.server.restart();
+    // Within a few seconds the backend is used again: one call stores, the next ones hit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = RESTART_RUNS.load(Ordering::SeqCst);
+        across_restart(1).await;
+        across_restart(1).await;
+        if RESTART_RUNS.load(Ordering::SeqCst) - before <= 1 && redis.server.cli(&["DBSIZE"]) == "1"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hits did not resume after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn invalidation_reports_a_failing_backend() {
+    let _global = GLOBAL.lock().await;
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    cache_runtime::register(
+        "redis-unreachable",
+        cache_runtime::RedisBackend::open(&url).unwrap(),
+    );
+    let error = cache_runtime::invalidate_group("anything")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("redis-unreachable"), "{error}");
+    cache_runtime::unregister("redis-unreachable");
+}

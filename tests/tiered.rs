@@ -1,0 +1,126 @@
+//! Two tiers: a local tier in front of Redis, invalidated across processes by pub/sub.
+
+mod support;
+
+use std::{
+    process::Command,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use cache_runtime::{cached, MemoryBackend, RedisBackend, TieredBackend};
+use support::{child_binary, RedisServer};
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 60, backend = "tiered-test", key = "t:{n}", group = "tgroup")]
+async fn tiered_value(n: u64) -> u64 {
+    RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+fn runs() -> u64 {
+    RUNS.load(Ordering::SeqCst)
+}
+
+async fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Calls once to store in Redis, once to copy into the local tier, then removes the Redis copy:
+/// the value is now served by the local tier alone.
+async fn only_in_local_tier(server: &RedisServer, n: u64) -> u64 {
+    let value = tiered_value(n).await;
+    assert_eq!(tiered_value(n).await, value);
+    server.cli(&["DEL", &format!("cache:k:t:{n}")]);
+    let before = runs();
+    assert_eq!(tiered_value(n).await, value, "served by the local tier");
+    assert_eq!(runs(), before);
+    value
+}
+
+fn invalidate_from_another_process(server: &RedisServer, action: &str, target: &str) {
+    let output = Command::new(child_binary())
+        .args(["redis", action, target])
+        .env("REDIS_URL", server.url())
+        .output()
+        .expect("cache-child runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls until a call runs the body; returns how long that took.
+async fn time_until_recomputed(n: u64) -> Duration {
+    let started = Instant::now();
+    let before = runs();
+    while runs() == before {
+        tiered_value(n).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_invalidation_reaches_the_local_tier_within_100ms() {
+    let mut server = RedisServer::start();
+    let tiered = Arc::new(TieredBackend::new(
+        RedisBackend::open(&server.url()).unwrap(),
+        MemoryBackend::with_limits(1_000, 1 << 20),
+    ));
+    cache_runtime::register_arc("tiered-test", tiered.clone());
+    tiered_value(0).await; // starts the subscriber
+    wait_until(Duration::from_secs(3), "the subscription", || {
+        tiered.is_subscribed()
+    })
+    .await;
+
+    // Group invalidation from another process.
+    let old = only_in_local_tier(&server, 1).await;
+    invalidate_from_another_process(&server, "invalidate", "tgroup");
+    let took = time_until_recomputed(1).await;
+    assert!(took < Duration::from_millis(100), "seen after {took:?}");
+    assert_ne!(tiered_value(1).await, old);
+
+    // Key invalidation from another process.
+    let old = only_in_local_tier(&server, 2).await;
+    invalidate_from_another_process(&server, "invalidate-key", "t:2");
+    let took = time_until_recomputed(2).await;
+    assert!(took < Duration::from_millis(100), "seen after {took:?}");
+    assert_ne!(tiered_value(2).await, old);
+
+    // A lost subscription turns the local tier off (and empties it): no stale local value.
+    let old = only_in_local_tier(&server, 3).await;
+    server.kill();
+    wait_until(Duration::from_secs(2), "the subscription to drop", || {
+        !tiered.is_subscribed()
+    })
+    .await;
+    assert_ne!(
+        tiered_value(3).await,
+        old,
+        "the local tier is not used without its subscription"
+    );
+    server.restart();
+    wait_until(Duration::from_secs(5), "the subscription to return", || {
+        tiered.is_subscribed()
+    })
+    .await;
+    assert_eq!(
+        tiered.local().entry_count_now(),
+        0,
+        "emptied on resubscription"
+    );
+    only_in_local_tier(&server, 4).await;
+}
