@@ -68,7 +68,10 @@ async fn a_million_unique_keys_stay_within_the_configured_bound() {
     }
     backend.run_pending_tasks();
     let rss_before = resident_bytes();
-    let calls: u64 = std::env::var("FLOOD_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(CALLS);
+    let calls: u64 = std::env::var("FLOOD_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CALLS);
     let (mut rss_peak, mut live_peak) = (rss_before, live_before);
     for n in 0..calls {
         assert_eq!(kilobyte(n).await.len(), 1024);
@@ -96,7 +99,10 @@ async fn a_million_unique_keys_stay_within_the_configured_bound() {
         rss_growth / MIB,
     );
     let end_live = live_bytes().saturating_sub(live_before);
-    println!("{} bytes per entry", end_live / backend.entry_count().max(1));
+    println!(
+        "{} bytes per entry",
+        end_live / backend.entry_count().max(1)
+    );
     assert!(backend.weighted_size() <= BOUND);
     // Unbounded, the flood would hold well over 1 GiB. Bounded, the bytes the process really holds
     // stay within the bound plus a small overhead (moka's write buffer between two evictions)...
