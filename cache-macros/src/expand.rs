@@ -86,6 +86,12 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         };
         #spawn_probe
     };
+    // What a fresh in-process hit returns, by shape (the cached value is what `memoize` caches).
+    let hit_value = match (checked.shape, args.cache_none, args.cache_err) {
+        (Shape::Result, _, false) => quote!(::core::result::Result::Ok(__cache_hit)),
+        (Shape::Option, false, _) => quote!(::core::option::Option::Some(__cache_hit)),
+        _ => quote!(__cache_hit),
+    };
     let cached_call = match (checked.shape, args.cache_none, args.cache_err) {
         (Shape::Result, _, false) => quote! {
             #errors
@@ -122,7 +128,12 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         #(#attrs)*
         #vis #sig {
             #site
-            let __cache_key: ::std::string::String = #key_expr;
+            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            if let ::core::option::Option::Some(__cache_hit) =
+                #rt::__private::fresh_hit(&__CACHE_SITE, &__cache_key)
+            {
+                return #hit_value;
+            }
             let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
             let __cache_body = async move {
                 let __cache_out: #ret = #block;
@@ -176,7 +187,7 @@ fn cached_handler(
                 #inner_fn
                 #site
                 let (__cache_key, __cache_groups): (
-                    ::std::string::String,
+                    #rt::__private::KeyBuf,
                     ::std::vec::Vec<::std::string::String>,
                 ) = {
                     #bindings
@@ -366,7 +377,7 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
 fn render_all(templates: &[Template]) -> TokenStream {
     let rt = runtime();
     let rendered = templates.iter().map(|t| t.render(&rt));
-    quote!(::std::vec![#(#rendered),*])
+    quote!(::std::vec![#(#rendered.into_string()),*])
 }
 
 /// `<fn>_key` and `<fn>_invalidate`, taking `inputs` and running `bindings` before the key.
@@ -393,8 +404,8 @@ fn helper_fns(
         #[allow(unused_variables, clippy::needless_pass_by_value)]
         #vis fn #key_fn #impl_generics (#inputs) -> ::std::string::String #where_clause {
             #bindings
-            let __cache_key: ::std::string::String = #key_expr;
-            #rt::key::normalize_key(__cache_key)
+            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            #rt::key::normalize_key(__cache_key.into_string())
         }
 
         #[doc = #invalidate_doc]
@@ -404,7 +415,7 @@ fn helper_fns(
         {
             let __cache_key: ::std::string::String = {
                 #bindings
-                #key_expr
+                #key_expr.into_string()
             };
             #rt::__private::invalidate_entry(#backend, __cache_key).await
         }

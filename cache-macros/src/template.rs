@@ -67,12 +67,14 @@ impl Template {
                     }
                 });
                 quote_spanned!(span=>
-                    #runtime::__private::push_value(&mut __cache_text, &(#root #(#fields)*));
+                    (&#runtime::__private::KeyValueProbe(&(#root #(#fields)*))).push_to(&mut __cache_text);
                 )
             }
         });
         quote_spanned!(span=> {
-            let mut __cache_text = ::std::string::String::new();
+            #[allow(unused_imports)]
+            use #runtime::__private::{ViaPlain as _, ViaSerde as _};
+            let mut __cache_text = #runtime::__private::KeyBuf::new();
             #(#pushes)*
             __cache_text
         })

@@ -18,21 +18,189 @@ pub const MAX_KEY_LEN: usize = 200;
 /// How many bytes of the original a shortened key keeps before its hash.
 const KEPT_HEAD: usize = 64;
 
+/// Longest key kept on the stack while it is built; longer keys move to the heap.
+const INLINE_KEY: usize = 160;
+
+/// A key (or group name) under construction: on the stack while it is short, which is most keys,
+/// so that building the key of a cache hit allocates nothing.
+///
+/// ```
+/// use cache_runtime::key::KeyBuf;
+/// let mut key = KeyBuf::new();
+/// key.push_str("user:");
+/// cache_runtime::key::push_value(&mut key, &"a:b c");
+/// assert_eq!(key.as_str(), "user:a%3Ab%20c");
+/// assert_eq!(key.into_string(), "user:a%3Ab%20c");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KeyBuf {
+    text: KeyText,
+    /// A value failed to serialize: the call runs uncached.
+    unkeyable: bool,
+}
+
+#[derive(Debug, Clone)]
+enum KeyText {
+    Inline(arrayvec::ArrayString<INLINE_KEY>),
+    Heap(String),
+}
+
+impl Default for KeyText {
+    fn default() -> Self {
+        Self::Inline(arrayvec::ArrayString::new())
+    }
+}
+
+impl KeyBuf {
+    /// An empty key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends literal text (not escaped).
+    pub fn push_str(&mut self, text: &str) {
+        match &mut self.text {
+            KeyText::Inline(inline) => {
+                if inline.try_push_str(text).is_err() {
+                    let mut heap = String::with_capacity(inline.len() + text.len() + 32);
+                    heap.push_str(inline);
+                    heap.push_str(text);
+                    self.text = KeyText::Heap(heap);
+                }
+            }
+            KeyText::Heap(heap) => heap.push_str(text),
+        }
+    }
+
+    /// The key as built so far.
+    pub fn as_str(&self) -> &str {
+        match &self.text {
+            KeyText::Inline(inline) => inline,
+            KeyText::Heap(heap) => heap,
+        }
+    }
+
+    /// Whether every value in the key could be serialized (if not, the call runs uncached).
+    pub fn is_keyable(&self) -> bool {
+        !self.unkeyable
+    }
+
+    /// The key as a `String`; a key with a value that failed to serialize becomes the
+    /// [`UNKEYABLE`] marker.
+    pub fn into_string(self) -> String {
+        if self.unkeyable {
+            return unkeyable();
+        }
+        match self.text {
+            KeyText::Inline(inline) => inline.as_str().to_owned(),
+            KeyText::Heap(heap) => heap,
+        }
+    }
+
+    fn mark_unkeyable(&mut self) {
+        self.unkeyable = true;
+    }
+}
+
+impl std::fmt::Write for KeyBuf {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.push_str(text);
+        Ok(())
+    }
+}
+
 /// Appends `value`, escaped, to a key under construction.
 ///
 /// Strings are written as they are (escaped); numbers, booleans and other values as their compact JSON.
-/// A value that cannot be serialized writes [`UNKEYABLE`], and the call then runs uncached.
+/// A value that cannot be serialized marks the key unkeyable, and the call then runs uncached.
 ///
 /// ```
-/// let mut key = String::from("user:");
+/// let mut key = cache_runtime::key::KeyBuf::new();
 /// cache_runtime::key::push_value(&mut key, &"a:b c");
-/// assert_eq!(key, "user:a%3Ab%20c");
+/// cache_runtime::key::push_value(&mut key, &[1, 2]);
+/// assert_eq!(key.as_str(), "a%3Ab%20c%5B1,2%5D");
 /// ```
-pub fn push_value<T: Serialize + ?Sized>(key: &mut String, value: &T) {
+pub fn push_value<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T) {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(text)) => escape_into(key, &text),
         Ok(other) => escape_into(key, &other.to_string()),
-        Err(_) => key.push(char::from(UNKEYABLE)),
+        Err(_) => key.mark_unkeyable(),
+    }
+}
+
+/// Template values that render without serde: integers, booleans, characters and strings, the
+/// common key parts, written exactly as [`push_value`] would write them but without allocating.
+pub trait PlainKeyValue {
+    /// Appends the value, escaped.
+    fn push_plain(&self, key: &mut KeyBuf);
+}
+
+macro_rules! plain_integers {
+    ($($ty:ty),*) => {$(
+        impl PlainKeyValue for $ty {
+            fn push_plain(&self, key: &mut KeyBuf) {
+                key.push_str(itoa::Buffer::new().format(*self));
+            }
+        }
+    )*};
+}
+
+plain_integers!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
+
+impl PlainKeyValue for bool {
+    fn push_plain(&self, key: &mut KeyBuf) {
+        key.push_str(if *self { "true" } else { "false" });
+    }
+}
+
+impl PlainKeyValue for char {
+    fn push_plain(&self, key: &mut KeyBuf) {
+        escape_into(key, self.encode_utf8(&mut [0u8; 4]));
+    }
+}
+
+impl PlainKeyValue for str {
+    fn push_plain(&self, key: &mut KeyBuf) {
+        escape_into(key, self);
+    }
+}
+
+impl PlainKeyValue for String {
+    fn push_plain(&self, key: &mut KeyBuf) {
+        escape_into(key, self);
+    }
+}
+
+impl<T: PlainKeyValue + ?Sized> PlainKeyValue for &T {
+    fn push_plain(&self, key: &mut KeyBuf) {
+        (**self).push_plain(key);
+    }
+}
+
+/// Picks [`PlainKeyValue`] when the value has it, [`push_value`] otherwise (autoref
+/// specialization in the generated code: `(&KeyValueProbe(&value)).push_to(&mut key)`).
+#[doc(hidden)]
+pub struct KeyValueProbe<'a, T: ?Sized>(pub &'a T);
+
+#[doc(hidden)]
+pub trait ViaPlain {
+    fn push_to(&self, key: &mut KeyBuf);
+}
+
+impl<T: PlainKeyValue + ?Sized> ViaPlain for KeyValueProbe<'_, T> {
+    fn push_to(&self, key: &mut KeyBuf) {
+        self.0.push_plain(key);
+    }
+}
+
+#[doc(hidden)]
+pub trait ViaSerde {
+    fn push_to(&self, key: &mut KeyBuf);
+}
+
+impl<T: Serialize + ?Sized> ViaSerde for &KeyValueProbe<'_, T> {
+    fn push_to(&self, key: &mut KeyBuf) {
+        push_value(key, self.0);
     }
 }
 
@@ -43,20 +211,26 @@ pub fn push_value<T: Serialize + ?Sized>(key: &mut String, value: &T) {
 /// cache_runtime::key::escape_into(&mut out, "50%*{x}\n");
 /// assert_eq!(out, "50%25%2A%7Bx%7D%0A");
 /// ```
-pub fn escape_into(out: &mut String, text: &str) {
-    for ch in text.chars() {
-        if needs_escape(ch) {
-            let mut buf = [0u8; 4];
-            for byte in ch.encode_utf8(&mut buf).bytes() {
-                out.push('%');
-                out.push(hex_digit(byte >> 4).to_ascii_uppercase());
-                out.push(hex_digit(byte & 0xf).to_ascii_uppercase());
-            }
-        } else {
-            out.push(ch);
+pub fn escape_into(out: &mut impl std::fmt::Write, text: &str) {
+    let mut rest = text;
+    while let Some(at) = rest.find(needs_escape) {
+        let _ = out.write_str(&rest[..at]);
+        let ch = rest[at..].chars().next().unwrap_or_default();
+        let mut buf = [0u8; 4];
+        for byte in ch.encode_utf8(&mut buf).bytes() {
+            let escaped = [
+                b'%',
+                HEX_UPPER[usize::from(byte >> 4)],
+                HEX_UPPER[usize::from(byte & 0xf)],
+            ];
+            let _ = out.write_str(std::str::from_utf8(&escaped).unwrap_or_default());
         }
+        rest = &rest[at + ch.len_utf8()..];
     }
+    let _ = out.write_str(rest);
 }
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 fn needs_escape(ch: char) -> bool {
     matches!(
@@ -64,10 +238,6 @@ fn needs_escape(ch: char) -> bool {
         '%' | ':' | '*' | '?' | '[' | ']' | '{' | '}' | '\\' | '"' | '\'' | '#'
     ) || ch.is_whitespace()
         || ch.is_control()
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
 }
 
 /// The default key of a call: `"{module}::{function}:{hash}"`, where the hash is the first 128 bits
@@ -87,20 +257,20 @@ pub fn default_key<A: Serialize + ?Sized>(module: &str, function: &str, args: &A
     if serde_json::to_writer(HashWriter(&mut hasher), args).is_err() {
         return unkeyable();
     }
-    finish_key(hasher, module, function)
+    finish_key(hasher, module, function).into_string()
 }
 
 fn unkeyable() -> String {
     char::from(UNKEYABLE).to_string()
 }
 
-fn finish_key(hasher: Sha256, module: &str, function: &str) -> String {
+fn finish_key(hasher: Sha256, module: &str, function: &str) -> KeyBuf {
     let digest = hasher.finalize();
-    let mut key = String::with_capacity(module.len() + function.len() + 35);
+    let mut key = KeyBuf::new();
     key.push_str(module);
     key.push_str("::");
     key.push_str(function);
-    key.push(':');
+    key.push_str(":");
     push_hex(&mut key, &digest[..16]);
     key
 }
@@ -112,7 +282,7 @@ fn finish_key(hasher: Sha256, module: &str, function: &str) -> String {
 /// ```
 /// use cache_runtime::key::{default_key, DefaultKey};
 /// let key = DefaultKey::new().arg(&1u64).arg("a").finish("m", "f");
-/// assert_eq!(key, default_key("m", "f", &(1u64, "a")));
+/// assert_eq!(key.as_str(), default_key("m", "f", &(1u64, "a")));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct DefaultKey {
@@ -139,10 +309,12 @@ impl DefaultKey {
     }
 
     /// The key of a call of `module::function` with the arguments added.
-    /// Keys of arguments that failed to serialize contain [`UNKEYABLE`].
-    pub fn finish(mut self, module: &str, function: &str) -> String {
+    /// The key of a call with an argument that failed to serialize is not [keyable](KeyBuf::is_keyable).
+    pub fn finish(mut self, module: &str, function: &str) -> KeyBuf {
         if self.failed {
-            return unkeyable();
+            let mut key = KeyBuf::new();
+            key.mark_unkeyable();
+            return key;
         }
         let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
         self.hasher.update(closing);
@@ -208,7 +380,7 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 }
 
 /// Lower-case hex through a lookup table into a stack buffer, then one copy (on the hot path).
-fn push_hex(out: &mut String, bytes: &[u8]) {
+fn push_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buffer = [0u8; 64];
     let mut written = 0;
@@ -219,7 +391,7 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
             written = 2 * (i + 1);
         }
         // Only ASCII hex digits were written.
-        out.push_str(std::str::from_utf8(&buffer[..written]).unwrap_or_default());
+        let _ = out.write_str(std::str::from_utf8(&buffer[..written]).unwrap_or_default());
     }
 }
 
@@ -240,16 +412,26 @@ impl std::io::Write for HashWriter<'_> {
 mod tests {
     use super::*;
 
+    fn rendered<T: Serialize + ?Sized>(value: &T) -> String {
+        let mut key = KeyBuf::new();
+        push_value(&mut key, value);
+        key.into_string()
+    }
+
+    fn plain<T: PlainKeyValue + ?Sized>(value: &T) -> String {
+        let mut key = KeyBuf::new();
+        value.push_plain(&mut key);
+        key.into_string()
+    }
+
     #[test]
     fn values_cannot_forge_separators_or_patterns() {
-        let mut a = String::from("user:");
-        push_value(&mut a, &"1:admin");
-        let mut b = String::from("user:1:");
-        push_value(&mut b, &"admin");
-        assert_ne!(a, b);
+        assert_ne!(
+            format!("user:{}", rendered("1:admin")),
+            format!("user:1:{}", rendered("admin"))
+        );
         for hostile in ["*", "{id}", "a b", "line\nbreak", "x?y", "[a]", "50%"] {
-            let mut k = String::new();
-            push_value(&mut k, &hostile);
+            let k = rendered(hostile);
             assert!(
                 !k.contains(|c: char| ":*?[]{} \n".contains(c)),
                 "{hostile:?} escaped to {k:?}"
@@ -259,20 +441,60 @@ mod tests {
 
     #[test]
     fn escaping_is_injective_on_percent() {
-        let mut a = String::new();
-        push_value(&mut a, &"%3A");
-        let mut b = String::new();
-        push_value(&mut b, &":");
-        assert_ne!(a, b);
+        assert_ne!(rendered("%3A"), rendered(":"));
     }
 
     #[test]
     fn numbers_and_structs_render_compactly() {
-        let mut k = String::new();
+        let mut k = KeyBuf::new();
         push_value(&mut k, &42u64);
         push_value(&mut k, &true);
         push_value(&mut k, &Option::<u8>::None);
-        assert_eq!(k, "42truenull");
+        assert_eq!(k.as_str(), "42truenull");
+    }
+
+    #[test]
+    fn plain_values_render_as_serde_does() {
+        for n in [0i64, -1, 42, i64::MIN, i64::MAX] {
+            assert_eq!(plain(&n), rendered(&n));
+        }
+        assert_eq!(plain(&u64::MAX), rendered(&u64::MAX));
+        assert_eq!(plain(&true), rendered(&true));
+        for text in ["", "plain", "a:b c", "é{x}\n", "50%", &"x".repeat(500)] {
+            assert_eq!(plain(text), rendered(text));
+            assert_eq!(plain(&text.to_string()), rendered(text));
+            assert_eq!(plain(&&text), rendered(text));
+        }
+        for ch in ['a', ':', 'é', '\n'] {
+            assert_eq!(plain(&ch), rendered(&ch));
+        }
+    }
+
+    #[test]
+    fn long_keys_spill_to_the_heap_unchanged() {
+        let mut key = KeyBuf::new();
+        let part = "0123456789".repeat(7);
+        for _ in 0..5 {
+            key.push_str(&part);
+        }
+        assert_eq!(key.as_str(), part.repeat(5));
+        assert_eq!(key.into_string(), part.repeat(5));
+    }
+
+    #[test]
+    fn unserializable_values_make_the_key_unkeyable() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let mut key = KeyBuf::new();
+        push_value(&mut key, &Fails);
+        assert!(!key.is_keyable());
+        assert_eq!(key.into_string().as_bytes(), [UNKEYABLE]);
+        let key = DefaultKey::new().arg(&Fails).finish("m", "f");
+        assert!(!key.is_keyable());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     backend::memory::TypedLookup,
     envelope::{self, now_ms, Decoded, Meta},
     flight::{self, Followed, Leader, Role},
-    key::{fingerprint, normalize_key, UNKEYABLE},
+    key::{fingerprint, normalize_key, KeyBuf, UNKEYABLE},
     registry::{self, Registered},
     stats::{Event, Policy, Site},
 };
@@ -218,11 +218,11 @@ pub struct Lead {
 
 /// Runs `body` unless a live value for `key` is cached, and caches its `Ok` value.
 ///
-/// Called by the code `#[cached]` generates. The cache never fails the call: backend errors are
-/// logged and counted, and the body runs.
+/// Called by the code `#[cached]` generates, after [`fresh_hit`] found no fresh in-process value.
+/// The cache never fails the call: backend errors are logged and counted, and the body runs.
 pub async fn memoize<T, E, F>(
     site: &'static Site,
-    key: String,
+    key: KeyBuf,
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Option<ErrorSharing<E>>,
@@ -231,33 +231,23 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, E>>,
 {
-    if let Some(value) = fresh_in_memory::<T>(site, &key, &groups) {
-        return Ok(value);
-    }
-    memoize_with(site, key, groups, body, Errors::new(errors)).await
+    memoize_with(site, key.into_string(), groups, body, Errors::new(errors)).await
 }
 
-/// The hot path: a fresh typed value in an in-process backend, found without building the
-/// machinery of a full call (span, flight, timers on untimed calls).
-pub(crate) fn fresh_in_memory<T: Clone + 'static>(
-    site: &'static Site,
-    key: &str,
-    groups: &[String],
-) -> Option<T> {
+/// The hot path: a fresh typed value in an in-process backend, found before anything else of the
+/// call is built (groups, body, span, flight, timers on untimed calls).
+pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
     let memory = registry::resolve_for(site)?.backend.as_memory()?;
-    if key.len() > crate::key::MAX_KEY_LEN || key.as_bytes().contains(&UNKEYABLE) {
-        return None; // the full path normalizes the key, or runs uncached
+    let key = key.as_str();
+    if key.len() > crate::key::MAX_KEY_LEN {
+        return None; // the full path normalizes the key (unkeyable keys are empty: a miss)
     }
     let started = crate::stats::sample_timing().then(Instant::now);
-    match memory.get_typed::<T>(key, groups) {
-        TypedLookup::Hit(value) => {
-            site.register();
-            site.count(Event::Hit);
-            site.hit_took(started.map(|s| s.elapsed()));
-            Some(value)
-        }
-        _ => None,
-    }
+    let value = memory.get_fresh::<T>(key)?;
+    site.register();
+    site.count(Event::Hit);
+    site.hit_took(started.map(|s| s.elapsed()));
+    Some(value)
 }
 
 pub(crate) async fn memoize_with<T, E, F>(
@@ -687,7 +677,7 @@ where
                 value,
                 ttl,
                 0,
-                generations,
+                (&local_groups, generations),
                 max_value_bytes(),
             );
         }
@@ -789,7 +779,7 @@ pub(crate) async fn store<T>(
             Arc::clone(value),
             retention,
             fresh_until,
-            generations,
+            (groups, generations),
             max_value_bytes(),
         );
         if !stored {

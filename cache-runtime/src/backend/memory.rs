@@ -1,15 +1,28 @@
-//! The in-process backend: a bounded [`moka`] cache that keeps typed values.
+//! The in-process backend: a bounded [`quick_cache`] cache that keeps typed values.
 //!
 //! Memoized calls store the value itself (behind an `Arc`), so a hit costs a lookup and a clone,
 //! with no serialization. The cache is bounded both by entry count and by bytes, where the size of a
-//! value is the length of its JSON form (measured once, when it is stored).
+//! value is the length of its JSON form (measured once, when it is stored). Each entry carries its
+//! own expiry: a read past it is a miss that drops the entry, and a sweep at most once a second
+//! drops expired entries nobody reads.
 
 use std::{
     any::Any,
     collections::HashMap,
-    sync::{Arc, RwLock},
-    time::Duration,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
 };
+
+/// Expiry is checked against the coarse monotonic clock (a few ms of resolution, a few ns to
+/// read), so a hit does not pay for a precise clock read.
+type Clock = coarsetime::Instant;
+
+fn now() -> Clock {
+    Clock::now_without_cache_update()
+}
 
 use async_trait::async_trait;
 
@@ -20,12 +33,24 @@ use crate::BackendError;
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
 /// Default bound on the total size of entries, in bytes.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
-/// Bookkeeping bytes counted per entry on top of key and value: moka's node, hash-table slot and
-/// access-order links, the entry record and the allocations' headers. Measured by `tests/flood.rs`,
-/// which prints the live heap per entry (about 1,500 bytes for a 1 KiB string and a 32-byte key).
-const ENTRY_OVERHEAD: u64 = 420;
+/// Bookkeeping bytes counted per entry on top of key and value: the cache's slot, the entry
+/// record and the allocations' headers. Measured by `tests/flood.rs`, which prints the live heap
+/// per entry (about 1,300 bytes for a 1 KiB string and a 32-byte key).
+const ENTRY_OVERHEAD: u64 = 224;
 /// How many invalidated groups are remembered before the table is folded into one floor.
 const MAX_TRACKED_GROUPS: usize = 100_000;
+/// Least time between two sweeps of expired entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Hash-table slots reserved up front; the table grows up to the entry bound as it fills.
+const INITIAL_SLOTS: u64 = 1024;
+
+type Store = quick_cache::sync::Cache<
+    String,
+    Arc<MemEntry>,
+    EntryWeight,
+    foldhash::fast::RandomState,
+    quick_cache::sync::DefaultLifecycle<String, Arc<MemEntry>>,
+>;
 
 /// A bounded in-process cache.
 ///
@@ -37,26 +62,59 @@ const MAX_TRACKED_GROUPS: usize = 100_000;
 /// ```
 pub struct MemoryBackend {
     /// foldhash: a fast hasher with a per-process random seed (keys carry outside input).
-    entries: moka::sync::Cache<String, Arc<MemEntry>, foldhash::fast::RandomState>,
+    entries: Store,
     generations: Generations,
     max_entries: u64,
     max_bytes: u64,
+    /// Time base of `last_sweep_ms`.
+    started: Instant,
+    /// When expired entries were last swept (ms since `started`).
+    last_sweep_ms: AtomicU64,
 }
 
 struct MemEntry {
     value: Stored,
-    /// How long the cache keeps the entry (freshness plus any stale window).
-    ttl: Duration,
+    /// When the cache drops the entry (freshness plus any stale window).
+    expires_at: Clock,
     /// When the value stops being fresh (ms since the Unix epoch); 0 when it is fresh for as long as
-    /// it is kept, which spares hits a clock read.
+    /// it is kept, which spares hits a second clock read.
     fresh_until_ms: u64,
+    /// The groups the entry was stored under, and their generations at the time.
+    groups: Box<[String]>,
     generations: Box<[u64]>,
-    weight: u32,
+    weight: u64,
+}
+
+impl MemEntry {
+    fn typed<T: 'static>(&self) -> Option<&T> {
+        match &self.value {
+            Stored::Typed(value) => value.downcast_ref::<T>(),
+            Stored::Bytes(_) => None,
+        }
+    }
+
+    fn expired(&self, now: Clock) -> bool {
+        now >= self.expires_at
+    }
+}
+
+fn expiry(ttl: Duration) -> Clock {
+    now() + coarsetime::Duration::from(ttl)
 }
 
 enum Stored {
     Typed(Arc<dyn Any + Send + Sync>),
     Bytes(Vec<u8>),
+}
+
+/// Weighs entries by the weight computed once when they are stored.
+#[derive(Clone)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<String, Arc<MemEntry>> for EntryWeight {
+    fn weight(&self, _key: &String, entry: &Arc<MemEntry>) -> u64 {
+        entry.weight
+    }
 }
 
 /// What a typed lookup found.
@@ -81,31 +139,8 @@ impl std::fmt::Debug for MemoryBackend {
         f.debug_struct("MemoryBackend")
             .field("max_entries", &self.max_entries)
             .field("max_bytes", &self.max_bytes)
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .finish()
-    }
-}
-
-struct PerEntryTtl;
-
-impl moka::Expiry<String, Arc<MemEntry>> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<MemEntry>,
-        _now: std::time::Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl)
     }
 }
 
@@ -117,16 +152,21 @@ impl MemoryBackend {
     pub fn with_limits(max_entries: u64, max_bytes: u64) -> Self {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(1);
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_key: &String, entry: &Arc<MemEntry>| entry.weight)
-            .expire_after(PerEntryTtl)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let slots = usize::try_from(max_entries.min(INITIAL_SLOTS)).unwrap_or(usize::MAX);
+        let entries = Store::with(
+            slots,
+            max_bytes,
+            EntryWeight,
+            foldhash::fast::RandomState::default(),
+            Default::default(),
+        );
         Self {
             entries,
             generations: Generations::default(),
             max_entries,
             max_bytes,
+            started: Instant::now(),
+            last_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -145,53 +185,89 @@ impl MemoryBackend {
         )
     }
 
-    /// Number of live entries (approximate: moka applies writes in batches).
+    /// Number of entries held (expired entries count until they are read or swept).
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
-    /// Number of live entries after applying pending writes and evictions.
+    /// Number of live entries, after dropping the expired ones.
     pub fn entry_count_now(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.run_pending_tasks();
+        self.entry_count()
     }
 
-    /// Total weight of live entries in bytes (approximate, as [`entry_count`](Self::entry_count)).
+    /// Total weight of the entries held, in bytes.
     pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+        self.entries.weight()
     }
 
-    /// Applies pending evictions now (moka otherwise does it in batches).
+    /// Drops expired entries now (otherwise done when they are read, and at most once a second
+    /// when entries are stored).
     pub fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks();
+        let now = now();
+        self.entries.retain(|_, entry| !entry.expired(now));
     }
 
-    fn weight(&self, key: &str, value_bytes: u64) -> u32 {
+    fn weight(&self, key: &str, value_bytes: u64) -> u64 {
         let floor = self.max_bytes / self.max_entries;
-        let size = ENTRY_OVERHEAD + key.len() as u64 + value_bytes;
-        u32::try_from(size.max(floor)).unwrap_or(u32::MAX)
+        (ENTRY_OVERHEAD + key.len() as u64 + value_bytes).max(floor)
     }
 
+    /// The entry under `key` unless it has expired (then it is dropped).
+    fn live_entry(&self, key: &str) -> Option<Arc<MemEntry>> {
+        let entry = self.entries.get(key)?;
+        if entry.expired(now()) {
+            self.entries
+                .remove_if(key, |current| Arc::ptr_eq(current, &entry));
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn insert(&self, key: String, entry: MemEntry) {
+        self.entries.insert(key, Arc::new(entry));
+        let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let due = since_start.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_sweep_ms
+                .compare_exchange(last, since_start, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.run_pending_tasks();
+        }
+    }
+
+    /// The value under `key` if it is fresh, of type `T`, and no group it was stored under has
+    /// been invalidated since: the hit path, which needs no group names from the caller.
+    pub(crate) fn get_fresh<T: Clone + 'static>(&self, key: &str) -> Option<T> {
+        let entry = self.live_entry(key)?;
+        let value = entry.typed::<T>()?;
+        let fresh = entry.fresh_until_ms == 0 || crate::envelope::now_ms() < entry.fresh_until_ms;
+        (fresh && self.generations.matches(&entry.groups, &entry.generations)).then(|| value.clone())
+    }
+
+    /// Looks `key` up for a call tagged with `groups`: a hit, a stale value, or a miss with the
+    /// generations of `groups` to store the computed value under.
     pub(crate) fn get_typed<T: Clone + 'static>(
         &self,
         key: &str,
         groups: &[String],
     ) -> TypedLookup<T> {
-        if let Some(entry) = self.entries.get(key) {
-            if let Stored::Typed(value) = &entry.value {
-                if let Some(value) = value.downcast_ref::<T>() {
-                    if self.generations.matches(groups, &entry.generations) {
-                        if entry.fresh_until_ms != 0
-                            && crate::envelope::now_ms() >= entry.fresh_until_ms
-                        {
-                            return TypedLookup::Stale(
-                                value.clone(),
-                                self.generations.current(groups),
-                                entry.fresh_until_ms,
-                            );
-                        }
-                        return TypedLookup::Hit(value.clone());
+        if let Some(entry) = self.live_entry(key) {
+            if let Some(value) = entry.typed::<T>() {
+                if self.generations.matches(&entry.groups, &entry.generations) {
+                    if entry.fresh_until_ms != 0
+                        && crate::envelope::now_ms() >= entry.fresh_until_ms
+                    {
+                        return TypedLookup::Stale(
+                            value.clone(),
+                            self.generations.current(groups),
+                            entry.fresh_until_ms,
+                        );
                     }
+                    return TypedLookup::Hit(value.clone());
                 }
             }
         }
@@ -206,32 +282,34 @@ impl MemoryBackend {
         value: Arc<T>,
         ttl: Duration,
         fresh_until_ms: u64,
-        generations: Vec<u64>,
+        (groups, generations): (&[String], Vec<u64>),
         max_value_bytes: u64,
     ) -> bool {
         let size = serialized_len(value.as_ref());
         if size > max_value_bytes {
             return false;
         }
-        let weight = self.weight(&key, size + size_of::<T>() as u64);
+        let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
+        let weight = self.weight(&key, size + (size_of::<T>() + group_bytes) as u64);
         let entry = MemEntry {
             value: Stored::Typed(value),
-            ttl,
+            expires_at: expiry(ttl),
             fresh_until_ms,
+            groups: groups.into(),
             generations: generations.into_boxed_slice(),
             weight,
         };
-        self.entries.insert(key, Arc::new(entry));
+        self.insert(key, entry);
         true
     }
 
     pub(crate) fn remove(&self, key: &str) {
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     /// Drops every entry at once.
     pub(crate) fn clear_now(&self) {
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     pub(crate) fn bump_group(&self, group: &str) {
@@ -242,7 +320,7 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        let value = self.entries.get(key).and_then(|entry| match &entry.value {
+        let value = self.live_entry(key).and_then(|entry| match &entry.value {
             Stored::Bytes(bytes) => Some(bytes.clone()),
             Stored::Typed(_) => None,
         });
@@ -262,12 +340,13 @@ impl Backend for MemoryBackend {
         let weight = self.weight(key, value.len() as u64);
         let entry = MemEntry {
             value: Stored::Bytes(value),
-            ttl,
+            expires_at: expiry(ttl),
             fresh_until_ms: 0,
+            groups: Box::new([]),
             generations: Box::new([]),
             weight,
         };
-        self.entries.insert(key.to_owned(), Arc::new(entry));
+        self.insert(key.to_owned(), entry);
         Ok(())
     }
 
@@ -388,7 +467,7 @@ mod tests {
             Arc::new(5u64),
             Duration::from_secs(60),
             0,
-            vec![],
+            (&[], vec![]),
             u64::MAX,
         );
         assert!(matches!(
@@ -413,7 +492,7 @@ mod tests {
             Arc::new(1u64),
             Duration::from_secs(60),
             0,
-            gens,
+            (&g, gens),
             u64::MAX,
         );
         assert!(matches!(mem.get_typed::<u64>("k", &g), TypedLookup::Hit(1)));
@@ -422,6 +501,44 @@ mod tests {
             mem.get_typed::<u64>("k", &g),
             TypedLookup::Miss(_)
         ));
+    }
+
+    #[test]
+    fn fresh_hits_check_the_groups_the_entry_was_stored_under() {
+        let mem = MemoryBackend::default();
+        let g = groups(&["users"]);
+        let TypedLookup::Miss(gens) = mem.get_typed::<u64>("k", &g) else {
+            panic!("empty cache hit")
+        };
+        mem.set_typed(
+            "k".into(),
+            Arc::new(7u64),
+            Duration::from_secs(60),
+            0,
+            (&g, gens),
+            u64::MAX,
+        );
+        assert_eq!(mem.get_fresh::<u64>("k"), Some(7));
+        assert_eq!(mem.get_fresh::<u32>("k"), None, "another type is a miss");
+        mem.bump_group("other");
+        assert_eq!(mem.get_fresh::<u64>("k"), Some(7));
+        mem.bump_group("users");
+        assert_eq!(mem.get_fresh::<u64>("k"), None);
+    }
+
+    #[test]
+    fn fresh_hits_skip_stale_entries() {
+        let mem = MemoryBackend::default();
+        let past = crate::envelope::now_ms() - 1;
+        mem.set_typed(
+            "k".into(),
+            Arc::new(1u8),
+            Duration::from_secs(60),
+            past,
+            (&[], vec![]),
+            u64::MAX,
+        );
+        assert_eq!(mem.get_fresh::<u8>("k"), None);
     }
 
     #[test]
@@ -438,7 +555,7 @@ mod tests {
             Arc::new(1u64),
             Duration::from_secs(60),
             0,
-            before,
+            (&g, before),
             u64::MAX,
         );
         for i in 0..=MAX_TRACKED_GROUPS {
@@ -459,7 +576,7 @@ mod tests {
                 Arc::new(i),
                 Duration::from_secs(60),
                 0,
-                vec![],
+                (&[], vec![]),
                 u64::MAX,
             );
         }
@@ -476,7 +593,7 @@ mod tests {
                 Arc::new("x".repeat(1024)),
                 Duration::from_secs(60),
                 0,
-                vec![],
+                (&[], vec![]),
                 u64::MAX,
             );
         }
@@ -498,7 +615,7 @@ mod tests {
             Arc::new(1u8),
             Duration::from_secs(60),
             past,
-            vec![],
+            (&[], vec![]),
             u64::MAX,
         );
         assert!(matches!(
@@ -515,7 +632,7 @@ mod tests {
             Arc::new("x".repeat(100)),
             Duration::from_secs(60),
             0,
-            vec![],
+            (&[], vec![]),
             50,
         );
         assert!(!stored);
@@ -533,7 +650,7 @@ mod tests {
             Arc::new(1u8),
             Duration::from_millis(30),
             0,
-            vec![],
+            (&[], vec![]),
             u64::MAX,
         );
         std::thread::sleep(Duration::from_millis(60));

@@ -11,7 +11,7 @@ use axum::{
 pub use super::response::CachedResponse;
 use super::{cache_control::CacheControl, response::ReplyCacheControl, DEFAULT_MAX_BODY};
 use crate::{
-    key::DefaultKey,
+    key::{DefaultKey, KeyBuf},
     memo::{memoize_with, Body, Errors},
     stats::Site,
 };
@@ -63,7 +63,7 @@ pub(crate) fn storable(response: &Response) -> bool {
 pub async fn serve<F>(
     site: &'static Site,
     request: RequestInfo,
-    key: String,
+    key: KeyBuf,
     groups: Vec<String>,
     visibility: &'static str,
     handler: Body<CachedResponse, Response, F>,
@@ -78,7 +78,7 @@ where
             Err(response) => response,
         };
     }
-    if let Some(cached) = crate::memo::fresh_in_memory::<CachedResponse>(site, &key, &groups) {
+    if let Some(cached) = crate::memo::fresh_hit::<CachedResponse>(site, &key) {
         return cached.reply(
             ReplyCacheControl::Origin(visibility),
             &request.if_none_match,
@@ -88,7 +88,7 @@ where
     // An uncacheable response belongs to its request: concurrent requests each run the handler.
     // Only a server error lets a stale response stand in (stale-if-error).
     let errors = Errors::independent(|response: &Response| response.status().is_server_error());
-    match memoize_with(site, key, groups, handler, errors).await {
+    match memoize_with(site, key.into_string(), groups, handler, errors).await {
         Ok(cached) => cached.reply(
             ReplyCacheControl::Origin(visibility),
             &request.if_none_match,

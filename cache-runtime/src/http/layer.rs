@@ -521,7 +521,7 @@ fn variant_key(base: &str, nonce: u64, names: &[String], headers: &HeaderMap) ->
         .arg(&nonce)
         .arg(&values)
         .finish("vary", "v");
-    normalize_key(format!("{base}|{hash}"))
+    normalize_key(format!("{base}|{}", hash.as_str()))
 }
 
 fn groups_key(base: &str) -> String {
