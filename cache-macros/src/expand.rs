@@ -434,10 +434,12 @@ fn key_expr(
     if let Some(template) = &args.key {
         return template.render(&rt);
     }
-    let module = if checked.has_receiver && args.name.is_none() {
-        quote!(::std::any::type_name::<Self>())
+    let finish = if checked.has_receiver && args.name.is_none() {
+        quote!(finish(::std::any::type_name::<Self>(), #function_name))
     } else {
-        quote!(::core::module_path!())
+        quote!(finish_prefixed(
+            ::core::concat!(::core::module_path!(), "::", #function_name, ":")
+        ))
     };
     let named = checked
         .key_args
@@ -453,10 +455,10 @@ fn key_expr(
             use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
             let __cache_k = #rt::__private::DefaultKey::new();
             #(#steps)*
-            __cache_k.finish(#module, #function_name)
+            __cache_k.#finish
         }}
     } else {
         let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));
-        quote!(#rt::__private::DefaultKey::new() #(#parts)* .finish(#module, #function_name))
+        quote!(#rt::__private::DefaultKey::new() #(#parts)* .#finish)
     }
 }

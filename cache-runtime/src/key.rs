@@ -19,7 +19,7 @@ pub const MAX_KEY_LEN: usize = 200;
 const KEPT_HEAD: usize = 64;
 
 /// Longest key kept on the stack while it is built; longer keys move to the heap.
-const INLINE_KEY: usize = 160;
+const INLINE_KEY: usize = 128;
 
 /// A key (or group name) under construction: on the stack while it is short, which is most keys,
 /// so that building the key of a cache hit allocates nothing.
@@ -265,14 +265,19 @@ fn unkeyable() -> String {
 }
 
 fn finish_key(hasher: Sha256, module: &str, function: &str) -> KeyBuf {
-    let digest = hasher.finalize();
     let mut key = KeyBuf::new();
     key.push_str(module);
     key.push_str("::");
     key.push_str(function);
     key.push_str(":");
-    push_hex(&mut key, &digest[..16]);
+    push_digest(&mut key, hasher);
     key
+}
+
+/// Appends the first 128 bits of the digest in lower-case hex.
+fn push_digest(key: &mut KeyBuf, hasher: Sha256) {
+    let digest = hasher.finalize();
+    push_hex(key, &digest[..16]);
 }
 
 /// Builds a [`default_key`] one argument at a time, with the same result as passing the arguments
@@ -310,15 +315,38 @@ impl DefaultKey {
 
     /// The key of a call of `module::function` with the arguments added.
     /// The key of a call with an argument that failed to serialize is not [keyable](KeyBuf::is_keyable).
-    pub fn finish(mut self, module: &str, function: &str) -> KeyBuf {
+    pub fn finish(self, module: &str, function: &str) -> KeyBuf {
+        self.finish_with(|key| {
+            key.push_str(module);
+            key.push_str("::");
+            key.push_str(function);
+            key.push_str(":");
+        })
+    }
+
+    /// As [`finish`](Self::finish), with `"{module}::{function}:"` given whole (the generated code
+    /// passes a `concat!` of constants).
+    ///
+    /// ```
+    /// use cache_runtime::key::DefaultKey;
+    /// let key = DefaultKey::new().arg(&1u64).finish_prefixed("m::f:");
+    /// assert_eq!(key.as_str(), DefaultKey::new().arg(&1u64).finish("m", "f").as_str());
+    /// ```
+    pub fn finish_prefixed(self, prefix: &str) -> KeyBuf {
+        self.finish_with(|key| key.push_str(prefix))
+    }
+
+    fn finish_with(mut self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
+        let mut key = KeyBuf::new();
         if self.failed {
-            let mut key = KeyBuf::new();
             key.mark_unkeyable();
             return key;
         }
         let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
         self.hasher.update(closing);
-        finish_key(self.hasher, module, function)
+        prefix(&mut key);
+        push_digest(&mut key, self.hasher);
+        key
     }
 }
 

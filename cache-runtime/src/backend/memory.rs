@@ -245,7 +245,8 @@ impl MemoryBackend {
         let entry = self.live_entry(key)?;
         let value = entry.typed::<T>()?;
         let fresh = entry.fresh_until_ms == 0 || crate::envelope::now_ms() < entry.fresh_until_ms;
-        (fresh && self.generations.matches(&entry.groups, &entry.generations)).then(|| value.clone())
+        (fresh && self.generations.matches(&entry.groups, &entry.generations))
+            .then(|| value.clone())
     }
 
     /// Looks `key` up for a call tagged with `groups`: a hit, a stale value, or a miss with the
