@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
 
 use super::{
     cache_control::split_list,
@@ -40,10 +41,36 @@ const NOT_STORED: &[&str] = &[
 /// Headers that identify a representation, hashed into the ETag with the body.
 const REPRESENTATION: &[&str] = &["content-type", "content-encoding", "content-language"];
 
-/// A stored response: status, headers and body, with its validator and age.
+/// A stored response: status, headers and body, with its validator and age. Shared behind an `Arc`,
+/// so that a memory hit clones a pointer, not the headers.
 #[doc(hidden)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CachedResponse {
+#[derive(Debug, Clone)]
+pub struct CachedResponse(Arc<ResponseParts>);
+
+impl std::ops::Deref for CachedResponse {
+    type Target = ResponseParts;
+
+    fn deref(&self) -> &ResponseParts {
+        &self.0
+    }
+}
+
+impl Serialize for CachedResponse {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ResponseParts::deserialize(deserializer).map(|parts| Self(Arc::new(parts)))
+    }
+}
+
+/// What a [`CachedResponse`] holds.
+#[doc(hidden)]
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResponseParts {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     #[serde(with = "body_repr")]
@@ -53,6 +80,19 @@ pub struct CachedResponse {
     pub(crate) stored_ms: u64,
     /// How long it is fresh.
     pub(crate) ttl_ms: u64,
+    /// The parts of a reply that do not change between hits, built by the first one.
+    #[serde(skip)]
+    prepared: OnceLock<Prepared>,
+}
+
+/// The stored headers parsed once, and the handler's own `Cache-Control` directives.
+#[derive(Debug)]
+struct Prepared {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The handler's `Cache-Control` as stored, if it sent one.
+    cache_control: Option<String>,
+    /// Its directives other than visibility and freshness, each preceded by `", "`.
+    kept_directives: String,
 }
 
 /// What to put in `Cache-Control` on a reply.
@@ -109,14 +149,15 @@ impl CachedResponse {
                 strong_etag(&representation, &body)
             }
         };
-        Ok(Self {
+        Ok(Self(Arc::new(ResponseParts {
             status: parts.status.as_u16(),
             headers,
             body,
             etag,
             stored_ms: now_ms(),
             ttl_ms,
-        })
+            prepared: OnceLock::new(),
+        })))
     }
 
     /// Every value of a stored header, joined with `, ` (the list form of a repeated field).
@@ -130,6 +171,41 @@ impl CachedResponse {
         (!values.is_empty()).then(|| values.join(", "))
     }
 
+    fn prepared(&self) -> &Prepared {
+        self.prepared.get_or_init(|| {
+            let headers = self
+                .headers
+                .iter()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("cache-control"))
+                .filter_map(|(name, value)| {
+                    Some((
+                        HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect();
+            let cache_control = self.header("cache-control");
+            let mut kept_directives = String::new();
+            for directive in split_list(cache_control.as_deref().unwrap_or_default()) {
+                let name = directive
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                if !matches!(name.as_str(), "public" | "private" | "max-age" | "s-maxage") {
+                    kept_directives.push_str(", ");
+                    kept_directives.push_str(directive);
+                }
+            }
+            Prepared {
+                headers,
+                cache_control,
+                kept_directives,
+            }
+        })
+    }
+
     /// Builds the reply: the stored response, or `304 Not Modified` when `if_none_match` matches.
     pub(crate) fn reply(
         &self,
@@ -140,41 +216,27 @@ impl CachedResponse {
         let age_ms = now_ms().saturating_sub(self.stored_ms);
         // Whole seconds, as HTTP counts them: Age is floored and max-age is what is left of the TTL.
         let remaining = (self.ttl_ms / 1000).saturating_sub(age_ms / 1000);
+        let prepared = self.prepared();
         let cache_control = match cache_control {
             ReplyCacheControl::Origin(visibility) => {
                 // The handler's own directives (no-cache, must-revalidate, immutable...) are kept;
                 // visibility and freshness are the cache's.
-                let mut value = format!("{visibility}, max-age={remaining}");
-                let handler_directives = self.header("cache-control").unwrap_or_default();
-                for directive in split_list(&handler_directives) {
-                    let name = directive
-                        .split('=')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase();
-                    if !matches!(name.as_str(), "public" | "private" | "max-age" | "s-maxage") {
-                        value.push_str(", ");
-                        value.push_str(directive);
-                    }
-                }
-                value
+                format!(
+                    "{visibility}, max-age={remaining}{}",
+                    prepared.kept_directives
+                )
             }
-            ReplyCacheControl::Shared => self
-                .header("cache-control")
+            ReplyCacheControl::Shared => prepared
+                .cache_control
+                .clone()
                 .unwrap_or_else(|| format!("public, max-age={remaining}")),
         };
         let not_modified = none_match(if_none_match, &self.etag);
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
-        for (name, value) in &self.headers {
-            let keep = !not_modified || name == "vary" || name == "content-location";
-            if keep && name != "cache-control" {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) {
-                    headers.append(n, v);
-                }
+        let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
+        for (name, value) in &prepared.headers {
+            let keep = !not_modified || name == header::VARY || name == header::CONTENT_LOCATION;
+            if keep {
+                headers.append(name.clone(), value.clone());
             }
         }
         let mut set = |name: HeaderName, value: &str| {
@@ -324,14 +386,15 @@ mod tests {
 
     #[test]
     fn binary_bodies_survive_serialization() {
-        let cached = CachedResponse {
+        let cached = CachedResponse(Arc::new(ResponseParts {
             status: 200,
             headers: vec![],
             body: Bytes::from_static(&[0, 159, 146, 150]),
             etag: "\"x\"".into(),
             stored_ms: 0,
             ttl_ms: 0,
-        };
+            prepared: OnceLock::new(),
+        }));
         let json = serde_json::to_string(&cached).unwrap();
         let back: CachedResponse = serde_json::from_str(&json).unwrap();
         assert_eq!(back.body, cached.body);
