@@ -6,6 +6,8 @@
 //! head and end in a hash of the whole key.
 
 use serde::Serialize;
+use std::hash::BuildHasher;
+
 use sha2::{Digest, Sha256};
 
 /// Marks a key built from a value that failed to serialize: such calls run uncached (escaping
@@ -291,7 +293,7 @@ fn push_digest(key: &mut KeyBuf, hasher: Sha256) {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct DefaultKey {
-    hasher: Sha256,
+    json: ArgsJson,
     args: usize,
     failed: bool,
 }
@@ -305,9 +307,9 @@ impl DefaultKey {
     /// Adds one argument.
     #[allow(private_bounds)]
     pub fn arg<T: KeyArg + ?Sized>(mut self, value: &T) -> Self {
-        self.hasher.update(if self.args == 0 { b"[" } else { b"," });
+        self.json.append(if self.args == 0 { b"[" } else { b"," });
         self.args += 1;
-        if value.write_json(&mut HashWriter(&mut self.hasher)).is_err() {
+        if value.write_json(&mut self.json).is_err() {
             self.failed = true;
         }
         self
@@ -343,9 +345,12 @@ impl DefaultKey {
             return key;
         }
         let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
-        self.hasher.update(closing);
+        self.json.append(closing);
         prefix(&mut key);
-        push_digest(&mut key, self.hasher);
+        match self.json {
+            ArgsJson::Short(json) => key.push_str(&short_digest_hex(&json)),
+            ArgsJson::Long(hasher) => push_digest(&mut key, hasher),
+        }
         key
     }
 }
@@ -421,6 +426,94 @@ fn push_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) {
         // Only ASCII hex digits were written.
         let _ = out.write_str(std::str::from_utf8(&buffer[..written]).unwrap_or_default());
     }
+}
+
+/// Longest JSON argument list kept whole (whose digest can be remembered); longer lists are
+/// hashed as they are written.
+const SHORT_ARGS: usize = 64;
+
+/// How many digests of short argument lists each thread remembers.
+const REMEMBERED_DIGESTS: usize = 512;
+
+/// The JSON of a call's arguments: kept while short, else fed to SHA-256 as it is written.
+#[derive(Debug, Clone)]
+enum ArgsJson {
+    Short(arrayvec::ArrayVec<u8, SHORT_ARGS>),
+    Long(Sha256),
+}
+
+impl Default for ArgsJson {
+    fn default() -> Self {
+        Self::Short(arrayvec::ArrayVec::new())
+    }
+}
+
+impl ArgsJson {
+    fn append(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Short(json) => {
+                if json.try_extend_from_slice(bytes).is_err() {
+                    let mut hasher = Sha256::new();
+                    hasher.update(json.as_slice());
+                    hasher.update(bytes);
+                    *self = Self::Long(hasher);
+                }
+            }
+            Self::Long(hasher) => hasher.update(bytes),
+        }
+    }
+}
+
+impl std::io::Write for ArgsJson {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The hex digest of a short argument list: SHA-256 is a third of a memory hit, and hot keys
+/// recur, so each thread remembers the digests of the argument lists it saw last (a small two-way
+/// table compared on the whole JSON: a slot holding other arguments is never taken for these).
+fn short_digest_hex(json: &[u8]) -> arrayvec::ArrayString<32> {
+    type Slot = Option<(
+        arrayvec::ArrayVec<u8, SHORT_ARGS>,
+        arrayvec::ArrayString<32>,
+    )>;
+    thread_local! {
+        static DIGESTS: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let compute = || {
+        let mut hex = arrayvec::ArrayString::new();
+        push_hex(&mut hex, &Sha256::digest(json)[..16]);
+        hex
+    };
+    let hash = foldhash::fast::FixedState::with_seed(0).hash_one(json) as usize;
+    let first = (hash % (REMEMBERED_DIGESTS / 2)) * 2;
+    DIGESTS
+        .try_with(|table| {
+            let mut table = table.borrow_mut();
+            if table.is_empty() {
+                table.resize(REMEMBERED_DIGESTS, None);
+            }
+            let ways = &mut table[first..first + 2];
+            for (seen, hex) in ways.iter().flatten() {
+                if seen.as_slice() == json {
+                    return *hex;
+                }
+            }
+            let hex = compute();
+            // The newest goes first; the one it displaces takes the second way.
+            ways.swap(0, 1);
+            ways[0] = arrayvec::ArrayVec::try_from(json)
+                .ok()
+                .map(|seen| (seen, hex));
+            hex
+        })
+        .unwrap_or_else(|_| compute())
 }
 
 struct HashWriter<'a>(&'a mut Sha256);
@@ -523,6 +616,37 @@ mod tests {
         assert_eq!(key.into_string().as_bytes(), [UNKEYABLE]);
         let key = DefaultKey::new().arg(&Fails).finish("m", "f");
         assert!(!key.is_keyable());
+    }
+
+    #[test]
+    fn short_and_long_argument_lists_hash_as_one_stream() {
+        for arg in [
+            "x".to_string(),
+            "y".repeat(63),
+            "z".repeat(64),
+            "w".repeat(5_000),
+        ] {
+            let expected = default_key("m", "f", &(7u64, &arg));
+            // Twice: the second time the digest of a short list comes from the thread's table.
+            for _ in 0..2 {
+                let key = DefaultKey::new().arg(&7u64).arg(&arg).finish("m", "f");
+                assert_eq!(key.as_str(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_digests_never_answer_for_other_arguments() {
+        let keys: Vec<String> = (0..(4 * REMEMBERED_DIGESTS as u64))
+            .map(|n| DefaultKey::new().arg(&n).finish("m", "f").into_string())
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            assert_eq!(key, &default_key("m", "f", &(n as u64,)));
+            assert_eq!(
+                DefaultKey::new().arg(&(n as u64)).finish("m", "f").as_str(),
+                key
+            );
+        }
     }
 
     #[test]
