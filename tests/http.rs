@@ -524,3 +524,89 @@ async fn layer_on_redis_with_groups_from_a_response_header() {
     assert_eq!(server.get("/books/2").await.header("x-cache"), Some("MISS"));
     assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 5);
 }
+
+/// Origin runs of `slow`, per path segment (tests run in parallel: each uses its own).
+static SLOW_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn slow_runs(kind: &str) -> usize {
+    SLOW_RUNS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|k| *k == kind)
+        .count()
+}
+
+/// A slow origin behind the layer: `/slow/private` is not cacheable, every other kind is.
+async fn slow(Path(kind): Path<String>) -> impl IntoResponse {
+    SLOW_RUNS.lock().unwrap().push(kind.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cache_control = if kind == "private" {
+        "private"
+    } else {
+        "max-age=30"
+    };
+    (
+        [(header::CACHE_CONTROL, cache_control)],
+        format!("slow {kind}"),
+    )
+}
+
+/// Sends `n` concurrent GETs and returns their `X-Cache` values and the origin runs they caused.
+async fn concurrent_gets(server: &TestServer, kind: &str, n: usize) -> (Vec<String>, usize) {
+    let before = slow_runs(kind);
+    let path = format!("/slow/{kind}");
+    let path = path.as_str();
+    let replies =
+        futures_util::future::join_all((0..n).map(|_| server.send("GET", path, &[]))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.starts_with("slow "), "{}", reply.body);
+    }
+    let x_cache = replies
+        .iter()
+        .map(|r| r.header("x-cache").unwrap_or("-").to_owned())
+        .collect();
+    (x_cache, slow_runs(kind) - before)
+}
+
+#[tokio::test]
+async fn layer_coalesces_concurrent_misses_of_one_uri() {
+    let app = Router::new()
+        .route("/slow/{kind}", get(slow))
+        .layer(CacheLayer::new().ttl(Duration::from_secs(30)));
+    let server = TestServer::start(app).await;
+
+    // 20 concurrent requests for one cold URI: the origin runs once, everyone gets its answer.
+    let (x_cache, runs) = concurrent_gets(&server, "shared", 20).await;
+    assert_eq!(runs, 1, "one request goes to the origin");
+    assert_eq!(x_cache.iter().filter(|x| *x == "MISS").count(), 1);
+    assert_eq!(x_cache.iter().filter(|x| *x == "HIT").count(), 19);
+
+    // An uncacheable URI: the first wave waits for its leader once, then each request goes to
+    // the origin (nothing was stored to share); the next wave does not wait at all.
+    let (_, runs) = concurrent_gets(&server, "private", 8).await;
+    assert_eq!(runs, 8, "a private response is never shared");
+    let started = std::time::Instant::now();
+    let (x_cache, runs) = concurrent_gets(&server, "private", 8).await;
+    assert_eq!(runs, 8);
+    assert!(x_cache.iter().all(|x| x == "MISS"));
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "requests for a URI known to be uncacheable do not queue behind each other: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn layer_coalescing_can_be_turned_off() {
+    let app = Router::new().route("/slow/{kind}", get(slow)).layer(
+        CacheLayer::new()
+            .ttl(Duration::from_secs(30))
+            .coalesce_wait(Duration::ZERO),
+    );
+    let server = TestServer::start(app).await;
+    let (x_cache, runs) = concurrent_gets(&server, "uncoalesced", 6).await;
+    assert!(x_cache.iter().all(|x| x == "MISS"));
+    assert_eq!(runs, 6);
+}

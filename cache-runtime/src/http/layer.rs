@@ -20,6 +20,7 @@ use super::{
     DEFAULT_MAX_BODY,
 };
 use crate::{
+    flight::{self, Followed, Role},
     key::{escape_into, normalize_key, DefaultKey},
     memo::{probe, store, Probe},
     registry::{self, Registered},
@@ -38,7 +39,11 @@ use crate::{
 /// - a successful `POST`/`PUT`/`PATCH`/`DELETE` through the layer removes the entry of its URI;
 /// - replies carry `ETag`, `Age`, `Cache-Control` (the origin's, or `public, max-age=<remaining>`)
 ///   and `X-Cache: HIT` or `MISS`; `If-None-Match` is answered with 304;
-/// - bodies over the size limit stream through uncached.
+/// - bodies over the size limit stream through uncached;
+/// - concurrent misses on one URI are coalesced: one request goes to the origin, the others wait
+///   for it (at most [`coalesce_wait`](Self::coalesce_wait)) and are answered from what it stored.
+///   A URI whose response turns out not to be storable is remembered for a while
+///   ([`UNCACHEABLE_MEMORY`]) so that its requests stop waiting for one another.
 ///
 /// ```
 /// use std::time::Duration;
@@ -56,8 +61,11 @@ pub struct CacheLayer {
     groups: Vec<String>,
     groups_header: Option<HeaderName>,
     max_body: usize,
+    coalesce_wait: Duration,
     /// One stats site per configured layer, however many routes it is applied to.
     site: Arc<OnceLock<&'static Site>>,
+    /// URIs whose last response could not be stored: their misses are not coalesced for a while.
+    uncacheable: Arc<UncacheableUris>,
 }
 
 impl Default for CacheLayer {
@@ -75,7 +83,9 @@ impl CacheLayer {
             groups: Vec::new(),
             groups_header: None,
             max_body: DEFAULT_MAX_BODY,
+            coalesce_wait: DEFAULT_COALESCE_WAIT,
             site: Arc::default(),
+            uncacheable: Arc::default(),
         }
     }
 
@@ -114,6 +124,48 @@ impl CacheLayer {
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self.reconfigured()
+    }
+
+    /// How long a request waits for a concurrent request of the same URI that went to the origin,
+    /// before it goes there itself (default [`DEFAULT_COALESCE_WAIT`]; zero turns coalescing off).
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.coalesce_wait = wait;
+        self.reconfigured()
+    }
+}
+
+/// Default of [`CacheLayer::coalesce_wait`].
+pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a URI whose response could not be stored is exempt from coalescing.
+pub const UNCACHEABLE_MEMORY: Duration = Duration::from_secs(30);
+
+/// URIs recently answered with a response that could not be stored (bounded; the oldest go).
+#[derive(Debug)]
+struct UncacheableUris(quick_cache::sync::Cache<String, std::time::Instant>);
+
+impl Default for UncacheableUris {
+    fn default() -> Self {
+        Self(quick_cache::sync::Cache::new(10_000))
+    }
+}
+
+impl UncacheableUris {
+    fn remember(&self, base: &str) {
+        self.0.insert(
+            base.to_owned(),
+            std::time::Instant::now() + UNCACHEABLE_MEMORY,
+        );
+    }
+
+    fn forget(&self, base: &str) {
+        self.0.remove(base);
+    }
+
+    fn contains(&self, base: &str) -> bool {
+        self.0
+            .get(base)
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 }
 
@@ -243,56 +295,145 @@ where
             .run("get", backend.backend.get(&base, &observed.groups));
         observed.generations = read.await.ok().map(|lookup| lookup.generations);
     }
-    match probe::<UriEntry>(site, backend, &base, &observed.groups).await {
-        Probe::Hit(UriEntry::Whole(cached)) if !request_cc.no_cache => {
-            site.count(Event::Hit);
-            return Ok(cached.reply(ReplyCacheControl::Shared, &if_none_match, Some("HIT")));
-        }
-        Probe::Hit(UriEntry::Vary { names, nonce }) => {
-            let variant = variant_key(&base, nonce, &names, request.headers());
-            match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
-                Probe::Hit(cached) if !request_cc.no_cache => {
-                    site.count(Event::Hit);
-                    return Ok(cached.reply(
-                        ReplyCacheControl::Shared,
-                        &if_none_match,
-                        Some("HIT"),
-                    ));
-                }
-                Probe::Hit(_) => {}
-                Probe::Stale { generations, .. } => observed.generations = Some(generations),
-                Probe::Miss(generations) => observed.generations = generations,
-            }
-            observed.vary = Some((names, nonce));
-        }
-        Probe::Hit(UriEntry::Whole(_)) => {}
-        Probe::Stale { generations, .. } => observed.generations = Some(generations),
-        Probe::Miss(generations) => observed.generations = generations,
+    // A request's `no-cache` skips the answer from the cache, not the lookup (which finds the
+    // `Vary` headers and generations to store the new response under).
+    let serve = !request_cc.no_cache;
+    let lookup = Lookup {
+        site,
+        backend,
+        base: &base,
+        serve,
+    };
+    let reply = |cached: CachedResponse| {
+        cached.reply(ReplyCacheControl::Shared, &if_none_match, Some("HIT"))
+    };
+    if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
+        site.count(Event::Hit);
+        return Ok(reply(cached));
     }
-    site.count(Event::Miss);
     // HEAD is answered from stored GET responses, but a HEAD reply has no body to store.
     if method == Method::HEAD {
+        site.count(Event::Miss);
         return Ok(mark(inner.call(request).await?, "MISS"));
     }
+    let mut leader = None;
+    let coalesce = serve
+        && !shared.config.coalesce_wait.is_zero()
+        && !shared.config.uncacheable.contains(&base);
+    if coalesce {
+        let overtaken =
+            |started: u64| registry::invalidated_since(started, &base, &observed.groups);
+        match flight::join(format!("layer\u{0}{base}"), epoch, overtaken) {
+            Role::Leader(lead) => leader = Some(lead),
+            Role::Follower(receiver) => {
+                let waited =
+                    tokio::time::timeout(shared.config.coalesce_wait, flight::follow(receiver))
+                        .await;
+                // Unless the leader's response was its own, it is most likely stored now.
+                if !matches!(waited, Ok(Followed::Pass)) {
+                    if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
+                        site.count(Event::Join);
+                        return Ok(reply(cached));
+                    }
+                }
+            }
+        }
+    }
+    site.count(Event::Miss);
+    let response = origin(
+        inner,
+        request,
+        &shared,
+        backend,
+        &base,
+        observed,
+        &if_none_match,
+    )
+    .await;
+    if let Some(leader) = leader {
+        match &response {
+            Ok((_, true)) => leader.finish(Arc::new(())),
+            _ => leader.pass(),
+        }
+    }
+    response.map(|(reply, _)| reply)
+}
+
+/// One lookup of a request's URI (and `Vary` variant) in the layer's backend.
+struct Lookup<'a> {
+    site: &'static Site,
+    backend: &'static Registered,
+    base: &'a str,
+    /// Whether a fresh response found is the answer (not for a request's `no-cache`).
+    serve: bool,
+}
+
+impl Lookup<'_> {
+    /// The fresh response the cache holds for this request, if any and if it is to be served;
+    /// otherwise records what the lookup observed, to store a new response under.
+    async fn run(&self, request: &HeaderMap, observed: &mut Observed) -> Option<CachedResponse> {
+        let Self {
+            site,
+            backend,
+            base,
+            serve,
+        } = *self;
+        match probe::<UriEntry>(site, backend, base, &observed.groups).await {
+            Probe::Hit(UriEntry::Whole(cached)) if serve => return Some(cached),
+            Probe::Hit(UriEntry::Vary { names, nonce }) => {
+                let variant = variant_key(base, nonce, &names, request);
+                match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
+                    Probe::Hit(cached) if serve => return Some(cached),
+                    Probe::Hit(_) => {}
+                    Probe::Stale { generations, .. } => observed.generations = Some(generations),
+                    Probe::Miss(generations) => observed.generations = generations,
+                }
+                observed.vary = Some((names, nonce));
+            }
+            Probe::Hit(UriEntry::Whole(_)) => {}
+            Probe::Stale { generations, .. } => observed.generations = Some(generations),
+            Probe::Miss(generations) => observed.generations = generations,
+        }
+        None
+    }
+}
+
+/// Sends the request to the origin and stores its response when it may; `true` when it was stored.
+async fn origin<S, B>(
+    mut inner: S,
+    request: Request<B>,
+    shared: &Shared,
+    backend: &'static Registered,
+    base: &str,
+    observed: Observed,
+    if_none_match: &[HeaderValue],
+) -> Result<(Response<Body>, bool), S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<Body>>,
+{
     let authorized = request.headers().contains_key(header::AUTHORIZATION);
     let request_headers = request.headers().clone();
     let mut response = inner.call(request).await?;
-    let header_groups = take_header_groups(&shared, &mut response);
-    let Some(ttl) = freshness(&shared, &response, authorized) else {
-        return Ok(mark(response, "MISS"));
+    let header_groups = take_header_groups(shared, &mut response);
+    let uncacheable = |response: Response<Body>| {
+        shared.config.uncacheable.remember(base);
+        Ok((mark(response, "MISS"), false))
+    };
+    let Some(ttl) = freshness(shared, &response, authorized) else {
+        return uncacheable(response);
     };
     let cached =
         match CachedResponse::capture(response, ttl.as_millis() as u64, shared.config.max_body)
             .await
         {
             Ok(cached) => cached,
-            Err(passthrough) => return Ok(mark(passthrough, "MISS")),
+            Err(passthrough) => return uncacheable(passthrough),
         };
-    let reply = cached.reply(ReplyCacheControl::Shared, &if_none_match, Some("MISS"));
+    let reply = cached.reply(ReplyCacheControl::Shared, if_none_match, Some("MISS"));
     save(
-        &shared,
+        shared,
         backend,
-        &base,
+        base,
         observed,
         header_groups,
         &request_headers,
@@ -300,7 +441,8 @@ where
         ttl,
     )
     .await;
-    Ok(reply)
+    shared.config.uncacheable.forget(base);
+    Ok((reply, true))
 }
 
 /// How long the response may be stored, or `None` when it may not be.
