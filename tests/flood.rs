@@ -105,7 +105,7 @@ async fn a_million_unique_keys_stay_within_the_configured_bound() {
     );
     assert!(backend.weighted_size() <= BOUND);
     // Unbounded, the flood would hold well over 1 GiB. Bounded, the bytes the process really holds
-    // stay within the bound plus a small overhead (moka's write buffer between two evictions)...
+    // stay within the bound plus a small overhead (the hash table's spare slots, allocator headers)...
     assert!(
         live_growth < BOUND + BOUND / 4,
         "live heap grew by {} MiB",

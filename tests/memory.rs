@@ -413,3 +413,41 @@ fn memoized_futures_are_send() {
     assert_send(load_user(1));
     assert_send(fallible(1, false));
 }
+
+/// Serializes to `""` when `ok`, fails to serialize otherwise.
+struct MaybeFilter {
+    ok: bool,
+}
+
+impl Serialize for MaybeFilter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.ok {
+            serializer.serialize_str("")
+        } else {
+            Err(serde::ser::Error::custom("unserializable filter"))
+        }
+    }
+}
+
+static SEARCH_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "search:{q}:{filter}")]
+async fn search(q: &str, filter: MaybeFilter) -> String {
+    SEARCH_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{q} ok={}", filter.ok)
+}
+
+#[tokio::test]
+async fn a_call_whose_key_cannot_be_built_runs_uncached_and_reads_no_entry() {
+    // `search:x:` is the key of the serializable call; the failing call's key stops at the same
+    // text, and must neither read that entry nor store one.
+    assert_eq!(search("x", MaybeFilter { ok: true }).await, "x ok=true");
+    assert_eq!(search("x", MaybeFilter { ok: false }).await, "x ok=false");
+    assert_eq!(search("x", MaybeFilter { ok: false }).await, "x ok=false");
+    assert_eq!(search("x", MaybeFilter { ok: true }).await, "x ok=true");
+    assert_eq!(
+        SEARCH_RUNS.load(Ordering::SeqCst),
+        3,
+        "1 miss + 2 uncached runs, then a hit"
+    );
+}

@@ -238,9 +238,12 @@ where
 /// call is built (groups, body, span, flight, timers on untimed calls).
 pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
     let memory = registry::resolve_for(site)?.backend.as_memory()?;
+    if !key.is_keyable() {
+        return None; // runs uncached, on the full path
+    }
     let key = key.as_str();
     if key.len() > crate::key::MAX_KEY_LEN {
-        return None; // the full path normalizes the key (unkeyable keys are empty: a miss)
+        return None; // the full path normalizes the key
     }
     let started = crate::stats::sample_timing().then(Instant::now);
     let value = memory.get_fresh::<T>(key)?;

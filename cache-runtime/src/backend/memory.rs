@@ -3,7 +3,7 @@
 //! Memoized calls store the value itself (behind an `Arc`), so a hit costs a lookup and a clone,
 //! with no serialization. The cache is bounded both by entry count and by bytes, where the size of a
 //! value is the length of its JSON form (measured once, when it is stored). Each entry carries its
-//! own expiry: a read past it is a miss that drops the entry, and a sweep at most once a second
+//! own expiry: a read past it is a miss that drops the entry, and a sweep at most every 10 s
 //! drops expired entries nobody reads.
 
 use std::{
@@ -40,7 +40,10 @@ const ENTRY_OVERHEAD: u64 = 224;
 /// How many invalidated groups are remembered before the table is folded into one floor.
 const MAX_TRACKED_GROUPS: usize = 100_000;
 /// Least time between two sweeps of expired entries.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Share of a shard's weight that quick_cache's main ("hot") area may take (its default): the
+/// heaviest entry a shard admits.
+const HOT_SHARE: f64 = 0.97;
 /// Hash-table slots reserved up front; the table grows up to the entry bound as it fills.
 const INITIAL_SLOTS: u64 = 1024;
 
@@ -66,6 +69,8 @@ pub struct MemoryBackend {
     generations: Generations,
     max_entries: u64,
     max_bytes: u64,
+    /// The heaviest entry the store admits (a share of one shard); heavier values are not kept.
+    admissible: u64,
     /// Time base of `last_sweep_ms`.
     started: Instant,
     /// When expired entries were last swept (ms since `started`).
@@ -98,8 +103,28 @@ impl MemEntry {
     }
 }
 
+/// Longest time an entry is kept: about a century (the coarse clock counts 2^32 s at most).
+const MAX_KEPT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn expiry(ttl: Duration) -> Clock {
-    now() + coarsetime::Duration::from(ttl)
+    let kept = coarsetime::Duration::from(ttl.min(MAX_KEPT));
+    now()
+        .checked_add(kept)
+        .unwrap_or_else(|| now() + coarsetime::Duration::from(MAX_KEPT / 2))
+}
+
+/// Shards of the store: quick_cache's default (4 per CPU), but fewer when that would leave a shard
+/// too small for a value of the largest size stored (`CACHE_MAX_VALUE_BYTES`).
+fn shard_count(max_bytes: u64) -> usize {
+    let default = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
+    let fitting = (max_bytes / crate::memo::max_value_bytes().max(1)).max(1);
+    let fitting = 1usize
+        << (usize::BITS
+            - 1
+            - usize::try_from(fitting)
+                .unwrap_or(usize::MAX)
+                .leading_zeros());
+    default.min(fitting).max(1)
 }
 
 enum Stored {
@@ -153,15 +178,23 @@ impl MemoryBackend {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(1);
         let slots = usize::try_from(max_entries.min(INITIAL_SLOTS)).unwrap_or(usize::MAX);
-        let entries = Store::with(
-            slots,
-            max_bytes,
+        let entries = Store::with_options(
+            quick_cache::OptionsBuilder::new()
+                .estimated_items_capacity(slots)
+                .weight_capacity(max_bytes)
+                .shards(shard_count(max_bytes))
+                .hot_allocation(HOT_SHARE)
+                .build()
+                .expect("weight and item capacities are set"),
             EntryWeight,
             foldhash::fast::RandomState::default(),
             Default::default(),
         );
+        // quick_cache admits an entry only if it fits in its shard's main area.
+        let admissible = (entries.shard_capacity() as f64 * HOT_SHARE) as u64;
         Self {
             entries,
+            admissible,
             generations: Generations::default(),
             max_entries,
             max_bytes,
@@ -201,16 +234,20 @@ impl MemoryBackend {
         self.entries.weight()
     }
 
-    /// Drops expired entries now (otherwise done when they are read, and at most once a second
+    /// Drops expired entries now (otherwise done when they are read, and at most every 10 s
     /// when entries are stored).
     pub fn run_pending_tasks(&self) {
         let now = now();
         self.entries.retain(|_, entry| !entry.expired(now));
     }
 
-    fn weight(&self, key: &str, value_bytes: u64) -> u64 {
-        let floor = self.max_bytes / self.max_entries;
-        (ENTRY_OVERHEAD + key.len() as u64 + value_bytes).max(floor)
+    /// An entry's weight, or `None` when it is too heavy to be kept.
+    fn weight(&self, key: &str, value_bytes: u64) -> Option<u64> {
+        let size = ENTRY_OVERHEAD + key.len() as u64 + value_bytes;
+        // The floor keeps the entry bound; it never exceeds what one shard admits (which only
+        // matters for a bound of one entry or so, held by a single shard).
+        let floor = (self.max_bytes / self.max_entries).min(self.admissible);
+        (size <= self.admissible).then_some(size.max(floor))
     }
 
     /// The entry under `key` unless it has expired (then it is dropped).
@@ -291,7 +328,10 @@ impl MemoryBackend {
             return false;
         }
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
-        let weight = self.weight(&key, size + (size_of::<T>() + group_bytes) as u64);
+        let Some(weight) = self.weight(&key, size + (size_of::<T>() + group_bytes) as u64) else {
+            self.entries.remove(&key); // an older value must not outlive this one
+            return false;
+        };
         let entry = MemEntry {
             value: Stored::Typed(value),
             expires_at: expiry(ttl),
@@ -338,7 +378,10 @@ impl Backend for MemoryBackend {
         ttl: Duration,
         _groups: &[String],
     ) -> Result<(), BackendError> {
-        let weight = self.weight(key, value.len() as u64);
+        let Some(weight) = self.weight(key, value.len() as u64) else {
+            self.remove(key);
+            return Ok(());
+        };
         let entry = MemEntry {
             value: Stored::Bytes(value),
             expires_at: expiry(ttl),
@@ -641,6 +684,68 @@ mod tests {
             mem.get_typed::<String>("k", &[]),
             TypedLookup::Miss(_)
         ));
+    }
+
+    #[test]
+    fn values_too_heavy_for_a_shard_are_refused_not_silently_dropped() {
+        let mem = MemoryBackend::with_limits(10_000, 16 * 1024 * 1024);
+        let fits = "x".repeat(3 * 1024 * 1024);
+        assert!(mem.set_typed(
+            "k".into(),
+            Arc::new(fits),
+            Duration::from_secs(60),
+            0,
+            (&[], vec![]),
+            u64::MAX,
+        ));
+        assert!(
+            mem.get_fresh::<String>("k").is_some(),
+            "a 3 MiB value fits in 16 MiB"
+        );
+        let too_heavy = "x".repeat(17 * 1024 * 1024);
+        assert!(!mem.set_typed(
+            "k".into(),
+            Arc::new(too_heavy),
+            Duration::from_secs(60),
+            0,
+            (&[], vec![]),
+            u64::MAX,
+        ));
+        assert!(
+            mem.get_fresh::<String>("k").is_none(),
+            "the older value is gone too"
+        );
+    }
+
+    #[test]
+    fn a_one_entry_cache_keeps_one_entry() {
+        let mem = MemoryBackend::with_limits(1, 1024 * 1024);
+        for i in 0..3u64 {
+            assert!(mem.set_typed(
+                format!("k{i}"),
+                Arc::new(i),
+                Duration::from_secs(60),
+                0,
+                (&[], vec![]),
+                u64::MAX,
+            ));
+        }
+        assert_eq!(mem.get_fresh::<u64>("k2"), Some(2));
+        assert_eq!(mem.entry_count(), 1);
+    }
+
+    #[test]
+    fn a_century_long_ttl_neither_panics_nor_expires() {
+        let mem = MemoryBackend::default();
+        mem.set_typed(
+            "k".into(),
+            Arc::new(1u8),
+            Duration::from_secs(u64::MAX / 2),
+            0,
+            (&[], vec![]),
+            u64::MAX,
+        );
+        assert_eq!(mem.get_fresh::<u8>("k"), Some(1));
     }
 
     #[test]
