@@ -503,17 +503,39 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
-    #[test]
-    fn typed_round_trip_and_type_mismatch() {
-        let mem = MemoryBackend::default();
+    /// Stores `value` under `key` for 60 s in `groups`, under their generations observed now.
+    fn put_grouped(mem: &MemoryBackend, key: &str, value: u64, groups: &[String]) {
+        let observed = mem.generations.current(groups);
         mem.set_typed(
-            "k".into(),
-            Arc::new(5u64),
+            key.into(),
+            Arc::new(value),
+            Duration::from_secs(60),
+            0,
+            (groups, observed),
+            u64::MAX,
+        );
+    }
+
+    /// Stores `value` under `key` for 60 s, fresh while kept, with no groups and no size limit.
+    fn put<T: serde::Serialize + Send + Sync + 'static>(
+        mem: &MemoryBackend,
+        key: &str,
+        value: T,
+    ) -> bool {
+        mem.set_typed(
+            key.into(),
+            Arc::new(value),
             Duration::from_secs(60),
             0,
             (&[], vec![]),
             u64::MAX,
-        );
+        )
+    }
+
+    #[test]
+    fn typed_round_trip_and_type_mismatch() {
+        let mem = MemoryBackend::default();
+        put(&mem, "k", 5u64);
         assert!(matches!(
             mem.get_typed::<u64>("k", &[]),
             TypedLookup::Hit(5)
@@ -528,17 +550,7 @@ mod tests {
     fn group_bump_makes_entries_stale() {
         let mem = MemoryBackend::default();
         let g = groups(&["users"]);
-        let TypedLookup::Miss(gens) = mem.get_typed::<u64>("k", &g) else {
-            panic!("empty cache hit")
-        };
-        mem.set_typed(
-            "k".into(),
-            Arc::new(1u64),
-            Duration::from_secs(60),
-            0,
-            (&g, gens),
-            u64::MAX,
-        );
+        put_grouped(&mem, "k", 1u64, &g);
         assert!(matches!(mem.get_typed::<u64>("k", &g), TypedLookup::Hit(1)));
         mem.bump_group("users");
         assert!(matches!(
@@ -551,38 +563,13 @@ mod tests {
     fn fresh_hits_check_the_groups_the_entry_was_stored_under() {
         let mem = MemoryBackend::default();
         let g = groups(&["users"]);
-        let TypedLookup::Miss(gens) = mem.get_typed::<u64>("k", &g) else {
-            panic!("empty cache hit")
-        };
-        mem.set_typed(
-            "k".into(),
-            Arc::new(7u64),
-            Duration::from_secs(60),
-            0,
-            (&g, gens),
-            u64::MAX,
-        );
+        put_grouped(&mem, "k", 7u64, &g);
         assert_eq!(mem.get_fresh::<u64>("k"), Some(7));
         assert_eq!(mem.get_fresh::<u32>("k"), None, "another type is a miss");
         mem.bump_group("other");
         assert_eq!(mem.get_fresh::<u64>("k"), Some(7));
         mem.bump_group("users");
         assert_eq!(mem.get_fresh::<u64>("k"), None);
-    }
-
-    #[test]
-    fn fresh_hits_skip_stale_entries() {
-        let mem = MemoryBackend::default();
-        let past = crate::envelope::now_ms() - 1;
-        mem.set_typed(
-            "k".into(),
-            Arc::new(1u8),
-            Duration::from_secs(60),
-            past,
-            (&[], vec![]),
-            u64::MAX,
-        );
-        assert_eq!(mem.get_fresh::<u8>("k"), None);
     }
 
     #[test]
@@ -615,14 +602,7 @@ mod tests {
     fn bounded_by_entries() {
         let mem = MemoryBackend::with_limits(100, 1 << 30);
         for i in 0..10_000u64 {
-            mem.set_typed(
-                format!("k{i}"),
-                Arc::new(i),
-                Duration::from_secs(60),
-                0,
-                (&[], vec![]),
-                u64::MAX,
-            );
+            put(&mem, &format!("k{i}"), i);
         }
         mem.run_pending_tasks();
         assert!(mem.entry_count() <= 100, "{} entries", mem.entry_count());
@@ -632,14 +612,7 @@ mod tests {
     fn bounded_by_bytes() {
         let mem = MemoryBackend::with_limits(1_000_000, 100 * 1024);
         for i in 0..2_000u64 {
-            mem.set_typed(
-                format!("k{i}"),
-                Arc::new("x".repeat(1024)),
-                Duration::from_secs(60),
-                0,
-                (&[], vec![]),
-                u64::MAX,
-            );
+            put(&mem, &format!("k{i}"), "x".repeat(1024));
         }
         mem.run_pending_tasks();
         assert!(
@@ -651,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_entries_inside_the_stale_window_are_stale() {
+    fn expired_entries_inside_the_stale_window_are_stale_never_fresh_hits() {
         let mem = MemoryBackend::default();
         let past = crate::envelope::now_ms() - 1;
         mem.set_typed(
@@ -666,6 +639,7 @@ mod tests {
             mem.get_typed::<u8>("k", &[]),
             TypedLookup::Stale(1, _, _)
         ));
+        assert_eq!(mem.get_fresh::<u8>("k"), None);
     }
 
     #[test]
@@ -690,27 +664,13 @@ mod tests {
     fn values_too_heavy_for_a_shard_are_refused_not_silently_dropped() {
         let mem = MemoryBackend::with_limits(10_000, 16 * 1024 * 1024);
         let fits = "x".repeat(3 * 1024 * 1024);
-        assert!(mem.set_typed(
-            "k".into(),
-            Arc::new(fits),
-            Duration::from_secs(60),
-            0,
-            (&[], vec![]),
-            u64::MAX,
-        ));
+        assert!(put(&mem, "k", fits));
         assert!(
             mem.get_fresh::<String>("k").is_some(),
             "a 3 MiB value fits in 16 MiB"
         );
         let too_heavy = "x".repeat(17 * 1024 * 1024);
-        assert!(!mem.set_typed(
-            "k".into(),
-            Arc::new(too_heavy),
-            Duration::from_secs(60),
-            0,
-            (&[], vec![]),
-            u64::MAX,
-        ));
+        assert!(!put(&mem, "k", too_heavy));
         assert!(
             mem.get_fresh::<String>("k").is_none(),
             "the older value is gone too"
@@ -721,14 +681,7 @@ mod tests {
     fn a_one_entry_cache_keeps_one_entry() {
         let mem = MemoryBackend::with_limits(1, 1024 * 1024);
         for i in 0..3u64 {
-            assert!(mem.set_typed(
-                format!("k{i}"),
-                Arc::new(i),
-                Duration::from_secs(60),
-                0,
-                (&[], vec![]),
-                u64::MAX,
-            ));
+            assert!(put(&mem, &format!("k{i}"), i));
         }
         assert_eq!(mem.get_fresh::<u64>("k2"), Some(2));
         assert_eq!(mem.entry_count(), 1);
