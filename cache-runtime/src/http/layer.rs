@@ -91,6 +91,7 @@ impl CacheLayer {
 
     fn reconfigured(mut self) -> Self {
         self.site = Arc::default();
+        self.uncacheable = Arc::default();
         self
     }
 
@@ -250,7 +251,7 @@ struct Observed {
 
 async fn handle<S, B>(
     mut inner: S,
-    request: Request<B>,
+    mut request: Request<B>,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, S::Error>
 where
@@ -317,27 +318,51 @@ where
         return Ok(mark(inner.call(request).await?, "MISS"));
     }
     let mut leader = None;
+    // A layer nested inside another one that already leads this request's flight must not wait
+    // for it: that would be waiting for itself.
     let coalesce = serve
         && !shared.config.coalesce_wait.is_zero()
+        && request.extensions().get::<Coalesced>().is_none()
         && !shared.config.uncacheable.contains(&base);
     if coalesce {
-        let overtaken =
-            |started: u64| registry::invalidated_since(started, &base, &observed.groups);
-        match flight::join(format!("layer\u{0}{base}"), epoch, overtaken) {
-            Role::Leader(lead) => leader = Some(lead),
-            Role::Follower(receiver) => {
-                let waited =
-                    tokio::time::timeout(shared.config.coalesce_wait, flight::follow(receiver))
-                        .await;
-                // Unless the leader's response was its own, it is most likely stored now.
-                if !matches!(waited, Ok(Followed::Pass)) {
+        let deadline = tokio::time::Instant::now() + shared.config.coalesce_wait;
+        loop {
+            let overtaken =
+                |started: u64| registry::invalidated_since(started, &base, &observed.groups);
+            match flight::join(format!("layer\u{0}{base}"), epoch, overtaken) {
+                Role::Leader(lead) => {
+                    // The previous leader may have stored the response since this request looked.
+                    if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
+                        lead.finish(Arc::new(()));
+                        site.count(Event::Hit);
+                        return Ok(reply(cached));
+                    }
+                    leader = Some(lead);
+                    break;
+                }
+                Role::Follower(receiver) => {
+                    let waited = tokio::time::timeout_at(deadline, flight::follow(receiver)).await;
+                    if matches!(waited, Ok(Followed::Pass)) {
+                        break; // the leader's response was its own: ask the origin
+                    }
+                    // Most likely stored now.
                     if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
                         site.count(Event::Join);
                         return Ok(reply(cached));
                     }
+                    // The leader gave up (cancelled, panicked): take turns as leader, within
+                    // the time this request agreed to wait.
+                    if !matches!(waited, Ok(Followed::Retry))
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break;
+                    }
                 }
             }
         }
+    }
+    if leader.is_some() {
+        request.extensions_mut().insert(Coalesced);
     }
     site.count(Event::Miss);
     let response = origin(
@@ -358,6 +383,10 @@ where
     }
     response.map(|(reply, _)| reply)
 }
+
+/// Marks a request whose misses a `CacheLayer` coalesces, for the layers nested inside it.
+#[derive(Debug, Clone, Copy)]
+struct Coalesced;
 
 /// One lookup of a request's URI (and `Vary` variant) in the layer's backend.
 struct Lookup<'a> {
@@ -398,7 +427,8 @@ impl Lookup<'_> {
     }
 }
 
-/// Sends the request to the origin and stores its response when it may; `true` when it was stored.
+/// Sends the request to the origin and stores its response when it may; `true` when it was
+/// written to the backend.
 async fn origin<S, B>(
     mut inner: S,
     request: Request<B>,
@@ -412,11 +442,17 @@ where
     S: tower_service::Service<Request<B>, Response = Response<Body>>,
 {
     let authorized = request.headers().contains_key(header::AUTHORIZATION);
+    // Whether a response that cannot be stored says so of the URI, not of this request.
+    let plain_request = !authorized
+        && !request.headers().contains_key(header::IF_NONE_MATCH)
+        && !request.headers().contains_key(header::IF_MODIFIED_SINCE);
     let request_headers = request.headers().clone();
     let mut response = inner.call(request).await?;
     let header_groups = take_header_groups(shared, &mut response);
     let uncacheable = |response: Response<Body>| {
-        shared.config.uncacheable.remember(base);
+        if plain_request {
+            shared.config.uncacheable.remember(base);
+        }
         Ok((mark(response, "MISS"), false))
     };
     let Some(ttl) = freshness(shared, &response, authorized) else {
@@ -430,7 +466,7 @@ where
             Err(passthrough) => return uncacheable(passthrough),
         };
     let reply = cached.reply(ReplyCacheControl::Shared, if_none_match, Some("MISS"));
-    save(
+    let stored = save(
         shared,
         backend,
         base,
@@ -441,8 +477,10 @@ where
         ttl,
     )
     .await;
-    shared.config.uncacheable.forget(base);
-    Ok((reply, true))
+    if stored {
+        shared.config.uncacheable.forget(base);
+    }
+    Ok((reply, stored))
 }
 
 /// How long the response may be stored, or `None` when it may not be.
@@ -487,12 +525,12 @@ async fn save(
     request_headers: &HeaderMap,
     cached: CachedResponse,
     ttl: Duration,
-) {
+) -> bool {
     let site = shared.site;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let _gate = registry::STORE_GATE.read().await;
     if registry::invalidated_since(observed.epoch, base, &observed.groups) {
-        return; // an invalidation of this URI or its groups ran while the response was computed
+        return false; // an invalidation of this URI or its groups ran while it was computed
     }
     let mut groups = shared.config.groups.clone();
     groups.extend(header_groups.iter().cloned());
@@ -510,7 +548,7 @@ async fn save(
         }
     };
     let Some(generations) = generations else {
-        return; // the backend failed during the lookup: store nothing
+        return false; // the backend failed during the lookup: store nothing
     };
     let names = vary_names(&cached);
     if shared.config.groups_header.is_some() {
@@ -538,7 +576,7 @@ async fn save(
             Policy::ttl(ttl_ms),
         )
         .await;
-        return;
+        return true;
     }
     let nonce = match observed.vary {
         Some((seen, nonce)) if seen == names => nonce,
@@ -566,6 +604,7 @@ async fn save(
         Policy::ttl(ttl_ms),
     )
     .await;
+    true
 }
 
 /// Removes a URI's entries after a successful unsafe request (RFC 9111 §4.4).
