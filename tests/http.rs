@@ -540,7 +540,8 @@ fn slow_runs(kind: &str) -> usize {
 /// A slow origin behind the layer: `/slow/private` is not cacheable, every other kind is.
 async fn slow(Path(kind): Path<String>) -> impl IntoResponse {
     SLOW_RUNS.lock().unwrap().push(kind.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = if kind == "private" { 1_000 } else { 300 };
+    tokio::time::sleep(Duration::from_millis(work)).await;
     let cache_control = if kind == "private" {
         "private"
     } else {
@@ -583,8 +584,8 @@ async fn layer_coalesces_concurrent_misses_of_one_uri() {
     assert_eq!(x_cache.iter().filter(|x| *x == "MISS").count(), 1);
     assert_eq!(x_cache.iter().filter(|x| *x == "HIT").count(), 19);
 
-    // An uncacheable URI: the first wave waits for its leader once, then each request goes to
-    // the origin (nothing was stored to share); the next wave does not wait at all.
+    // An uncacheable URI (1 s of work): the first wave waits for its leader once, then each
+    // request goes to the origin (nothing was stored to share); the next wave does not wait at all.
     let (_, runs) = concurrent_gets(&server, "private", 8).await;
     assert_eq!(runs, 8, "a private response is never shared");
     let started = std::time::Instant::now();
@@ -592,7 +593,7 @@ async fn layer_coalesces_concurrent_misses_of_one_uri() {
     assert_eq!(runs, 8);
     assert!(x_cache.iter().all(|x| x == "MISS"));
     assert!(
-        started.elapsed() < Duration::from_millis(550),
+        started.elapsed() < Duration::from_millis(1_800),
         "requests for a URI known to be uncacheable do not queue behind each other: {:?}",
         started.elapsed()
     );
@@ -609,4 +610,22 @@ async fn layer_coalescing_can_be_turned_off() {
     let (x_cache, runs) = concurrent_gets(&server, "uncoalesced", 6).await;
     assert!(x_cache.iter().all(|x| x == "MISS"));
     assert_eq!(runs, 6);
+}
+
+#[tokio::test]
+async fn nested_layers_do_not_wait_for_their_own_flight() {
+    let inner_route = get(slow).layer(CacheLayer::new().ttl(Duration::from_secs(30)));
+    let app = Router::new()
+        .route("/slow/{kind}", inner_route)
+        .layer(CacheLayer::new().ttl(Duration::from_secs(60)));
+    let server = TestServer::start(app).await;
+    let started = std::time::Instant::now();
+    let (x_cache, runs) = concurrent_gets(&server, "nested", 4).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the inner layer waited for the outer one: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(runs, 1);
+    assert_eq!(x_cache.iter().filter(|x| *x == "HIT").count(), 3);
 }

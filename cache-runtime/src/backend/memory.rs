@@ -117,7 +117,9 @@ fn expiry(ttl: Duration) -> Clock {
 /// too small for a value of the largest size stored (`CACHE_MAX_VALUE_BYTES`).
 fn shard_count(max_bytes: u64) -> usize {
     let default = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
-    let fitting = (max_bytes / crate::memo::max_value_bytes().max(1)).max(1);
+    // A shard admits HOT_SHARE of its weight; an entry weighs its value plus overhead and key.
+    let heaviest = crate::memo::max_value_bytes().saturating_add(ENTRY_OVERHEAD + 4096);
+    let fitting = ((max_bytes as f64 * HOT_SHARE) as u64 / heaviest).max(1);
     let fitting = 1usize
         << (usize::BITS
             - 1
@@ -325,6 +327,7 @@ impl MemoryBackend {
     ) -> bool {
         let size = serialized_len(value.as_ref());
         if size > max_value_bytes {
+            self.entries.remove(&key); // an older value must not outlive this one
             return false;
         }
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
