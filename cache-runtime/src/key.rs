@@ -255,31 +255,26 @@ fn needs_escape(ch: char) -> bool {
 /// assert_ne!(a, cache_runtime::key::default_key("app::users", "load_user", &(43u64,)));
 /// ```
 pub fn default_key<A: Serialize + ?Sized>(module: &str, function: &str, args: &A) -> String {
-    let mut hasher = Sha256::new();
-    if serde_json::to_writer(HashWriter(&mut hasher), args).is_err() {
+    let mut json = ArgsJson::default();
+    if serde_json::to_writer(&mut json, args).is_err() {
         return unkeyable();
     }
-    finish_key(hasher, module, function).into_string()
+    let mut key = KeyBuf::new();
+    push_prefix(&mut key, module, function);
+    json.push_digest(&mut key);
+    key.into_string()
 }
 
 fn unkeyable() -> String {
     char::from(UNKEYABLE).to_string()
 }
 
-fn finish_key(hasher: Sha256, module: &str, function: &str) -> KeyBuf {
-    let mut key = KeyBuf::new();
+/// `"{module}::{function}:"`, the head of a default key.
+fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
     key.push_str(module);
     key.push_str("::");
     key.push_str(function);
     key.push_str(":");
-    push_digest(&mut key, hasher);
-    key
-}
-
-/// Appends the first 128 bits of the digest in lower-case hex.
-fn push_digest(key: &mut KeyBuf, hasher: Sha256) {
-    let digest = hasher.finalize();
-    push_hex(key, &digest[..16]);
 }
 
 /// Builds a [`default_key`] one argument at a time, with the same result as passing the arguments
@@ -318,12 +313,7 @@ impl DefaultKey {
     /// The key of a call of `module::function` with the arguments added.
     /// The key of a call with an argument that failed to serialize is not [keyable](KeyBuf::is_keyable).
     pub fn finish(self, module: &str, function: &str) -> KeyBuf {
-        self.finish_with(|key| {
-            key.push_str(module);
-            key.push_str("::");
-            key.push_str(function);
-            key.push_str(":");
-        })
+        self.finish_with(|key| push_prefix(key, module, function))
     }
 
     /// As [`finish`](Self::finish), with `"{module}::{function}:"` given whole (the generated code
@@ -347,10 +337,7 @@ impl DefaultKey {
         let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
         self.json.append(closing);
         prefix(&mut key);
-        match self.json {
-            ArgsJson::Short(json) => key.push_str(&short_digest_hex(&json)),
-            ArgsJson::Long(hasher) => push_digest(&mut key, hasher),
-        }
+        self.json.push_digest(&mut key);
         key
     }
 }
@@ -462,6 +449,14 @@ impl ArgsJson {
             Self::Long(hasher) => hasher.update(bytes),
         }
     }
+
+    /// Appends the first 128 bits of the SHA-256 of the JSON, in lower-case hex.
+    fn push_digest(self, key: &mut KeyBuf) {
+        match self {
+            Self::Short(json) => key.push_str(&short_digest_hex(&json)),
+            Self::Long(hasher) => push_hex(key, &hasher.finalize()[..16]),
+        }
+    }
 }
 
 impl std::io::Write for ArgsJson {
@@ -514,19 +509,6 @@ fn short_digest_hex(json: &[u8]) -> arrayvec::ArrayString<32> {
             hex
         })
         .unwrap_or_else(|_| compute())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -641,7 +623,8 @@ mod tests {
             .map(|n| DefaultKey::new().arg(&n).finish("m", "f").into_string())
             .collect();
         for (n, key) in keys.iter().enumerate() {
-            assert_eq!(key, &default_key("m", "f", &(n as u64,)));
+            let reference = &sha256_hex(format!("[{n}]").as_bytes())[..32];
+            assert_eq!(key, &format!("m::f:{reference}"));
             assert_eq!(
                 DefaultKey::new().arg(&(n as u64)).finish("m", "f").as_str(),
                 key

@@ -16,7 +16,7 @@ use std::{
     io::{ErrorKind, Write},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::Duration,
@@ -24,7 +24,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{Backend, Lookup};
+use super::{Backend, Lookup, Periodic};
 use crate::{envelope::now_ms, key::sha256_hex, BackendError};
 
 /// How often writes start a sweep of expired files.
@@ -41,7 +41,7 @@ const TMP_MAX_AGE: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct FileBackend {
     root: PathBuf,
-    last_sweep_ms: AtomicU64,
+    sweeps: Periodic,
 }
 
 impl FileBackend {
@@ -49,7 +49,7 @@ impl FileBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            last_sweep_ms: AtomicU64::new(now_ms()),
+            sweeps: Periodic::new(SWEEP_EVERY),
         }
     }
 
@@ -82,15 +82,7 @@ impl FileBackend {
     }
 
     fn maybe_sweep(&self) {
-        let now = now_ms();
-        let last = self.last_sweep_ms.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_sweep_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.sweeps.due() {
             let root = self.root.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(error) = sweep_folder(&root) {

@@ -9,12 +9,14 @@
 use std::{
     any::Any,
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
-    },
-    time::{Duration, Instant},
+    sync::{Arc, RwLock},
+    time::Duration,
 };
+
+use async_trait::async_trait;
+
+use super::{Backend, Lookup, Periodic};
+use crate::BackendError;
 
 /// Expiry is checked against the coarse monotonic clock (a few ms of resolution, a few ns to
 /// read), so a hit does not pay for a precise clock read.
@@ -23,11 +25,6 @@ type Clock = coarsetime::Instant;
 fn now() -> Clock {
     Clock::now_without_cache_update()
 }
-
-use async_trait::async_trait;
-
-use super::{Backend, Lookup};
-use crate::BackendError;
 
 /// Default bound on the number of entries.
 pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
@@ -71,10 +68,8 @@ pub struct MemoryBackend {
     max_bytes: u64,
     /// The heaviest entry the store admits (a share of one shard); heavier values are not kept.
     admissible: u64,
-    /// Time base of `last_sweep_ms`.
-    started: Instant,
-    /// When expired entries were last swept (ms since `started`).
-    last_sweep_ms: AtomicU64,
+    /// When expired entries are next swept.
+    sweeps: Periodic,
 }
 
 struct MemEntry {
@@ -96,6 +91,11 @@ impl MemEntry {
             Stored::Typed(value) => value.downcast_ref::<T>(),
             Stored::Bytes(_) => None,
         }
+    }
+
+    /// Whether the value is still fresh (not yet in its stale window).
+    fn fresh(&self) -> bool {
+        self.fresh_until_ms == 0 || crate::envelope::now_ms() < self.fresh_until_ms
     }
 
     fn expired(&self, now: Clock) -> bool {
@@ -120,13 +120,9 @@ fn shard_count(max_bytes: u64) -> usize {
     // A shard admits HOT_SHARE of its weight; an entry weighs its value plus overhead and key.
     let heaviest = crate::memo::max_value_bytes().saturating_add(ENTRY_OVERHEAD + 4096);
     let fitting = ((max_bytes as f64 * HOT_SHARE) as u64 / heaviest).max(1);
-    let fitting = 1usize
-        << (usize::BITS
-            - 1
-            - usize::try_from(fitting)
-                .unwrap_or(usize::MAX)
-                .leading_zeros());
-    default.min(fitting).max(1)
+    // quick_cache rounds the count up to a power of two: round down here so shards stay large.
+    let fitting = usize::try_from(fitting).unwrap_or(usize::MAX);
+    default.min(1 << fitting.ilog2()).max(1)
 }
 
 enum Stored {
@@ -200,8 +196,7 @@ impl MemoryBackend {
             generations: Generations::default(),
             max_entries,
             max_bytes,
-            started: Instant::now(),
-            last_sweep_ms: AtomicU64::new(0),
+            sweeps: Periodic::new(SWEEP_EVERY),
         }
     }
 
@@ -265,15 +260,7 @@ impl MemoryBackend {
 
     fn insert(&self, key: String, entry: MemEntry) {
         self.entries.insert(key, Arc::new(entry));
-        let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_sweep_ms.load(Ordering::Relaxed);
-        let due = since_start.saturating_sub(last) >= SWEEP_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_sweep_ms
-                .compare_exchange(last, since_start, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.sweeps.due() {
             self.run_pending_tasks();
         }
     }
@@ -283,8 +270,7 @@ impl MemoryBackend {
     pub(crate) fn get_fresh<T: Clone + 'static>(&self, key: &str) -> Option<T> {
         let entry = self.live_entry(key)?;
         let value = entry.typed::<T>()?;
-        let fresh = entry.fresh_until_ms == 0 || crate::envelope::now_ms() < entry.fresh_until_ms;
-        (fresh && self.generations.matches(&entry.groups, &entry.generations))
+        (entry.fresh() && self.generations.matches(&entry.groups, &entry.generations))
             .then(|| value.clone())
     }
 
@@ -298,9 +284,7 @@ impl MemoryBackend {
         if let Some(entry) = self.live_entry(key) {
             if let Some(value) = entry.typed::<T>() {
                 if self.generations.matches(&entry.groups, &entry.generations) {
-                    if entry.fresh_until_ms != 0
-                        && crate::envelope::now_ms() >= entry.fresh_until_ms
-                    {
+                    if !entry.fresh() {
                         return TypedLookup::Stale(
                             value.clone(),
                             self.generations.current(groups),
@@ -326,12 +310,11 @@ impl MemoryBackend {
         max_value_bytes: u64,
     ) -> bool {
         let size = serialized_len(value.as_ref());
-        if size > max_value_bytes {
-            self.entries.remove(&key); // an older value must not outlive this one
-            return false;
-        }
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
-        let Some(weight) = self.weight(&key, size + (size_of::<T>() + group_bytes) as u64) else {
+        let weight = (size <= max_value_bytes)
+            .then(|| self.weight(&key, size + (size_of::<T>() + group_bytes) as u64))
+            .flatten();
+        let Some(weight) = weight else {
             self.entries.remove(&key); // an older value must not outlive this one
             return false;
         };
@@ -525,14 +508,17 @@ mod tests {
         key: &str,
         value: T,
     ) -> bool {
-        mem.set_typed(
-            key.into(),
-            Arc::new(value),
-            Duration::from_secs(60),
-            0,
-            (&[], vec![]),
-            u64::MAX,
-        )
+        put_for(mem, key, value, Duration::from_secs(60))
+    }
+
+    /// As [`put`], kept for `ttl`.
+    fn put_for<T: serde::Serialize + Send + Sync + 'static>(
+        mem: &MemoryBackend,
+        key: &str,
+        value: T,
+        ttl: Duration,
+    ) -> bool {
+        mem.set_typed(key.into(), Arc::new(value), ttl, 0, (&[], vec![]), u64::MAX)
     }
 
     #[test]
@@ -693,28 +679,14 @@ mod tests {
     #[test]
     fn a_century_long_ttl_neither_panics_nor_expires() {
         let mem = MemoryBackend::default();
-        mem.set_typed(
-            "k".into(),
-            Arc::new(1u8),
-            Duration::from_secs(u64::MAX / 2),
-            0,
-            (&[], vec![]),
-            u64::MAX,
-        );
+        put_for(&mem, "k", 1u8, Duration::from_secs(u64::MAX / 2));
         assert_eq!(mem.get_fresh::<u8>("k"), Some(1));
     }
 
     #[test]
     fn entries_expire_after_their_ttl() {
         let mem = MemoryBackend::default();
-        mem.set_typed(
-            "k".into(),
-            Arc::new(1u8),
-            Duration::from_millis(30),
-            0,
-            (&[], vec![]),
-            u64::MAX,
-        );
+        put_for(&mem, "k", 1u8, Duration::from_millis(30));
         std::thread::sleep(Duration::from_millis(60));
         assert!(matches!(
             mem.get_typed::<u8>("k", &[]),

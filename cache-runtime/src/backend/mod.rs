@@ -5,7 +5,10 @@
 //! envelope; a stored value whose recorded generations differ from the current ones is stale. Group
 //! invalidation is therefore a single change of one generation, whatever the size of the group.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 
@@ -20,6 +23,35 @@ pub use file::FileBackend;
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 pub use tiered::TieredBackend;
+
+/// Lets one caller through at most once per interval: the sweeps that writes start.
+#[derive(Debug)]
+pub(crate) struct Periodic {
+    every_ms: u64,
+    last_ms: AtomicU64,
+}
+
+impl Periodic {
+    /// The first caller gets through one interval from now.
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            every_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            last_ms: AtomicU64::new(crate::envelope::now_ms()),
+        }
+    }
+
+    /// Whether the interval has passed since the last caller got through (then this one does,
+    /// and no concurrent caller).
+    pub(crate) fn due(&self) -> bool {
+        let now = crate::envelope::now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.every_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 /// What [`Backend::get`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
