@@ -30,6 +30,7 @@ mod flight;
 mod guard;
 #[cfg(feature = "http")]
 pub mod http;
+mod io;
 pub mod key;
 mod memo;
 mod registry;

@@ -552,11 +552,10 @@ impl Drop for LockRelease {
         let Some(token) = self.token.take() else {
             return;
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let backend = self.backend;
-            let key = std::mem::take(&mut self.key);
-            runtime.spawn(async move { release_lock(backend, &key, token).await });
-        }
+        let backend = self.backend;
+        let key = std::mem::take(&mut self.key);
+        // On the library's runtime: the caller's may be shutting down.
+        crate::io::spawn(async move { release_lock(backend, &key, token).await });
     }
 }
 

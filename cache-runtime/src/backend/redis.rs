@@ -1,5 +1,10 @@
-//! The Redis backend, on the `redis` crate's auto-reconnecting [`ConnectionManager`], or on its
-//! cluster client for a Redis Cluster.
+//! The Redis backend, on the `redis` crate's multiplexed connection, or on its cluster client for a
+//! Redis Cluster.
+//!
+//! Connections are made on the library's own runtime (see `io.rs`), so their drivers do not die with
+//! the runtime of the caller that happened to connect first; callers on any runtime share them. A
+//! connection that reports itself broken is dropped, and the next operation connects again (on the
+//! library's runtime too).
 //!
 //! Layout under the prefix (default `cache:`):
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
@@ -18,8 +23,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use redis::{aio::ConnectionManager, cluster::ClusterClient, cluster_async::ClusterConnection};
+use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection};
 use tokio::sync::OnceCell;
 
 use super::{Backend, Lookup};
@@ -47,10 +55,16 @@ pub struct RedisBackend {
     pubsub: redis::Client,
     url: String,
     prefix: String,
-    connection: OnceCell<Connection>,
+    /// The current connection (made on first use); replaced by an empty slot when it breaks.
+    connection: ArcSwap<Slot>,
     timeout: Duration,
 }
 
+/// One connection attempt and, once made, its connection.
+#[derive(Default)]
+struct Slot(OnceCell<Connection>);
+
+#[derive(Clone)]
 enum Target {
     Single(redis::Client),
     Cluster(Box<ClusterClient>),
@@ -59,7 +73,7 @@ enum Target {
 /// A live connection: both kinds are cheap handles to a shared, multiplexed connection.
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -93,6 +107,27 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+
+    /// Creates a missing generation at a random value (`SET NX`) and reads what it is now.
+    async fn start_generation(&mut self, group_key: String) -> redis::RedisResult<u64> {
+        let mut init = redis::cmd("SET");
+        init.arg(&group_key).arg(random_generation()).arg("NX");
+        let _: redis::Value = self.query(&init).await?;
+        let read: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&group_key)).await?;
+        read.as_deref().and_then(parse_generation).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "group generation is not a number"))
+        })
+    }
+
+    /// Moves a generation to a value it never had: `INCR`, after creating it at a random value if it
+    /// is missing (never used, or evicted).
+    async fn move_generation(&mut self, group_key: String) -> redis::RedisResult<()> {
+        let mut init = redis::cmd("SET");
+        init.arg(&group_key).arg(random_generation()).arg("NX");
+        let mut incr = redis::cmd("INCR");
+        incr.arg(&group_key);
+        self.query_both(init, incr).await
     }
 
     async fn unlock(&mut self, lock_key: String, token: u64) -> redis::RedisResult<i64> {
@@ -154,7 +189,7 @@ impl RedisBackend {
             pubsub,
             url: url.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
-            connection: OnceCell::new(),
+            connection: ArcSwap::from_pointee(Slot::default()),
             timeout: Duration::from_millis(500),
         }
     }
@@ -191,31 +226,42 @@ impl RedisBackend {
 
     /// Connects now (it otherwise happens on first use) and checks the server answers `PING`.
     pub async fn ping(&self) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
-        let _: String = conn.query(&redis::cmd("PING")).await?;
-        Ok(())
+        let (slot, mut conn) = self.connection().await?;
+        let pong = conn.query::<String>(&redis::cmd("PING")).await;
+        self.checked(&slot, pong).map(drop)
     }
 
-    async fn connection(&self) -> Result<Connection, BackendError> {
-        let conn = self
-            .connection
-            .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Single(client) => {
-                        let config = redis::aio::ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_number_of_retries(1)
-                            .set_max_delay(Duration::from_millis(500));
-                        let manager = client.get_connection_manager_with_config(config).await?;
-                        Ok::<_, redis::RedisError>(Connection::Single(manager))
-                    }
-                    Target::Cluster(client) => {
-                        Ok(Connection::Cluster(client.get_async_connection().await?))
-                    }
-                }
-            })
-            .await?;
-        Ok(conn.clone())
+    /// The current connection, connecting (on the library's runtime) if there is none, with the
+    /// slot it came from (to replace it if it turns out broken).
+    async fn connection(&self) -> Result<(Arc<Slot>, Connection), BackendError> {
+        let slot = self.connection.load_full();
+        let target = self.target.clone();
+        let timeout = self.timeout;
+        let conn = slot
+            .0
+            .get_or_try_init(|| crate::io::run(connect(target, timeout)))
+            .await?
+            .clone();
+        Ok((slot, conn))
+    }
+
+    /// Passes `result` on; a connection-level failure drops the connection it came from, so the
+    /// next operation connects again.
+    fn checked<T>(
+        &self,
+        slot: &Arc<Slot>,
+        result: redis::RedisResult<T>,
+    ) -> Result<T, BackendError> {
+        result.map_err(|error| {
+            if error.is_connection_dropped()
+                || error.is_unrecoverable_error()
+                || error.is_io_error()
+            {
+                let fresh = Arc::new(Slot::default());
+                let _ = self.connection.compare_and_swap(slot, fresh);
+            }
+            BackendError::Redis(error)
+        })
     }
 
     fn entry_key(&self, key: &str) -> String {
@@ -245,6 +291,32 @@ impl RedisBackend {
         cmd.arg(self.invalidation_channel())
             .arg(invalidation.encode());
         cmd
+    }
+}
+
+/// A generation's first value: random, far from both 0 and the top of Redis's integer range, so a
+/// generation created again after an eviction never equals one recorded before (odds 2^-61).
+fn random_generation() -> u64 {
+    fastrand::u64(1 << 32..1 << 62)
+}
+
+fn parse_generation(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Connects to `target`; run on the library's runtime, where the connection's driver then lives.
+async fn connect(target: Target, timeout: Duration) -> redis::RedisResult<Connection> {
+    match target {
+        Target::Single(client) => {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            Ok(Connection::Single(conn))
+        }
+        Target::Cluster(client) => Ok(Connection::Cluster(client.get_async_connection().await?)),
     }
 }
 
@@ -286,13 +358,11 @@ static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
 #[async_trait]
 impl Backend for RedisBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        let mut conn = self.connection().await?;
+        let (slot, mut conn) = self.connection().await?;
         if groups.is_empty() {
-            let value: Option<Vec<u8>> = conn
-                .query(redis::cmd("GET").arg(self.entry_key(key)))
-                .await?;
+            let value = conn.query(redis::cmd("GET").arg(self.entry_key(key))).await;
             return Ok(Lookup {
-                value,
+                value: self.checked(&slot, value)?,
                 generations: Vec::new(),
             });
         }
@@ -301,20 +371,27 @@ impl Backend for RedisBackend {
         for group in groups {
             cmd.arg(self.group_key(group));
         }
-        let mut replies: Vec<Option<Vec<u8>>> = conn.query(&cmd).await?;
+        let replies = conn.query::<Vec<Option<Vec<u8>>>>(&cmd).await;
+        let mut replies = self.checked(&slot, replies)?;
         if replies.len() != groups.len() + 1 {
             return Err(BackendError::Redis(redis::RedisError::from((
                 redis::ErrorKind::Parse,
                 "MGET returned a wrong number of values",
             ))));
         }
-        let generations = replies
-            .drain(1..)
-            .map(|g| {
-                g.and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect();
+        let mut generations = Vec::with_capacity(groups.len());
+        for (group, reply) in groups.iter().zip(replies.drain(1..)) {
+            let generation = match reply.as_deref().and_then(parse_generation) {
+                Some(generation) => generation,
+                // Never used, or evicted: start it at a random value, so that no entry recorded
+                // under an earlier (evicted) generation can match it.
+                None => {
+                    let started = conn.start_generation(self.group_key(group)).await;
+                    self.checked(&slot, started)?
+                }
+            };
+            generations.push(generation);
+        }
         Ok(Lookup {
             value: replies.pop().flatten(),
             generations,
@@ -328,37 +405,39 @@ impl Backend for RedisBackend {
         ttl: Duration,
         _groups: &[String],
     ) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
+        let (slot, mut conn) = self.connection().await?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.entry_key(key))
             .arg(value)
             .arg("PX")
             .arg(ttl_ms);
-        let _: () = conn.query(&cmd).await?;
-        Ok(())
+        let stored = conn.query::<()>(&cmd).await;
+        self.checked(&slot, stored)
     }
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
+        let (slot, mut conn) = self.connection().await?;
         let mut unlink = redis::cmd("UNLINK");
         unlink.arg(self.entry_key(key));
-        conn.query_both(unlink, self.announce(Invalidation::Key(key)))
-            .await?;
-        Ok(())
+        let deleted = conn
+            .query_both(unlink, self.announce(Invalidation::Key(key)))
+            .await;
+        self.checked(&slot, deleted)
     }
 
     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
-        let mut incr = redis::cmd("INCR");
-        incr.arg(self.group_key(group));
-        conn.query_both(incr, self.announce(Invalidation::Group(group)))
-            .await?;
-        Ok(())
+        let (slot, mut conn) = self.connection().await?;
+        let moved = conn.move_generation(self.group_key(group)).await;
+        self.checked(&slot, moved)?;
+        let announced = conn
+            .query::<i64>(&self.announce(Invalidation::Group(group)))
+            .await;
+        self.checked(&slot, announced).map(drop)
     }
 
     async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
-        let mut conn = self.connection().await?;
+        let (slot, mut conn) = self.connection().await?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.lock_key(key))
@@ -366,24 +445,31 @@ impl Backend for RedisBackend {
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms);
-        let reply: Option<String> = conn.query(&cmd).await?;
-        Ok(reply.is_some())
+        let reply = conn.query::<Option<String>>(&cmd).await;
+        Ok(self.checked(&slot, reply)?.is_some())
     }
 
     async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
-        conn.unlock(self.lock_key(key), token).await?;
-        Ok(())
+        let (slot, mut conn) = self.connection().await?;
+        let released = conn.unlock(self.lock_key(key), token).await;
+        self.checked(&slot, released).map(drop)
     }
 
     async fn clear(&self) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
+        let (slot, conn) = self.connection().await?;
+        let cleared = self.clear_on(conn).await;
+        self.checked(&slot, cleared)
+    }
+}
+
+impl RedisBackend {
+    async fn clear_on(&self, mut conn: Connection) -> redis::RedisResult<()> {
         if let Connection::Cluster(_) = conn {
-            return Err(BackendError::Redis(redis::RedisError::from((
+            return Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "clear is not supported on a Redis Cluster (it would need a SCAN of every node); \
                  invalidate groups instead",
-            ))));
+            )));
         }
         let pattern = format!("{}k:*", escape_glob(&self.prefix));
         let mut cursor: u64 = 0;

@@ -119,11 +119,9 @@ impl TieredBackend {
         if self.subscriber.is_completed() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime yet: the local tier stays off
-        };
         self.subscriber.call_once(|| {
-            runtime.spawn(subscribe(
+            // On the library's runtime: the subscription must outlive the caller's runtime.
+            crate::io::spawn(subscribe(
                 self.remote.pubsub_client().clone(),
                 self.remote.invalidation_channel(),
                 Arc::downgrade(&self.local),
@@ -147,6 +145,22 @@ fn forget_key(local: &MemoryBackend, key: &str) {
     local.bump_group(&format!("\u{0}key:{key}"));
 }
 
+/// Marks the subscription down, and empties the local tier, when the subscriber ends however it
+/// ends (a panic included): the local tier is never used without a live subscription.
+struct SubscriptionDown {
+    local: Weak<MemoryBackend>,
+    subscribed: Arc<AtomicBool>,
+}
+
+impl Drop for SubscriptionDown {
+    fn drop(&mut self) {
+        self.subscribed.store(false, Ordering::Release);
+        if let Some(local) = self.local.upgrade() {
+            local.clear_now();
+        }
+    }
+}
+
 /// Keeps a subscription to the invalidation channel and applies its messages to the local tier,
 /// until the backend is dropped.
 async fn subscribe(
@@ -155,6 +169,10 @@ async fn subscribe(
     local: Weak<MemoryBackend>,
     subscribed: Arc<AtomicBool>,
 ) {
+    let _down = SubscriptionDown {
+        local: local.clone(),
+        subscribed: Arc::clone(&subscribed),
+    };
     loop {
         if local.strong_count() == 0 {
             return;

@@ -1,0 +1,126 @@
+//! Redis run as a cache (`maxmemory` with an `allkeys-*` policy) may evict any key. Losing a key
+//! must cost a miss, never bring back a value that was invalidated.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cache_runtime::cached;
+use support::RegisteredRedis;
+
+/// Both tests invalidate through the process-wide functions: one at a time.
+static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+static LOST_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(
+    ttl = 600,
+    backend = "evict-lost",
+    key = "lost:{n}",
+    group = "lost-group"
+)]
+async fn lost(n: u64) -> u64 {
+    LOST_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+#[tokio::test]
+async fn a_deleted_group_generation_never_revives_an_invalidated_entry() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("evict-lost");
+    let before = lost(1).await;
+    assert_eq!(lost(1).await, before, "cached");
+    cache_runtime::invalidate_group("lost-group").await.unwrap();
+    // The generation key disappears (evicted, or deleted by hand): the entry is still there.
+    assert_eq!(redis.server.cli(&["DEL", "cache:g:lost-group"]), "1");
+    assert_eq!(redis.server.cli(&["EXISTS", "cache:k:lost:1"]), "1");
+    let after = lost(1).await;
+    assert_ne!(
+        after, before,
+        "an entry invalidated by its group came back once the group's generation was lost"
+    );
+    assert_eq!(lost(1).await, after, "the recomputed value is cached again");
+}
+
+static EVICTED_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(
+    ttl = 600,
+    backend = "evict-real",
+    key = "item:{n}",
+    group = "item-group:{n}"
+)]
+async fn item(n: u64) -> u64 {
+    EVICTED_RUNS.fetch_add(1, Ordering::SeqCst) * 10_000 + n
+}
+
+/// A real eviction: a server with a small `maxmemory` and `allkeys-random` evicts entries and
+/// generations alike while junk is written; afterwards no call returns a value computed before its
+/// group was invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_evictions_under_allkeys_random_cost_misses_never_revivals() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("evict-real");
+    const ITEMS: u64 = 400;
+    let mut old = Vec::new();
+    for n in 0..ITEMS {
+        old.push(item(n).await);
+    }
+    for n in 0..ITEMS {
+        cache_runtime::invalidate_group(&format!("item-group:{n}"))
+            .await
+            .unwrap();
+    }
+    let used: u64 = redis
+        .server
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO");
+    redis
+        .server
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+    redis.server.cli(&[
+        "CONFIG",
+        "SET",
+        "maxmemory",
+        &(used + 256 * 1024).to_string(),
+    ]);
+    let client = redis::Client::open(redis.server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let junk = "x".repeat(1024);
+    for i in 0..3000u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("junk:{i}"))
+            .arg(&junk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Count the cases that matter: an entry that survived while its generation was evicted.
+    let mut revivable = 0;
+    for n in 0..ITEMS {
+        let entry = redis.server.cli(&["EXISTS", &format!("cache:k:item:{n}")]);
+        let generation = redis
+            .server
+            .cli(&["EXISTS", &format!("cache:g:item-group:{n}")]);
+        if entry == "1" && generation == "0" {
+            revivable += 1;
+        }
+    }
+    assert!(
+        revivable > 0,
+        "the eviction hit no generation whose entry survived: the test proves nothing"
+    );
+    let mut revived = Vec::new();
+    for n in 0..ITEMS {
+        if item(n).await == old[n as usize] {
+            revived.push(n);
+        }
+    }
+    assert!(
+        revived.is_empty(),
+        "{} of {revivable} entries whose generation was evicted came back after invalidation: {revived:?}",
+        revived.len()
+    );
+}
