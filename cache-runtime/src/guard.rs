@@ -66,6 +66,16 @@ impl Guard {
         if !self.admit() {
             return Err(BackendError::Unavailable);
         }
+        self.run_always(operation, future).await
+    }
+
+    /// Runs `operation` whatever the breaker says (invalidations are never skipped), within the
+    /// timeout, and records the outcome.
+    pub(crate) async fn run_always<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
         let result = match tokio::time::timeout(self.timeout, future).await {
             Ok(result) => result,
             Err(_) => Err(BackendError::Timeout(self.timeout)),

@@ -16,6 +16,7 @@ use crate::{
     backend::memory::TypedLookup,
     envelope::{self, now_ms, Decoded, Meta},
     flight::{self, Followed, Leader, Role},
+    invalidation,
     key::{fingerprint, normalize_key, KeyBuf, UNKEYABLE},
     registry::{self, Registered},
     stats::{Event, Policy, Site},
@@ -26,6 +27,20 @@ pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How often a caller waiting for another process's computation looks for its result.
 const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// Default bound on how long a caller waits for another caller's computation of the same key
+/// before it computes itself; `CACHE_FOLLOW_TIMEOUT_MS` overrides it.
+pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn follow_timeout() -> Duration {
+    static LIMIT: OnceLock<Duration> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("CACHE_FOLLOW_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(DEFAULT_FOLLOW_TIMEOUT, Duration::from_millis)
+    })
+}
 
 pub(crate) fn max_value_bytes() -> u64 {
     static LIMIT: OnceLock<u64> = OnceLock::new();
@@ -149,10 +164,8 @@ impl<E: Clone + Send + Sync + 'static> ViaClone<E> for ErrorProbe<E> {
 /// value be served (stale-if-error).
 #[doc(hidden)]
 pub struct Errors<E> {
+    /// `None`: followers of a failed leader run their own body at once.
     sharing: Option<ErrorSharing<E>>,
-    /// Followers of a leader whose error is not shared run their own body at once, instead of
-    /// taking turns as leader (for outcomes that are per-request, like an uncacheable response).
-    independent: bool,
     /// Whether an error is a failure that a stale value may stand in for.
     is_failure: fn(&E) -> bool,
 }
@@ -161,7 +174,6 @@ impl<E> Errors<E> {
     pub(crate) fn new(sharing: Option<ErrorSharing<E>>) -> Self {
         Self {
             sharing,
-            independent: false,
             is_failure: |_| true,
         }
     }
@@ -171,7 +183,6 @@ impl<E> Errors<E> {
     pub(crate) fn independent(is_failure: fn(&E) -> bool) -> Self {
         Self {
             sharing: None,
-            independent: true,
             is_failure,
         }
     }
@@ -179,7 +190,7 @@ impl<E> Errors<E> {
 
 /// Selected otherwise.
 pub trait ViaNoClone<E> {
-    /// `None`: the error cannot be shared; waiters run the body themselves, one at a time.
+    /// `None`: the error cannot be shared; waiters run the body themselves, concurrently.
     fn sharing(&self) -> Option<ErrorSharing<E>>;
 }
 
@@ -214,6 +225,9 @@ pub struct Lead {
     generations: Option<Vec<u64>>,
     epoch: u64,
     lock_token: Option<u64>,
+    /// This computation's flight, and the flights its caller runs inside (re-entry detection).
+    flight_key: String,
+    chain: Option<Arc<flight::Chain>>,
 }
 
 /// Runs `body` unless a live value for `key` is cached, and caches its `Ok` value.
@@ -316,7 +330,7 @@ where
     let key = normalize_key(key);
     let mut flight_key = None;
     loop {
-        let epoch = registry::invalidation_epoch();
+        let epoch = invalidation::invalidation_epoch();
         let (stale, generations) = match probe::<T>(site, backend, &key, &groups).await {
             Probe::Hit(value) => {
                 site.count(Event::Hit);
@@ -340,16 +354,33 @@ where
                 value
             })
         };
-        let overtaken = |started: u64| registry::invalidated_since(started, &key, &groups);
+        let overtaken = |started: u64| invalidation::invalidated_since(started, &key, &groups);
         let flight_key = flight_key
             .get_or_insert_with(|| format!("{}\u{0}{key}", site.backend))
             .clone();
-        match flight::join(flight_key, epoch, overtaken) {
+        if flight::runs_inside(&flight_key) {
+            // A call inside its own computation (cyclic data): waiting would wait for itself.
+            site.count(Event::Miss);
+            outcome("reentrant");
+            return run_in_place(body).await;
+        }
+        match flight::join(flight_key.clone(), epoch, &generations, overtaken) {
             Role::Follower(receiver) => {
                 if let Some(value) = serve_stale(stale.clone(), true) {
                     return Ok(value); // a refresh is under way
                 }
-                match flight::follow(receiver).await {
+                let Ok(followed) =
+                    tokio::time::timeout(follow_timeout(), flight::follow(receiver)).await
+                else {
+                    tracing::warn!(
+                        timeout = ?follow_timeout(),
+                        "waited too long for another call's computation of this key; computing"
+                    );
+                    site.count(Event::Miss);
+                    outcome("follow-timeout");
+                    return run_in_place(body).await;
+                };
+                match followed {
                     Followed::Value(shared) => {
                         if let Some(value) = shared.downcast_ref::<T>() {
                             site.count(Event::Join);
@@ -387,6 +418,8 @@ where
                     generations,
                     epoch,
                     lock_token: None,
+                    flight_key,
+                    chain: flight::current_chain(),
                 };
                 let revalidating = stale.as_ref().is_some_and(|(_, revalidate)| *revalidate);
                 let body = match body {
@@ -471,7 +504,8 @@ where
     E: Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
-    tokio::spawn(run_leader(lead, future, leader, errors))
+    // The caller's span goes along, so the body's events stay inside the request's.
+    tokio::spawn(run_leader(lead, future, leader, errors).instrument(tracing::Span::current()))
 }
 
 /// Runs the body as the flight's leader, stores an `Ok` value, releases any lock, and hands the
@@ -492,13 +526,13 @@ where
         key: lead.key.clone(),
         token: Some(token),
     });
-    let result = future.await;
+    let result = flight::inside(lead.chain.clone(), lead.flight_key.clone(), future).await;
     let outcome = match result {
         Ok(value) => {
             let shared = Arc::new(value);
             if let Some(generations) = lead.generations.clone() {
-                let _gate = registry::STORE_GATE.read().await;
-                if !registry::invalidated_since(lead.epoch, &lead.key, &lead.groups) {
+                let _permit = invalidation::store_permit(lead.backend, &lead.key).await;
+                if !invalidation::invalidated_since(lead.epoch, &lead.key, &lead.groups) {
                     let policy = lead.site.policy;
                     store(
                         lead.site,
@@ -516,10 +550,11 @@ where
             Ok(shared)
         }
         Err(error) => {
-            match (&errors.sharing, errors.independent) {
-                (Some(sharing), _) => leader.fail((sharing.share)(&error)),
-                (None, true) => leader.pass(),
-                (None, false) => drop(leader),
+            match &errors.sharing {
+                Some(sharing) => leader.fail((sharing.share)(&error)),
+                // The error cannot be shared: the waiters run their own bodies, all at once
+                // (taking turns as leader would run them one after another).
+                None => leader.pass(),
             }
             Err(error)
         }
@@ -698,6 +733,10 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let policy = site.policy;
+    if backend.invalidation.blocked() {
+        // The backend missed an invalidation: not read until it has been applied there.
+        return (Probe::Miss(None), 0);
+    }
     let lookup = match backend
         .guard
         .run("get", backend.backend.get(key, groups))
@@ -805,6 +844,9 @@ pub(crate) async fn store<T>(
         oversized(site, key);
         return;
     }
+    if backend.invalidation.blocked() {
+        return; // the backend missed an invalidation: not written until it has been applied there
+    }
     let stored = backend
         .guard
         .run("set", backend.backend.set(key, bytes, retention, groups))
@@ -825,5 +867,5 @@ fn oversized(site: &Site, key: &str) {
 
 /// Removes one call's entry from the function's backend (behind the generated `*_invalidate` fns).
 pub async fn invalidate_entry(backend: &str, key: String) -> Result<(), crate::CacheError> {
-    registry::invalidate_key_in(backend, key).await
+    crate::invalidation::invalidate_key_in(backend, key).await
 }

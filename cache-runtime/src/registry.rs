@@ -2,9 +2,10 @@
 //!
 //! Built-in names need no set-up: `"memory"`, `"redis"` (`REDIS_URL`) and `"file"` (`CACHE_DIR`) are
 //! created on first use. [`register`] adds a backend under any name or remaps a built-in one.
+//! Invalidation across the registered backends is in `invalidation.rs`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, LazyLock, Mutex,
@@ -16,9 +17,8 @@ use arc_swap::ArcSwap;
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     guard::{timeout_from_env, Guard},
-    key::normalize_key,
+    invalidation::BackendInvalidation,
     stats::Site,
-    CacheError,
 };
 
 /// A backend with its name and its fail-open guard.
@@ -26,6 +26,8 @@ pub(crate) struct Registered {
     pub(crate) name: String,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) guard: Guard,
+    /// Store barriers and pending invalidations of this backend.
+    pub(crate) invalidation: BackendInvalidation,
 }
 
 /// Registered backends live for the rest of the process (re-registering a name leaks the old
@@ -44,19 +46,6 @@ pub(crate) struct Resolved {
     version: u64,
     registered: Option<&'static Registered>,
 }
-/// Counts invalidations in this process; see [`invalidation_epoch`].
-static EPOCH: AtomicU64 = AtomicU64::new(0);
-/// The most recent invalidations, to tell which computations they concern.
-static RECENT: Mutex<VecDeque<(u64, Target)>> = Mutex::new(VecDeque::new());
-/// How many recent invalidations are remembered; older computations are judged conservatively.
-const RECENT_CAPACITY: usize = 4096;
-
-/// What an invalidation was about.
-enum Target {
-    Key(String),
-    Group(String),
-}
-
 /// Registers `backend` under `name`, replacing whatever had that name (built-ins included).
 ///
 /// Calls made after this returns use the new backend.
@@ -84,6 +73,7 @@ fn leak(name: &str, backend: Arc<dyn Backend>) -> &'static Registered {
         guard: Guard::new(name, timeout_from_env()),
         name: name.to_owned(),
         backend,
+        invalidation: BackendInvalidation::default(),
     }))
 }
 
@@ -168,154 +158,15 @@ fn built_in(name: &str) -> Option<Arc<dyn Backend>> {
     }
 }
 
-/// A number that changes whenever this process invalidates anything. A computation remembers the
-/// epoch it started under; see [`invalidated_since`].
-pub(crate) fn invalidation_epoch() -> u64 {
-    EPOCH.load(Ordering::Acquire)
+/// Whether `entry` is still the backend registered under its name.
+pub(crate) fn is_registered(entry: &Registered) -> bool {
+    TABLE
+        .load()
+        .get(&entry.name)
+        .is_some_and(|current| std::ptr::eq(*current, entry))
 }
 
-/// Whether an invalidation of `key` or of one of `groups` ran in this process after `epoch`. Such
-/// a computation may have read the data the invalidation was about: its value is neither stored nor
-/// shared with callers that start later. Costs one atomic load when nothing was invalidated.
-pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> bool {
-    if EPOCH.load(Ordering::Acquire) == epoch {
-        return false;
-    }
-    let recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
-    match recent.front() {
-        // Forgotten invalidations may have concerned this key: assume they did.
-        Some((oldest, _)) if *oldest > epoch + 1 => true,
-        None => true,
-        Some(_) => recent
-            .iter()
-            .filter(|(seq, _)| *seq > epoch)
-            .any(|(_, target)| match target {
-                Target::Key(k) => k == key,
-                Target::Group(g) => groups.iter().any(|group| group == g),
-            }),
-    }
-}
-
-/// Stores hold this gate (shared) from their [`invalidated_since`] check to the end of the write;
-/// an invalidation takes it (exclusively) to move the epoch. So a store that passed its check before
-/// the invalidation finishes before the invalidation touches any backend, and its entry is removed;
-/// a store that checks after it sees the invalidation and does not write.
-pub(crate) static STORE_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// Moves the epoch and remembers what the invalidation is about, before any backend is touched.
-async fn record_invalidation(target: Target) {
-    let _exclusive = STORE_GATE.write().await;
-    let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
-    let seq = EPOCH.fetch_add(1, Ordering::AcqRel) + 1;
-    if recent.len() == RECENT_CAPACITY {
-        recent.pop_front();
-    }
-    recent.push_back((seq, target));
-}
-
-fn every_backend() -> Vec<&'static Registered> {
-    // Configured built-ins count even before first use, so an admin process reaches them.
-    if std::env::var_os("REDIS_URL").is_some() {
-        resolve("redis");
-    }
-    if std::env::var_os("CACHE_DIR").is_some() {
-        resolve("file");
-    }
+/// Every backend registered now.
+pub(crate) fn all() -> Vec<&'static Registered> {
     TABLE.load().values().copied().collect()
-}
-
-/// Removes the entry stored under `key` from every backend.
-///
-/// Reaches every backend registered in this process and the built-in ones that are configured
-/// (`REDIS_URL` or `CACHE_DIR` set) or have been used. Every backend is tried; the first failure is
-/// returned.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::CacheError> {
-/// cache_runtime::invalidate_key("user:42").await?;
-/// # Ok(()) }
-/// ```
-pub async fn invalidate_key(key: &str) -> Result<(), CacheError> {
-    let key = normalize_key(key.to_owned());
-    record_invalidation(Target::Key(key.clone())).await;
-    let mut first_error = None;
-    for entry in every_backend() {
-        let result = entry.guard.run("delete", entry.backend.delete(&key)).await;
-        record(&mut first_error, entry, result);
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Makes every entry of `group` stale, in every backend, in O(1) per backend.
-///
-/// Reaches the same backends as [`invalidate_key`].
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::CacheError> {
-/// cache_runtime::invalidate_group("users").await?;
-/// # Ok(()) }
-/// ```
-pub async fn invalidate_group(group: &str) -> Result<(), CacheError> {
-    record_invalidation(Target::Group(group.to_owned())).await;
-    let mut first_error = None;
-    for entry in every_backend() {
-        let result = entry
-            .guard
-            .run("invalidate_group", entry.backend.invalidate_group(group))
-            .await;
-        record(&mut first_error, entry, result);
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Runs the invalidations a mutation asked for; failures are logged, never returned (the mutation
-/// itself succeeded).
-#[doc(hidden)]
-pub async fn invalidate_after_success(keys: &[String], groups: &[String]) {
-    for key in keys {
-        if let Err(error) = invalidate_key(key).await {
-            tracing::error!(key, %error, "invalidation after a successful mutation failed");
-        }
-    }
-    for group in groups {
-        if let Err(error) = invalidate_group(group).await {
-            tracing::error!(group, %error, "invalidation after a successful mutation failed");
-        }
-    }
-}
-
-/// Records an invalidation of `key` that a backend-specific path carries out itself (the layer's
-/// removal of a URI after a mutation).
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) async fn note_key_invalidation(key: &str) {
-    record_invalidation(Target::Key(key.to_owned())).await;
-}
-
-/// Removes one key from the backend named `backend` only (used by the generated `*_invalidate` fns).
-pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), CacheError> {
-    let key = normalize_key(key);
-    record_invalidation(Target::Key(key.clone())).await;
-    let entry = resolve(backend).ok_or_else(|| CacheError::UnknownBackend(backend.to_owned()))?;
-    entry
-        .guard
-        .run("delete", entry.backend.delete(&key))
-        .await
-        .map_err(|source| CacheError::Backend {
-            backend: entry.name.clone(),
-            source,
-        })
-}
-
-fn record(
-    first_error: &mut Option<CacheError>,
-    entry: &Registered,
-    result: Result<(), crate::BackendError>,
-) {
-    if let Err(source) = result {
-        tracing::warn!(backend = %entry.name, error = %source, "cache invalidation failed");
-        first_error.get_or_insert(CacheError::Backend {
-            backend: entry.name.clone(),
-            source,
-        });
-    }
 }

@@ -115,6 +115,16 @@ impl TieredBackend {
         self.local_ttl
     }
 
+    /// Applies an invalidation to the local tier (at once, before Redis is reached).
+    pub(crate) fn invalidate_locally(&self, target: &crate::invalidation::Target) {
+        use crate::invalidation::Target;
+        match target {
+            Target::Key(key) => forget_key(&self.local, key),
+            Target::Group(group) => self.local.bump_group(group),
+            Target::All => self.local.clear_now(),
+        }
+    }
+
     fn start_subscriber(&self) {
         if self.subscriber.is_completed() {
             return;

@@ -123,7 +123,7 @@ pub async fn after_mutation(
     groups: Vec<String>,
 ) -> Response {
     if response.status().is_success() {
-        crate::registry::invalidate_after_success(&keys, &groups).await;
+        crate::invalidation::invalidate_after_success(&keys, &groups).await;
     }
     response
 }

@@ -281,7 +281,7 @@ where
         .cloned()
         .collect();
     let site = shared.site;
-    let epoch = registry::invalidation_epoch();
+    let epoch = crate::invalidation::invalidation_epoch();
     let groups = lookup_groups(&shared, backend, &base).await;
     let mut observed = Observed {
         epoch,
@@ -327,9 +327,11 @@ where
     if coalesce {
         let deadline = tokio::time::Instant::now() + shared.config.coalesce_wait;
         loop {
-            let overtaken =
-                |started: u64| registry::invalidated_since(started, &base, &observed.groups);
-            match flight::join(format!("layer\u{0}{base}"), epoch, overtaken) {
+            let overtaken = |started: u64| {
+                crate::invalidation::invalidated_since(started, &base, &observed.groups)
+            };
+            let flight_key = format!("layer\u{0}{base}");
+            match flight::join(flight_key, epoch, &observed.generations, overtaken) {
                 Role::Leader(lead) => {
                     // The previous leader may have stored the response since this request looked.
                     if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
@@ -528,8 +530,8 @@ async fn save(
 ) -> bool {
     let site = shared.site;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let _gate = registry::STORE_GATE.read().await;
-    if registry::invalidated_since(observed.epoch, base, &observed.groups) {
+    let _permit = crate::invalidation::store_permit(backend, base).await;
+    if crate::invalidation::invalidated_since(observed.epoch, base, &observed.groups) {
         return false; // an invalidation of this URI or its groups ran while it was computed
     }
     let mut groups = shared.config.groups.clone();
@@ -608,16 +610,10 @@ async fn save(
 }
 
 /// Removes a URI's entries after a successful unsafe request (RFC 9111 §4.4).
-async fn forget(backend: &Registered, base: &str) {
-    registry::note_key_invalidation(base).await;
-    for key in [base.to_owned(), groups_key(base)] {
-        if let Err(error) = backend
-            .guard
-            .run("delete", backend.backend.delete(&key))
-            .await
-        {
-            tracing::warn!(key, %error, "could not remove a cached response after a mutation");
-        }
+async fn forget(backend: &'static Registered, base: &str) {
+    let keys = [base.to_owned(), groups_key(base)];
+    if let Err(error) = crate::invalidation::invalidate_keys_in(backend, &keys).await {
+        tracing::warn!(key = base, %error, "could not remove a cached response after a mutation; kept pending");
     }
 }
 

@@ -1,0 +1,403 @@
+//! Invalidation by key and by group, across every backend, and what makes it reliable:
+//!
+//! - **Epochs.** Every invalidation in this process takes a sequence number and marks the slot of
+//!   its target (a fixed table of slots, hashed by key or group name). A computation remembers the
+//!   sequence it started under; if a slot of its key or groups moved since, its value may predate
+//!   the invalidation: it is neither stored nor handed to callers that start later. A hash
+//!   collision only costs a value not stored; there is no log to overflow.
+//! - **Store barriers.** A store holds a read lock of its key's shard, in its own backend, from its
+//!   epoch check to the end of the write; a key invalidation, once recorded, passes through the
+//!   write lock of that shard before it deletes. So no store that checked before the invalidation
+//!   lands after its delete. Only stores of the same shard of the same backend wait, for at most one
+//!   backend timeout; group invalidations need no barrier (stale generations travel with values).
+//! - **Never skipped, never lost.** An invalidation ignores the circuit breaker and is tried twice.
+//!   In-process tiers apply it at once. If a backend still fails, the invalidation is kept as
+//!   *pending* for that backend: until every pending invalidation has been applied (retried in the
+//!   background), this process neither reads from nor writes to that backend, so it never serves a
+//!   value the invalidation was about. The call returns the error: `Ok` means every backend applied
+//!   it; an `Err` means this process is safe, but other processes sharing the failed backend may
+//!   serve the old value until the pending invalidation is applied.
+
+use std::{
+    collections::HashSet,
+    hash::BuildHasher,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{RwLock, RwLockReadGuard};
+
+use crate::{
+    key::normalize_key,
+    registry::{self, Registered},
+    BackendError, CacheError,
+};
+
+/// Counts invalidations in this process; see [`invalidation_epoch`].
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// How many slots invalidation targets are hashed into.
+const SLOTS: usize = 1 << 16;
+/// The sequence number of the latest invalidation of each slot.
+static SLOT_EPOCHS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+/// Store barriers per backend.
+const GATE_SHARDS: usize = 64;
+/// Foreground attempts of one invalidation on one backend before it is left pending.
+const ATTEMPTS: usize = 2;
+/// Pause between the foreground attempts, and between background retries.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+const BACKGROUND_RETRY_EVERY: Duration = Duration::from_millis(100);
+/// Pending invalidations kept per backend; beyond, they collapse into one `clear`.
+const MAX_PENDING: usize = 10_000;
+
+/// What an invalidation is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    Key(String),
+    Group(String),
+    /// Everything (a collapsed backlog of pending invalidations).
+    All,
+}
+
+fn slot(target: &Target) -> usize {
+    let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
+    let hash = match target {
+        Target::Key(key) => hasher.hash_one((0u8, key.as_str())),
+        Target::Group(group) => hasher.hash_one((1u8, group.as_str())),
+        Target::All => 0,
+    };
+    (hash as usize) % SLOTS
+}
+
+/// A number that changes whenever this process invalidates anything. A computation remembers the
+/// epoch it started under; see [`invalidated_since`].
+pub(crate) fn invalidation_epoch() -> u64 {
+    EPOCH.load(Ordering::SeqCst)
+}
+
+/// Whether an invalidation of `key` or of one of `groups` (or a hash neighbour of them) was recorded
+/// in this process after `epoch`. Costs one atomic load when nothing was invalidated.
+pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> bool {
+    if EPOCH.load(Ordering::SeqCst) == epoch {
+        return false;
+    }
+    let moved = |target: Target| SLOT_EPOCHS[slot(&target)].load(Ordering::SeqCst) > epoch;
+    moved(Target::Key(key.to_owned())) || groups.iter().any(|g| moved(Target::Group(g.clone())))
+}
+
+/// Marks `target` invalidated now, before any backend is touched.
+fn record(target: &Target) {
+    let seq = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+    SLOT_EPOCHS[slot(target)].fetch_max(seq, Ordering::SeqCst);
+}
+
+/// Per-backend state of invalidation: store barriers and pending invalidations.
+#[derive(Debug)]
+pub(crate) struct BackendInvalidation {
+    gates: [RwLock<()>; GATE_SHARDS],
+    pending: Mutex<HashSet<Target>>,
+    pending_count: AtomicUsize,
+    flusher_running: AtomicBool,
+}
+
+impl Default for BackendInvalidation {
+    fn default() -> Self {
+        Self {
+            gates: std::array::from_fn(|_| RwLock::new(())),
+            pending: Mutex::new(HashSet::new()),
+            pending_count: AtomicUsize::new(0),
+            flusher_running: AtomicBool::new(false),
+        }
+    }
+}
+
+impl BackendInvalidation {
+    /// Whether the backend missed an invalidation not yet applied: then it is neither read nor
+    /// written by this process.
+    pub(crate) fn blocked(&self) -> bool {
+        self.pending_count.load(Ordering::Acquire) > 0
+    }
+
+    fn gate(&self, key: &str) -> &RwLock<()> {
+        let hash = foldhash::fast::FixedState::with_seed(0x6a7e).hash_one(key);
+        &self.gates[(hash as usize) % GATE_SHARDS]
+    }
+
+    fn keep(&self, target: Target) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING {
+            pending.clear();
+            pending.insert(Target::All);
+        } else if !pending.contains(&Target::All) {
+            pending.insert(target);
+        }
+        self.pending_count.store(pending.len(), Ordering::Release);
+    }
+
+    fn forget(&self, target: &Target) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.remove(target);
+        self.pending_count.store(pending.len(), Ordering::Release);
+    }
+
+    fn snapshot(&self) -> Vec<Target> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.iter().cloned().collect()
+    }
+}
+
+/// Held by a store from its [`invalidated_since`] check to the end of its write.
+pub(crate) async fn store_permit<'a>(
+    backend: &'a Registered,
+    key: &str,
+) -> RwLockReadGuard<'a, ()> {
+    backend.invalidation.gate(key).read().await
+}
+
+/// Waits until every store of `key`'s shard on `backend` that may have passed its check before the
+/// invalidation was recorded has finished.
+async fn barrier(backend: &Registered, key: &str) {
+    drop(backend.invalidation.gate(key).write().await);
+}
+
+/// Applies `target` to one backend: its in-process tier at once, then the backend itself, never
+/// skipped by its breaker, tried [`ATTEMPTS`] times; left pending if it still fails.
+async fn apply(entry: &'static Registered, target: Target) -> Result<(), BackendError> {
+    if let Some(tiered) = entry.backend.as_tiered() {
+        tiered.invalidate_locally(&target);
+    }
+    if let Target::Key(key) = &target {
+        barrier(entry, key).await;
+    }
+    let mut result = Ok(());
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        result = apply_once(entry, &target).await;
+        if result.is_ok() {
+            return Ok(());
+        }
+    }
+    entry.invalidation.keep(target);
+    start_flusher(entry);
+    result
+}
+
+async fn apply_once(entry: &Registered, target: &Target) -> Result<(), BackendError> {
+    let backend = &entry.backend;
+    match target {
+        Target::Key(key) => entry.guard.run_always("delete", backend.delete(key)).await,
+        Target::Group(group) => {
+            let moved = backend.invalidate_group(group);
+            entry.guard.run_always("invalidate_group", moved).await
+        }
+        Target::All => entry.guard.run_always("clear", backend.clear()).await,
+    }
+}
+
+/// Retries a backend's pending invalidations in the background (on the library's runtime) until
+/// none is left, or the backend is no longer registered.
+fn start_flusher(entry: &'static Registered) {
+    if entry
+        .invalidation
+        .flusher_running
+        .swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    crate::io::spawn(async move {
+        loop {
+            tokio::time::sleep(BACKGROUND_RETRY_EVERY).await;
+            if !registry::is_registered(entry) {
+                let state = &entry.invalidation;
+                state
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                state.pending_count.store(0, Ordering::Release);
+                break;
+            }
+            for target in entry.invalidation.snapshot() {
+                if apply_once(entry, &target).await.is_ok() {
+                    entry.invalidation.forget(&target);
+                    tracing::info!(backend = %entry.name, ?target, "pending cache invalidation applied");
+                }
+            }
+            if !entry.invalidation.blocked() {
+                break;
+            }
+        }
+        entry
+            .invalidation
+            .flusher_running
+            .store(false, Ordering::Release);
+        // A target kept after the last snapshot, while this flusher was ending.
+        if entry.invalidation.blocked() {
+            start_flusher(entry);
+        }
+    });
+}
+
+async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
+    record(&target);
+    let mut first_error = None;
+    for entry in every_backend() {
+        let result = apply(entry, target.clone()).await;
+        keep_first_error(&mut first_error, entry, result);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn every_backend() -> Vec<&'static Registered> {
+    // Configured built-ins count even before first use, so an admin process reaches them.
+    let configured = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if configured("REDIS_URL") || configured("REDIS_CLUSTER_NODES") {
+        registry::resolve("redis");
+    }
+    if configured("CACHE_DIR") {
+        registry::resolve("file");
+    }
+    registry::all()
+}
+
+/// Removes the entry stored under `key` from every backend.
+///
+/// Reaches every backend registered in this process and the built-in ones that are configured
+/// (`REDIS_URL`, `REDIS_CLUSTER_NODES` or `CACHE_DIR` set) or have been used. Every backend is
+/// tried, whatever its circuit breaker says; the first failure is returned.
+///
+/// `Ok` means every backend applied it: no call that starts afterwards, in this process or another
+/// one sharing the backends, returns the old value. On `Err`, in-process tiers applied it, and this
+/// process neither reads nor writes the failed backend until the invalidation, kept pending and
+/// retried in the background, has been applied there; other processes may see the old value from
+/// that backend until then.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::CacheError> {
+/// cache_runtime::invalidate_key("user:42").await?;
+/// # Ok(()) }
+/// ```
+pub async fn invalidate_key(key: &str) -> Result<(), CacheError> {
+    invalidate_everywhere(Target::Key(normalize_key(key.to_owned()))).await
+}
+
+/// Makes every entry of `group` stale, in every backend, in O(1) per backend.
+///
+/// Reaches the same backends, with the same guarantees, as [`invalidate_key`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::CacheError> {
+/// cache_runtime::invalidate_group("users").await?;
+/// # Ok(()) }
+/// ```
+pub async fn invalidate_group(group: &str) -> Result<(), CacheError> {
+    invalidate_everywhere(Target::Group(group.to_owned())).await
+}
+
+/// Runs the invalidations a mutation asked for; failures are logged, never returned (the mutation
+/// itself succeeded). A failed backend keeps them pending (see [`invalidate_key`]).
+#[doc(hidden)]
+pub async fn invalidate_after_success(keys: &[String], groups: &[String]) {
+    for key in keys {
+        if let Err(error) = invalidate_key(key).await {
+            tracing::error!(key, %error, "invalidation after a successful mutation failed");
+        }
+    }
+    for group in groups {
+        if let Err(error) = invalidate_group(group).await {
+            tracing::error!(group, %error, "invalidation after a successful mutation failed");
+        }
+    }
+}
+
+/// Removes `keys` from one backend, as one invalidation of the first (the layer's removal of a URI
+/// after a mutation: the URI's entry and its side entries).
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) async fn invalidate_keys_in(
+    entry: &'static Registered,
+    keys: &[String],
+) -> Result<(), BackendError> {
+    let mut first_error = Ok(());
+    for key in keys {
+        record(&Target::Key(key.clone()));
+        let result = apply(entry, Target::Key(key.clone())).await;
+        if first_error.is_ok() {
+            first_error = result;
+        }
+    }
+    first_error
+}
+
+/// Removes one key from the backend named `backend` only (used by the generated `*_invalidate` fns).
+pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), CacheError> {
+    let target = Target::Key(normalize_key(key));
+    record(&target);
+    let entry =
+        registry::resolve(backend).ok_or_else(|| CacheError::UnknownBackend(backend.to_owned()))?;
+    apply(entry, target)
+        .await
+        .map_err(|source| CacheError::Backend {
+            backend: entry.name.clone(),
+            source,
+        })
+}
+
+fn keep_first_error(
+    first_error: &mut Option<CacheError>,
+    entry: &Registered,
+    result: Result<(), BackendError>,
+) {
+    if let Err(source) = result {
+        tracing::warn!(backend = %entry.name, error = %source, "cache invalidation failed; kept pending");
+        first_error.get_or_insert(CacheError::Backend {
+            backend: entry.name.clone(),
+            source,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_marks_its_target_and_not_others() {
+        let epoch = invalidation_epoch();
+        record(&Target::Key("epoch-test:a".into()));
+        assert!(invalidated_since(epoch, "epoch-test:a", &[]));
+        // Another key is only marked by a hash collision (1 in 65,536).
+        let unrelated = (0..64)
+            .filter(|i| invalidated_since(epoch, &format!("epoch-test:b{i}"), &[]))
+            .count();
+        assert!(unrelated <= 2, "{unrelated} unrelated keys marked");
+        let later = invalidation_epoch();
+        assert!(!invalidated_since(later, "epoch-test:a", &[]));
+        record(&Target::Group("epoch-test:g".into()));
+        assert!(invalidated_since(
+            later,
+            "epoch-test:x",
+            &["epoch-test:g".into()]
+        ));
+    }
+
+    #[test]
+    fn thousands_of_unrelated_invalidations_do_not_mark_a_computation() {
+        let epoch = invalidation_epoch();
+        for i in 0..10_000 {
+            record(&Target::Key(format!("flood:{i}")));
+        }
+        // With a log of 4096 every such computation was judged overtaken; slots only collide
+        // (about 14 % of them after 10,000 invalidations).
+        let marked = (0..1000)
+            .filter(|i| invalidated_since(epoch, &format!("quiet:{i}"), &[]))
+            .count();
+        assert!(
+            marked < 250,
+            "{marked} of 1000 computations judged overtaken"
+        );
+    }
+}
