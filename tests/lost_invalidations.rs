@@ -1,0 +1,133 @@
+//! Invalidations are never lost: not to an open breaker, not to a stalled or restarted Redis, not
+//! to a worker configured only with `REDIS_CLUSTER_NODES`.
+
+mod support;
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use cache_runtime::cached;
+use support::{child_binary, RedisCluster, RegisteredRedis};
+
+/// The tests invalidate through the process-wide functions: one at a time.
+static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The "database": what the body reads.
+static PAUSED_SOURCE: AtomicU64 = AtomicU64::new(1);
+
+#[cached(ttl = 600, backend = "lost-paused", key = "paused:{n}")]
+async fn paused_value(n: u64) -> u64 {
+    PAUSED_SOURCE.load(Ordering::SeqCst) * 100 + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_stall_that_opened_the_breaker_is_applied_before_any_hit() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("lost-paused");
+    assert_eq!(paused_value(1).await, 101);
+    assert_eq!(paused_value(1).await, 101, "cached");
+    // Redis stalls: calls time out and the breaker opens.
+    redis.server.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    let stalled = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(
+            paused_value(1).await,
+            101,
+            "the body ran: the source is unchanged"
+        );
+    }
+    // The data changes and the writer invalidates: the stalled Redis cannot answer in time.
+    PAUSED_SOURCE.store(2, Ordering::SeqCst);
+    let invalidated = cache_runtime::invalidate_key("paused:1").await;
+    assert!(
+        invalidated.is_err(),
+        "Redis is stalled: the invalidation cannot have reached it"
+    );
+    // From now on, whatever Redis does, no call may return the old value.
+    let deadline = stalled + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        assert_eq!(
+            paused_value(1).await,
+            201,
+            "an invalidation made while the breaker was open was lost: the old value came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+static RESTART_SOURCE: AtomicU64 = AtomicU64::new(1);
+
+#[cached(
+    ttl = 600,
+    backend = "lost-restart",
+    key = "restart:{n}",
+    group = "restarts"
+)]
+async fn restart_value(n: u64) -> u64 {
+    RESTART_SOURCE.load(Ordering::SeqCst) * 100 + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_while_redis_is_down_holds_after_it_restarts_with_its_old_data() {
+    let _global = GLOBAL.lock().await;
+    let mut redis = RegisteredRedis::start("lost-restart");
+    assert_eq!(restart_value(1).await, 101);
+    assert_eq!(restart_value(2).await, 102);
+    // Persist the data (the old values and generations), then crash.
+    assert_eq!(redis.server.cli(&["SAVE"]), "OK");
+    redis.server.kill();
+    RESTART_SOURCE.store(2, Ordering::SeqCst);
+    assert!(cache_runtime::invalidate_key("restart:1").await.is_err());
+    assert!(cache_runtime::invalidate_group("restarts").await.is_err());
+    // Redis comes back with the data it saved: the old entries are there again.
+    redis.server.restart();
+    assert_eq!(redis.server.cli(&["EXISTS", "cache:k:restart:1"]), "1");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(restart_value(1).await, 201, "the key invalidation was lost");
+        assert_eq!(
+            restart_value(2).await,
+            202,
+            "the group invalidation was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pending invalidations were applied, and Redis is used again: it holds the new values.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (key, value) in [("cache:k:restart:1", "201"), ("cache:k:restart:2", "202")] {
+        while !redis.server.cli(&["GET", key]).ends_with(value) {
+            assert!(
+                Instant::now() < deadline,
+                "Redis never used again for {key}"
+            );
+            restart_value(1).await;
+            restart_value(2).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_configured_with_cluster_nodes_only_invalidates_the_cluster() {
+    let _global = GLOBAL.lock().await;
+    let cluster = RedisCluster::start(3);
+    let output = Command::new(child_binary())
+        .args(["none", "invalidate", "cluster-only-group"])
+        .env_remove("REDIS_URL")
+        .env("REDIS_CLUSTER_NODES", cluster.urls().join(","))
+        .output()
+        .expect("cache-child runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(
+        cluster.cli_any(&["GET", "cache:g:cluster-only-group"]),
+        "",
+        "invalidate_group returned Ok without touching the cluster named by REDIS_CLUSTER_NODES"
+    );
+}
