@@ -118,7 +118,7 @@ impl Backend for FileBackend {
     ) -> Result<(), BackendError> {
         let path = self.entry_path(key);
         let root = self.root.clone();
-        let expires = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let expires = now_ms().saturating_add(super::clamp_ttl_ms(ttl));
         // If this call is abandoned (its timeout fired), the blocking write must not land later,
         // after an invalidation that followed: it checks the flag right before its rename.
         let abandoned = AbandonOnDrop::default();

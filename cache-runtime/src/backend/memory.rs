@@ -107,7 +107,7 @@ impl MemEntry {
 const MAX_KEPT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn expiry(ttl: Duration) -> Clock {
-    let kept = coarsetime::Duration::from(ttl.min(MAX_KEPT));
+    let kept = coarsetime::Duration::from(super::clamp_ttl(ttl).min(MAX_KEPT));
     now()
         .checked_add(kept)
         .unwrap_or_else(|| now() + coarsetime::Duration::from(MAX_KEPT / 2))
