@@ -49,7 +49,10 @@ async fn redis_accepts_any_ttl_and_keeps_at_most_two_to_the_31_seconds() {
     assert!(!pttls.is_empty());
     for pttl in pttls {
         assert!(pttl <= MAX_TTL_MS, "PTTL {pttl} over 2^31 s");
-        assert!(pttl > MAX_TTL_MS - 60_000, "PTTL {pttl} was clamped, not cut");
+        assert!(
+            pttl > MAX_TTL_MS - 60_000,
+            "PTTL {pttl} was clamped, not cut"
+        );
     }
 }
 

@@ -460,9 +460,7 @@ where
         return uncacheable(response);
     };
     let cached =
-        match CachedResponse::capture(response, clamp_ttl_ms(ttl), shared.config.max_body)
-            .await
-        {
+        match CachedResponse::capture(response, clamp_ttl_ms(ttl), shared.config.max_body).await {
             Ok(cached) => cached,
             Err(passthrough) => return uncacheable(passthrough),
         };
