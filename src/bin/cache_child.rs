@@ -6,6 +6,9 @@
 //! cache-child redis invalidate-key <k>     invalidates key <k> and prints `invalidated`
 //! cache-child http serve -                 serves a cached handler, prints `listening=<port>`
 //! cache-child redis locked <n> <ms>        like `call`, with a body taking <ms> under a 1 s lock
+//! cache-child file race-write <ms>          for <ms>: writes expired then fresh entries, reads
+//!                                           each fresh one back; prints `missing=<count>`
+//! cache-child file race-remove <ms>         for <ms>: reads (removing expired entries) and sweeps
 //! ```
 //! The backends come from the environment (`REDIS_URL`, `CACHE_REDIS_PREFIX`, `CACHE_DIR`).
 
@@ -55,6 +58,41 @@ async fn serve_http() {
     axum::serve(listener, app).await.expect("serve");
 }
 
+/// Keys the two `race-*` processes share.
+const RACE_KEYS: usize = 4;
+
+/// One side of the expiry-removal race on the folder of `CACHE_DIR`.
+async fn file_race(writer: bool, run_for: std::time::Duration) {
+    use cache_runtime::Backend;
+    use std::time::{Duration, Instant};
+    let file = cache_runtime::FileBackend::from_env();
+    let started = Instant::now();
+    let (mut missing, mut rounds) = (0u64, 0u64);
+    while started.elapsed() < run_for {
+        for i in 0..RACE_KEYS {
+            let key = format!("race:{i}");
+            if writer {
+                // An entry expired as soon as written, then a fresh one: the fresh one must be
+                // there when read back, whatever the other process removes meanwhile.
+                let _ = file.set(&key, b"old".to_vec(), Duration::ZERO, &[]).await;
+                file.set(&key, b"fresh".to_vec(), Duration::from_secs(600), &[])
+                    .await
+                    .expect("write");
+                if file.get(&key, &[]).await.expect("read").value.is_none() {
+                    missing += 1;
+                }
+            } else {
+                let _ = file.get(&key, &[]).await;
+            }
+        }
+        if !writer && rounds % 8 == 0 {
+            let _ = file.sweep().await;
+        }
+        rounds += 1;
+    }
+    println!("missing={missing} rounds={rounds}");
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +106,10 @@ async fn main() {
     };
     match action.as_str() {
         "serve" => serve_http().await,
+        "race-write" | "race-remove" => {
+            let ms: u64 = arg.parse().expect("a number of ms");
+            file_race(action == "race-write", std::time::Duration::from_millis(ms)).await;
+        }
         "locked" => {
             let n: u64 = arg.parse().expect("a number");
             let ms: u64 = extra.and_then(|e| e.parse().ok()).unwrap_or(0);

@@ -4,6 +4,7 @@
 //! - `entries/<ab>/<sha256 of key>`: 8 bytes of expiry (ms since the Unix epoch, little-endian)
 //!   followed by the entry;
 //! - `groups/<sha256 of group>`: the group's generation, 8 bytes;
+//! - `locks/<ab>`: one lock file per shard of `entries/` (see below);
 //! - `tmp/`: files being written.
 //!
 //! File names are hashes, so nothing from user input reaches a path. Every write goes to a temp file
@@ -11,14 +12,33 @@
 //! Invalidating a group writes a fresh random generation the same way. Expired entries are deleted when
 //! read, and a sweep (at most every [`SWEEP_EVERY`], started by writes, or [`FileBackend::sweep`])
 //! removes the rest.
+//!
+//! # Races between processes
+//!
+//! Removing an expired entry is "read it, see it expired, unlink the path", and another process may
+//! rename a fresh entry onto the path in between: the unlink would then delete the fresh entry
+//! (POSIX has no "unlink this path if it is still that inode"). So the two are serialized with
+//! advisory file locks (`flock`), per shard: an entry write holds its shard's `locks/<ab>` *shared*
+//! around its rename; a removal of an expired entry takes it *exclusively*, reads the file again and
+//! unlinks it only if that read finds it expired still. No rename can happen between that read and
+//! the unlink, so what is unlinked is what was found expired. Readers and key deletions (which
+//! remove whatever is there, as intended) take no lock; writes only wait while an expired entry of
+//! their shard is being removed. The kernel drops the locks of a process that dies, so a crash
+//! leaves no stale lock.
+//!
+//! # Abandoned writes
+//!
+//! A write whose caller gave up (its timeout fired and dropped the future) must not land later,
+//! after an invalidation that the caller ran next. A flag checked before the rename is not
+//! enough: the caller can give up between the check and the rename. So the check and the rename
+//! happen under one mutex, which the dropped future takes to set the flag: once the drop has
+//! returned, the rename either happened before it, or will never happen. The drop waits only when
+//! it lands during that rename.
 
 use std::{
     io::{ErrorKind, Write},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -97,13 +117,14 @@ impl FileBackend {
 impl Backend for FileBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let entry = self.entry_path(key);
+        let root = self.root.clone();
         let group_files: Vec<PathBuf> = groups.iter().map(|g| self.group_path(g)).collect();
         blocking(move || {
             let generations = group_files
                 .iter()
                 .map(|path| read_generation(path))
                 .collect::<std::io::Result<Vec<u64>>>()?;
-            let value = read_entry(&entry)?;
+            let value = read_entry(&root, &entry)?;
             Ok(Lookup { value, generations })
         })
         .await
@@ -118,7 +139,7 @@ impl Backend for FileBackend {
     ) -> Result<(), BackendError> {
         let path = self.entry_path(key);
         let root = self.root.clone();
-        let expires = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let expires = now_ms().saturating_add(super::clamp_ttl_ms(ttl));
         // If this call is abandoned (its timeout fired), the blocking write must not land later,
         // after an invalidation that followed: it checks the flag right before its rename.
         let abandoned = AbandonOnDrop::default();
@@ -127,7 +148,7 @@ impl Backend for FileBackend {
             let mut contents = Vec::with_capacity(8 + value.len());
             contents.extend_from_slice(&expires.to_le_bytes());
             contents.extend_from_slice(&value);
-            write_atomically(&root, &path, &contents, &flag)
+            write_atomically(&root, &path, &contents, Some(&flag))
         })
         .await?;
         abandoned.disarm();
@@ -147,12 +168,7 @@ impl Backend for FileBackend {
             // A random 64-bit generation: no lock is needed between processes, and a value repeats
             // with negligible probability.
             let generation = fastrand::u64(1..);
-            write_atomically(
-                &root,
-                &path,
-                &generation.to_le_bytes(),
-                &AtomicBool::new(false),
-            )
+            write_atomically(&root, &path, &generation.to_le_bytes(), None)
         })
         .await
     }
@@ -176,23 +192,83 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn read_entry(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// What an entry file holds.
+enum Entry {
+    Absent,
+    /// Too short to hold an expiry: unusable (the next write replaces it).
+    Truncated,
+    Expired,
+    /// A live entry's value.
+    Live(Vec<u8>),
+}
+
+fn load_entry(path: &Path) -> std::io::Result<Entry> {
     let mut bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Entry::Absent),
         Err(e) => return Err(e),
     };
     let Some(expiry) = bytes.get(..8) else {
-        // Truncated: unusable, and the next write replaces it.
-        return Ok(None);
+        return Ok(Entry::Truncated);
     };
-    let expires = u64::from_le_bytes(expiry.try_into().unwrap_or([0; 8]));
-    if expires <= now_ms() {
-        remove_if_present(path)?;
-        return Ok(None);
+    if u64::from_le_bytes(expiry.try_into().unwrap_or([0; 8])) <= now_ms() {
+        return Ok(Entry::Expired);
     }
     bytes.drain(..8);
-    Ok(Some(bytes))
+    Ok(Entry::Live(bytes))
+}
+
+fn read_entry(root: &Path, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match load_entry(path)? {
+        Entry::Live(value) => Ok(Some(value)),
+        Entry::Absent | Entry::Truncated => Ok(None),
+        Entry::Expired => {
+            hook("expired", path);
+            // A fresh entry may have replaced it meanwhile: then that one is the answer.
+            Ok(remove_expired(root, path)?.0)
+        }
+    }
+}
+
+/// The lock file of the shard holding `entry` (created on first use).
+fn shard_lock(root: &Path, entry: &Path) -> std::io::Result<std::fs::File> {
+    let shard = entry
+        .parent()
+        .and_then(Path::file_name)
+        .ok_or_else(|| std::io::Error::other("entry path without a shard"))?;
+    let dir = root.join("locks");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(shard))
+    };
+    match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir)?;
+            open()
+        }
+        opened => opened,
+    }
+}
+
+/// Removes `path` if it holds an expired (or truncated) entry, under its shard's exclusive lock so
+/// that no write renames a fresh entry in between (see the module docs). Returns the value of a
+/// live entry found there instead, and whether it removed a file.
+fn remove_expired(root: &Path, path: &Path) -> std::io::Result<(Option<Vec<u8>>, bool)> {
+    let lock = shard_lock(root, path)?;
+    lock.lock()?;
+    let found = match load_entry(path)? {
+        Entry::Live(value) => (Some(value), false),
+        Entry::Absent => (None, false),
+        Entry::Expired | Entry::Truncated => {
+            remove_if_present(path)?;
+            (None, true)
+        }
+    };
+    drop(lock); // unlocks
+    Ok(found)
 }
 
 fn read_generation(path: &Path) -> std::io::Result<u64> {
@@ -205,16 +281,18 @@ fn read_generation(path: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// Sets its flag when dropped before [`disarm`](AbandonOnDrop::disarm).
+/// Sets its flag when dropped before [`disarm`](AbandonOnDrop::disarm). The flag's mutex is held
+/// by the write across its check and its rename, so the drop returns only once the write either
+/// renamed or never will.
 struct AbandonOnDrop {
-    flag: Arc<AtomicBool>,
+    flag: Arc<Mutex<bool>>,
     armed: bool,
 }
 
 impl Default for AbandonOnDrop {
     fn default() -> Self {
         Self {
-            flag: Arc::new(AtomicBool::new(false)),
+            flag: Arc::new(Mutex::new(false)),
             armed: true,
         }
     }
@@ -229,16 +307,18 @@ impl AbandonOnDrop {
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            self.flag.store(true, Ordering::Release);
+            *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
         }
     }
 }
 
+/// Writes `contents` to a temp file and renames it onto `target`. An entry write passes its
+/// abandon flag, and then also holds its shard's lock shared around the rename.
 fn write_atomically(
     root: &Path,
     target: &Path,
     contents: &[u8],
-    abandoned: &AtomicBool,
+    abandoned: Option<&Mutex<bool>>,
 ) -> std::io::Result<()> {
     let tmp_dir = root.join("tmp");
     std::fs::create_dir_all(&tmp_dir)?;
@@ -254,16 +334,64 @@ fn write_atomically(
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(contents)?;
-        if abandoned.load(Ordering::Acquire) {
+        drop(file);
+        let Some(abandoned) = abandoned else {
+            return std::fs::rename(&tmp, target);
+        };
+        let lock = shard_lock(root, target)?;
+        lock.lock_shared()?;
+        // Check and rename under the flag's mutex: a caller giving up waits for a rename under
+        // way, and one that gave up before is seen here.
+        let abandoned = abandoned.lock().unwrap_or_else(|p| p.into_inner());
+        if *abandoned {
             return Err(std::io::Error::other("write abandoned by its caller"));
         }
-        std::fs::rename(&tmp, target)
+        hook("before_rename", target);
+        let renamed = std::fs::rename(&tmp, target);
+        drop(abandoned);
+        drop(lock);
+        renamed
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
 }
+
+/// Test hooks: a one-shot closure run at a named point for one path, to pin down races.
+#[cfg(test)]
+mod hooks {
+    use std::{
+        path::{Path, PathBuf},
+        sync::{Arc, Mutex},
+    };
+
+    type Hook = Arc<dyn Fn() + Send + Sync>;
+    static HOOKS: Mutex<Vec<(&'static str, PathBuf, Hook)>> = Mutex::new(Vec::new());
+
+    pub(super) fn set(point: &'static str, path: PathBuf, hook: impl Fn() + Send + Sync + 'static) {
+        HOOKS.lock().unwrap().push((point, path, Arc::new(hook)));
+    }
+
+    pub(super) fn run(point: &'static str, path: &Path) {
+        let hook = {
+            let mut hooks = HOOKS.lock().unwrap();
+            let found = hooks
+                .iter()
+                .position(|(p, at, _)| *p == point && at == path);
+            found.map(|i| hooks.remove(i).2)
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
+#[cfg(test)]
+use hooks::run as hook;
+
+#[cfg(not(test))]
+fn hook(_point: &'static str, _path: &Path) {}
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -285,7 +413,12 @@ fn sweep_folder(root: &Path) -> std::io::Result<usize> {
                 },
                 Err(_) => false, // gone already
             };
-            if expired && remove_if_present(&entry).is_ok() {
+            if !expired {
+                continue;
+            }
+            hook("expired", &entry);
+            // Checked again under the shard's lock: a fresh entry renamed in since stays.
+            if matches!(remove_expired(root, &entry), Ok((_, true))) {
                 removed += 1;
             }
         }
@@ -339,6 +472,97 @@ mod tests {
             assert_eq!(fb.get("b", &[]).await.unwrap().value, None);
             assert_eq!(fb.get("a", &[]).await.unwrap().value.unwrap(), b"one");
         });
+    }
+
+    /// Writes `value` under `key` for `ttl` the way `set` does, synchronously (for hooks).
+    fn write_now(fb: &FileBackend, key: &str, value: &[u8], ttl: Duration) {
+        let mut contents = (now_ms() + ttl.as_millis() as u64).to_le_bytes().to_vec();
+        contents.extend_from_slice(value);
+        write_atomically(
+            fb.root(),
+            &fb.entry_path(key),
+            &contents,
+            Some(&Mutex::new(false)),
+        )
+        .unwrap();
+    }
+
+    /// A read finds an expired entry; before it removes it, another process renames a fresh entry
+    /// into place. The fresh entry must survive.
+    #[test]
+    fn removing_an_expired_entry_on_read_spares_a_fresh_one_written_meanwhile() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let fb = Arc::new(FileBackend::new(dir.path()));
+            write_now(&fb, "k", b"old", Duration::ZERO);
+            let writer = Arc::clone(&fb);
+            hooks::set("expired", fb.entry_path("k"), move || {
+                write_now(&writer, "k", b"fresh", Duration::from_secs(60));
+            });
+            let _ = fb.get("k", &[]).await.unwrap();
+            assert_eq!(
+                fb.get("k", &[]).await.unwrap().value.as_deref(),
+                Some(&b"fresh"[..]),
+                "the fresh entry was removed with the expired one"
+            );
+        });
+    }
+
+    /// The same race with the sweep.
+    #[test]
+    fn the_sweep_spares_a_fresh_entry_written_over_an_expired_one() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let fb = Arc::new(FileBackend::new(dir.path()));
+            write_now(&fb, "k", b"old", Duration::ZERO);
+            let writer = Arc::clone(&fb);
+            hooks::set("expired", fb.entry_path("k"), move || {
+                write_now(&writer, "k", b"fresh", Duration::from_secs(60));
+            });
+            fb.sweep().await.unwrap();
+            assert_eq!(
+                fb.get("k", &[]).await.unwrap().value.as_deref(),
+                Some(&b"fresh"[..]),
+                "the sweep removed the fresh entry"
+            );
+        });
+    }
+
+    /// A write passes its abandon check; its caller then gives up (a timeout drops the future) and
+    /// deletes the key (an invalidation that follows). The write must not land after that.
+    #[test]
+    fn an_abandoned_write_never_lands_after_the_caller_gave_up() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let fb = FileBackend::new(dir.path());
+                let (reached, at_rename) = tokio::sync::oneshot::channel::<()>();
+                let reached = std::sync::Mutex::new(Some(reached));
+                hooks::set("before_rename", fb.entry_path("k"), move || {
+                    if let Some(reached) = reached.lock().unwrap().take() {
+                        let _ = reached.send(());
+                    }
+                    // The rename is slow (or the thread is descheduled) right here.
+                    std::thread::sleep(Duration::from_millis(300));
+                });
+                tokio::select! {
+                    _ = fb.set("k", b"old".to_vec(), Duration::from_secs(60), &[]) => {
+                        panic!("the hook holds the write")
+                    }
+                    _ = at_rename => {} // the caller gives up: the set future is dropped
+                }
+                fb.delete("k").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                assert_eq!(
+                    fb.get("k", &[]).await.unwrap().value,
+                    None,
+                    "the abandoned write landed after the delete that followed"
+                );
+            });
     }
 
     #[test]

@@ -5,11 +5,19 @@
 //! value is the length of its JSON form (measured once, when it is stored). Each entry carries its
 //! own expiry: a read past it is a miss that drops the entry, and a sweep at most every 10 s
 //! drops expired entries nobody reads.
+//!
+//! Group invalidation keeps a bounded table of invalidated groups, whose oldest half is retired
+//! when it fills up without making any valid entry stale (see [`Generations`] for the proof). The
+//! "generations" this backend reports (in [`Lookup`] too) are stamps of one counter: a value stored
+//! under them is valid while none of its groups was invalidated after the stamp.
 
 use std::{
     any::Any,
-    collections::HashMap,
-    sync::{Arc, RwLock},
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
     time::Duration,
 };
 
@@ -34,8 +42,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// record and the allocations' headers. Measured by `tests/flood.rs`, which prints the live heap
 /// per entry (about 1,300 bytes for a 1 KiB string and a 32-byte key).
 const ENTRY_OVERHEAD: u64 = 224;
-/// How many invalidated groups are remembered before the table is folded into one floor.
-const MAX_TRACKED_GROUPS: usize = 100_000;
+/// Fewest invalidated groups the generation table holds before it retires the oldest ones; the
+/// bound is otherwise the entry bound (see [`MemoryBackend::max_tracked_groups`]).
+const MIN_TRACKED_GROUPS: usize = 1024;
 /// Least time between two sweeps of expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Share of a shard's weight that quick_cache's main ("hot") area may take (its default): the
@@ -79,7 +88,8 @@ struct MemEntry {
     /// When the value stops being fresh (ms since the Unix epoch); 0 when it is fresh for as long as
     /// it is kept, which spares hits a second clock read.
     fresh_until_ms: u64,
-    /// The groups the entry was stored under, and their generations at the time.
+    /// The groups the entry was stored under, and the stamp observed for each before the value
+    /// was computed (see [`Generations`]).
     groups: Box<[String]>,
     generations: Box<[u64]>,
     weight: u64,
@@ -107,7 +117,7 @@ impl MemEntry {
 const MAX_KEPT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn expiry(ttl: Duration) -> Clock {
-    let kept = coarsetime::Duration::from(ttl.min(MAX_KEPT));
+    let kept = coarsetime::Duration::from(super::clamp_ttl(ttl).min(MAX_KEPT));
     now()
         .checked_add(kept)
         .unwrap_or_else(|| now() + coarsetime::Duration::from(MAX_KEPT / 2))
@@ -190,10 +200,11 @@ impl MemoryBackend {
         );
         // quick_cache admits an entry only if it fits in its shard's main area.
         let admissible = (entries.shard_capacity() as f64 * HOT_SHARE) as u64;
+        let tracked = usize::try_from(max_entries).unwrap_or(usize::MAX);
         Self {
             entries,
             admissible,
-            generations: Generations::default(),
+            generations: Generations::new(tracked.max(MIN_TRACKED_GROUPS)),
             max_entries,
             max_bytes,
             sweeps: Periodic::new(SWEEP_EVERY),
@@ -213,6 +224,14 @@ impl MemoryBackend {
             read("CACHE_MEMORY_MAX_ENTRIES", DEFAULT_MAX_ENTRIES),
             read("CACHE_MEMORY_MAX_BYTES", DEFAULT_MAX_BYTES),
         )
+    }
+
+    /// Bounds the table of invalidated groups to about `groups` (default: the entry bound, at
+    /// least 1024). Past it, the groups invalidated longest ago are retired: forgotten, after the
+    /// entries they made stale are dropped. Entries whose groups were not invalidated stay valid.
+    pub fn max_tracked_groups(mut self, groups: usize) -> Self {
+        self.generations.max_tracked = groups.max(1);
+        self
     }
 
     /// Number of entries held (expired entries count until they are read or swept).
@@ -326,7 +345,26 @@ impl MemoryBackend {
             generations: generations.into_boxed_slice(),
             weight,
         };
-        self.insert(key, entry);
+        if entry.groups.is_empty() {
+            self.insert(key, entry);
+            return true;
+        }
+        {
+            // Checked and inserted under the table's read lock: a retirement (which takes the write
+            // lock) sees this entry in its scan, or this check sees the retirement (see
+            // `Generations`).
+            let table = self.generations.read();
+            if !table.storable(&entry.groups, &entry.generations) {
+                drop(table);
+                // Stale already (computed before an invalidation): the older value goes too.
+                self.entries.remove(&key);
+                return true;
+            }
+            self.entries.insert(key, Arc::new(entry));
+        }
+        if self.sweeps.due() {
+            self.run_pending_tasks();
+        }
         true
     }
 
@@ -340,7 +378,31 @@ impl MemoryBackend {
     }
 
     pub(crate) fn bump_group(&self, group: &str) {
-        self.generations.bump(group);
+        if self.generations.bump(group) {
+            self.retire_groups();
+        }
+    }
+
+    /// Retires the oldest half of the generation table (one retirement at a time): drops the
+    /// entries those groups made stale, then forgets the groups. See [`Generations`].
+    fn retire_groups(&self) {
+        if self.generations.retiring.swap(true, Ordering::Acquire) {
+            return; // another call is retiring; the next bump past the bound retires more
+        }
+        let retired = self.generations.start_retirement();
+        if !retired.is_empty() {
+            let by_name: HashMap<&str, u64> =
+                retired.iter().map(|(g, n)| (g.as_ref(), *n)).collect();
+            self.entries.retain(|_, entry| {
+                !entry
+                    .groups
+                    .iter()
+                    .zip(entry.generations.iter())
+                    .any(|(g, r)| by_name.get(g.as_str()).is_some_and(|n| r < n))
+            });
+            self.generations.finish_retirement(&retired);
+        }
+        self.generations.retiring.store(false, Ordering::Release);
     }
 }
 
@@ -417,67 +479,162 @@ fn serialized_len<T: serde::Serialize>(value: &T) -> u64 {
     count.0
 }
 
-/// Group generations of the memory backend.
+/// Group generations of the memory backend: a bounded table, with no cliff.
 ///
-/// Only invalidated groups are tracked; any other group reads as `floor`. When the table grows past
-/// [`MAX_TRACKED_GROUPS`] it is emptied and `floor` is raised to the newest generation handed out, so
-/// memory stays bounded and an entry can only ever be judged stale too early, never too late.
-#[derive(Default)]
+/// Generations are stamps of one counter, `last`, that only grows. Invalidating a group sets its
+/// generation to a new stamp (`last + 1`); a group not in the table (never invalidated, or
+/// retired) has generation 0. What a lookup hands out to store a computed value under is not a
+/// group's generation but the stamp *observed* then: `last`, once per group. An entry is valid
+/// while every one of its groups has a generation at most the stamp it recorded ("no invalidation
+/// of this group happened after the value's inputs were read").
+///
+/// The table holds at most about `max_tracked` groups. Past that, the groups invalidated longest
+/// ago are *retired*, in three steps:
+/// 1. under the write lock, the oldest half is chosen and `retired_up_to` is raised to the
+///    newest generation among them;
+/// 2. the store is scanned, dropping every entry that records, for one of those groups, a stamp
+///    below the group's generation (exactly the entries that group made stale);
+/// 3. under the write lock, those groups leave the table (unless invalidated again meanwhile).
+///
+/// A store of a grouped entry checks, under the read lock and together with its insertion, that
+/// the entry is valid now, and that each of its groups absent from the table has a recorded stamp
+/// at least `retired_up_to`; otherwise it is not stored.
+///
+/// Why an invalidated entry never becomes valid again: let an entry record stamp `r` for group
+/// `g`, and `g` be invalidated afterwards, with generation `n > r` (stamps grow). While `g` is in
+/// the table its generation is `≥ n > r`: invalid. `g` leaves only through a retirement with
+/// generation `n' ≥ n`, whose step 1 makes `retired_up_to ≥ n' > r`. The entry was inserted
+/// either before step 1 (the insertion held the read lock, step 1 the write lock), so the scan of
+/// step 2 sees it and drops it (`r < n'`); or after, and then its store check found `g` in the
+/// table with generation `n' > r`, or absent with `r < retired_up_to`: not stored. After the
+/// retirement, `g` reads 0 again, but no entry recording a stamp below `n'` for it is left, and
+/// none can be stored.
+///
+/// Why there is no cliff: a group never invalidated reads 0 forever, which is at most any stamp,
+/// so the entries of untouched groups never go stale; a retired group reads 0, so entries
+/// computed after its last invalidation stay valid too. A retirement costs one scan of the store
+/// for every `max_tracked / 2` groups retired, and a store that overlaps a retirement may be
+/// refused (a miss, later).
 struct Generations {
     state: RwLock<GenerationTable>,
+    max_tracked: usize,
+    /// Whether a retirement runs (at most one at a time).
+    retiring: AtomicBool,
 }
 
 #[derive(Default)]
 struct GenerationTable {
-    by_group: HashMap<String, u64>,
-    floor: u64,
+    /// The generation of every tracked group.
+    by_group: HashMap<Arc<str>, u64>,
+    /// The same groups by generation, oldest first (generations are unique stamps).
+    by_age: BTreeMap<u64, Arc<str>>,
+    /// The newest stamp handed out.
     last: u64,
+    /// The newest generation of a group retired (or being retired).
+    retired_up_to: u64,
 }
 
 impl GenerationTable {
     fn get(&self, group: &str) -> u64 {
-        self.by_group.get(group).copied().unwrap_or(self.floor)
+        self.by_group.get(group).copied().unwrap_or(0)
+    }
+
+    fn valid(&self, groups: &[String], recorded: &[u64]) -> bool {
+        groups.len() == recorded.len()
+            && groups
+                .iter()
+                .zip(recorded)
+                // A stamp above `last` was not handed out by this table: never valid.
+                .all(|(g, r)| self.get(g) <= *r && *r <= self.last)
+    }
+
+    /// Whether an entry recording `recorded` may be stored now (see [`Generations`]).
+    fn storable(&self, groups: &[String], recorded: &[u64]) -> bool {
+        self.valid(groups, recorded)
+            && groups
+                .iter()
+                .zip(recorded)
+                .all(|(g, r)| self.by_group.contains_key(g.as_str()) || *r >= self.retired_up_to)
     }
 }
 
 impl Generations {
+    fn new(max_tracked: usize) -> Self {
+        Self {
+            state: RwLock::default(),
+            max_tracked,
+            retiring: AtomicBool::new(false),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, GenerationTable> {
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, GenerationTable> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The stamp observed now, once per group: what a value computed from now on is stored under.
     fn current(&self, groups: &[String]) -> Vec<u64> {
         if groups.is_empty() {
             return Vec::new();
         }
-        let table = self.read();
-        groups.iter().map(|g| table.get(g)).collect()
+        vec![self.read().last; groups.len()]
     }
 
     fn matches(&self, groups: &[String], recorded: &[u64]) -> bool {
-        if groups.len() != recorded.len() {
-            return false;
-        }
         if groups.is_empty() {
-            return true;
+            return recorded.is_empty();
         }
-        let table = self.read();
-        groups.iter().zip(recorded).all(|(g, r)| table.get(g) == *r)
+        self.read().valid(groups, recorded)
     }
 
-    fn bump(&self, group: &str) {
-        let mut table = self
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if table.by_group.len() >= MAX_TRACKED_GROUPS && !table.by_group.contains_key(group) {
-            table.floor = table.last;
-            table.by_group.clear();
-        }
+    /// Invalidates `group`; `true` when the table has grown past its bound.
+    fn bump(&self, group: &str) -> bool {
+        let mut table = self.write();
         table.last += 1;
         let next = table.last;
-        table.by_group.insert(group.to_owned(), next);
+        let name: Arc<str> = match table.by_group.get_key_value(group) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(group),
+        };
+        if let Some(old) = table.by_group.insert(Arc::clone(&name), next) {
+            table.by_age.remove(&old);
+        }
+        table.by_age.insert(next, name);
+        table.by_group.len() > self.max_tracked
+    }
+
+    /// Step 1 of a retirement: the oldest groups to retire, with their generations.
+    fn start_retirement(&self) -> Vec<(Arc<str>, u64)> {
+        let mut table = self.write();
+        let excess = table.by_group.len().saturating_sub(self.max_tracked / 2);
+        let retired: Vec<(Arc<str>, u64)> = table
+            .by_age
+            .iter()
+            .take(excess)
+            .map(|(n, g)| (Arc::clone(g), *n))
+            .collect();
+        if let Some((_, newest)) = retired.last() {
+            table.retired_up_to = table.retired_up_to.max(*newest);
+        }
+        retired
+    }
+
+    /// Step 3 of a retirement: forgets the retired groups not invalidated again since step 1.
+    fn finish_retirement(&self, retired: &[(Arc<str>, u64)]) {
+        let mut table = self.write();
+        for (group, generation) in retired {
+            if table.by_group.get(group) == Some(generation) {
+                table.by_group.remove(group);
+                table.by_age.remove(generation);
+            }
+        }
     }
 }
 
@@ -578,13 +735,91 @@ mod tests {
             (&g, before),
             u64::MAX,
         );
-        for i in 0..=MAX_TRACKED_GROUPS {
+        for i in 0..=mem.generations.max_tracked * 2 {
             mem.bump_group(&format!("other{i}"));
         }
         assert!(matches!(
             mem.get_typed::<u64>("k", &g),
             TypedLookup::Miss(_)
         ));
+    }
+
+    /// Many distinct groups invalidated, far more than the generation table holds (a group per user,
+    /// or the tiered backend's group per invalidated key): entries whose groups were never
+    /// invalidated stay hits, none of them goes stale at once.
+    #[test]
+    fn many_invalidated_groups_never_make_untouched_entries_stale() {
+        let mem = MemoryBackend::with_limits(1_000, 1 << 30);
+        let live: Vec<Vec<String>> = (0..200).map(|i| groups(&[&format!("live:{i}")])).collect();
+        for (i, g) in live.iter().enumerate() {
+            put_grouped(&mem, &format!("live{i}"), i as u64, g);
+        }
+        let mut misses = 0;
+        for round in 0..250_000u64 {
+            mem.bump_group(&format!("user:{round}"));
+            if round % 1_000 == 999 {
+                misses += (0..live.len())
+                    .filter(|i| mem.get_fresh::<u64>(&format!("live{i}")).is_none())
+                    .count();
+            }
+        }
+        assert_eq!(
+            misses, 0,
+            "live entries went stale while other groups were invalidated"
+        );
+        let table = mem.generations.read().by_group.len();
+        assert!(
+            table <= 2 * mem.generations.max_tracked,
+            "{table} groups tracked"
+        );
+    }
+
+    /// An entry stored under a group, that group invalidated, then retired from the table by many
+    /// other invalidations: the entry stays stale, and so does one computed before the
+    /// invalidation but stored only after the retirement.
+    #[test]
+    fn an_invalidated_entry_never_comes_back_once_its_group_is_retired() {
+        let mem = MemoryBackend::with_limits(1_000, 1 << 30);
+        let g = groups(&["a"]);
+        put_grouped(&mem, "stored", 1, &g);
+        let TypedLookup::Miss(before) = mem.get_typed::<u64>("late", &g) else {
+            panic!()
+        };
+        mem.bump_group("a");
+        put_grouped(&mem, "after", 2, &g);
+        for i in 0..20_000 {
+            mem.bump_group(&format!("other{i}"));
+        }
+        assert!(
+            !mem.generations.read().by_group.contains_key("a"),
+            "the group was retired"
+        );
+        assert!(matches!(
+            mem.get_typed::<u64>("stored", &g),
+            TypedLookup::Miss(_)
+        ));
+        assert_eq!(mem.get_fresh::<u64>("stored"), None);
+        mem.set_typed(
+            "late".into(),
+            Arc::new(3u64),
+            Duration::from_secs(60),
+            0,
+            (&g, before),
+            u64::MAX,
+        );
+        assert_eq!(
+            mem.get_fresh::<u64>("late"),
+            None,
+            "a value computed before the invalidation"
+        );
+        assert_eq!(
+            mem.get_fresh::<u64>("after"),
+            Some(2),
+            "stored after the invalidation: valid"
+        );
+        // And the retired group can be invalidated again.
+        mem.bump_group("a");
+        assert_eq!(mem.get_fresh::<u64>("after"), None);
     }
 
     #[test]

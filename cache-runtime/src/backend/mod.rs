@@ -24,6 +24,22 @@ pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 pub use tiered::TieredBackend;
 
+/// The longest TTL a backend is given: 2^31 s (about 68 years). RFC 9111 §1.2.2 tells caches to
+/// read any larger delta-seconds (or one that overflows) as 2^31; every store can represent it
+/// (Redis `PX` tops out near 2^63 ms, expiry stamps in ms since the epoch stay far below
+/// `u64::MAX`), so nothing downstream overflows, truncates or is refused.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(1 << 31);
+
+/// `ttl`, but at most [`MAX_TTL`]. Every backend passes the TTL it is given through this.
+pub(crate) fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.min(MAX_TTL)
+}
+
+/// [`clamp_ttl`] in whole milliseconds (never overflows: 2^31 s is about 2^41 ms).
+pub(crate) fn clamp_ttl_ms(ttl: Duration) -> u64 {
+    clamp_ttl(ttl).as_millis() as u64
+}
+
 /// Lets one caller through at most once per interval: the sweeps that writes start.
 #[derive(Debug)]
 pub(crate) struct Periodic {
@@ -165,5 +181,24 @@ pub trait Backend: Send + Sync + 'static {
     #[doc(hidden)]
     fn as_tiered(&self) -> Option<&TieredBackend> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_clamped_to_two_to_the_31_seconds() {
+        let max = Duration::from_secs(2_147_483_648);
+        assert_eq!(clamp_ttl(Duration::MAX), max);
+        assert_eq!(clamp_ttl(Duration::from_secs(u64::MAX)), max);
+        assert_eq!(clamp_ttl(Duration::from_millis(u64::MAX)), max);
+        assert_eq!(clamp_ttl(max + Duration::from_nanos(1)), max);
+        assert_eq!(clamp_ttl(max), max);
+        assert_eq!(clamp_ttl(Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(clamp_ttl(Duration::ZERO), Duration::ZERO);
+        assert_eq!(clamp_ttl_ms(Duration::MAX), 2_147_483_648_000);
+        assert_eq!(clamp_ttl_ms(Duration::from_millis(1500)), 1500);
     }
 }

@@ -406,7 +406,7 @@ impl Backend for RedisBackend {
         _groups: &[String],
     ) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = super::clamp_ttl_ms(ttl).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.entry_key(key))
             .arg(value)
@@ -438,7 +438,7 @@ impl Backend for RedisBackend {
 
     async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
         let (slot, mut conn) = self.connection().await?;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = super::clamp_ttl_ms(ttl).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.lock_key(key))
             .arg(token)

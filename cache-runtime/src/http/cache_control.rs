@@ -26,7 +26,7 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                let seconds = || argument.and_then(|a| a.parse::<u64>().ok());
+                let seconds = || argument.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
@@ -42,6 +42,18 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// Parses delta-seconds (RFC 9111 §1.2.2): one or more digits. A value past 2^31 s, however many
+/// digits it has (even more than a `u64` holds), reads as 2^31 s, as the RFC asks; anything else
+/// is `None` (malformed).
+pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
+    const MAX: u64 = crate::backend::MAX_TTL.as_secs();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: the only way parsing fails is overflow.
+    Some(text.parse::<u64>().map_or(MAX, |seconds| seconds.min(MAX)))
 }
 
 /// Splits a header list on commas outside quoted strings, trimmed, without empty elements
@@ -88,5 +100,16 @@ mod tests {
         let cc = parse(&["private=\"set-cookie, x\", no-store"]);
         assert!(cc.private && cc.no_store);
         assert_eq!(parse(&["max-age=abc"]).max_age, Some(0));
+    }
+
+    #[test]
+    fn huge_delta_seconds_read_as_two_to_the_31() {
+        const MAX: u64 = 2_147_483_648;
+        assert_eq!(parse(&["max-age=99999999999"]).max_age, Some(MAX));
+        assert_eq!(parse(&["max-age=99999999999999999999"]).max_age, Some(MAX));
+        assert_eq!(parse(&["s-maxage=2147483649"]).s_maxage, Some(MAX));
+        assert_eq!(parse(&["max-age=2147483647"]).max_age, Some(MAX - 1));
+        assert_eq!(parse(&["max-age=+5"]).max_age, Some(0), "not delta-seconds");
+        assert_eq!(parse(&["max-age="]).max_age, Some(0));
     }
 }

@@ -20,6 +20,7 @@ use super::{
     DEFAULT_MAX_BODY,
 };
 use crate::{
+    backend::{clamp_ttl, clamp_ttl_ms},
     flight::{self, Followed, Role},
     key::{escape_into, normalize_key, DefaultKey},
     memo::{probe, store, Probe},
@@ -176,7 +177,7 @@ impl<S> tower_layer::Layer<S> for CacheLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let site = *self.site.get_or_init(|| {
             let backend: &'static str = Box::leak(self.backend.clone().into_boxed_str());
-            let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+            let ttl_ms = clamp_ttl_ms(self.ttl);
             let site: &'static Site = Box::leak(Box::new(Site::new(
                 "cache_runtime::http",
                 "CacheLayer",
@@ -461,9 +462,7 @@ where
         return uncacheable(response);
     };
     let cached =
-        match CachedResponse::capture(response, ttl.as_millis() as u64, shared.config.max_body)
-            .await
-        {
+        match CachedResponse::capture(response, clamp_ttl_ms(ttl), shared.config.max_body).await {
             Ok(cached) => cached,
             Err(passthrough) => return uncacheable(passthrough),
         };
@@ -510,10 +509,11 @@ fn freshness(shared: &Shared, response: &Response<Body>, authorized: bool) -> Op
     if cc.no_cache || expires_only {
         return None;
     }
-    let ttl = match cc.s_maxage.or(cc.max_age) {
+    // Clamped to 2^31 s (RFC 9111 §1.2.2), whether it came from the response or the layer.
+    let ttl = clamp_ttl(match cc.s_maxage.or(cc.max_age) {
         Some(seconds) => Duration::from_secs(seconds),
         None => shared.config.ttl,
-    };
+    });
     (!ttl.is_zero()).then_some(ttl)
 }
 
@@ -529,7 +529,7 @@ async fn save(
     ttl: Duration,
 ) -> bool {
     let site = shared.site;
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let ttl_ms = clamp_ttl_ms(ttl);
     let _permit = crate::invalidation::store_permit(backend, base).await;
     if crate::invalidation::invalidated_since(observed.epoch, base, &observed.groups) {
         return false; // an invalidation of this URI or its groups ran while it was computed
