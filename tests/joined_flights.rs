@@ -44,8 +44,17 @@ async fn on_file(n: u64) -> u64 {
 }
 
 fn invalidate_from_another_process(backend: &str, env: (&str, &str)) {
+    run_child(backend, &["invalidate", "joined-group"], env);
+}
+
+fn invalidate_key_from_another_process(backend: &str, key: &str, env: (&str, &str)) {
+    run_child(backend, &["invalidate-key", key], env);
+}
+
+fn run_child(backend: &str, args: &[&str], env: (&str, &str)) {
     let output = Command::new(child_binary())
-        .args([backend, "invalidate", "joined-group"])
+        .arg(backend)
+        .args(args)
         .env(env.0, env.1)
         .output()
         .expect("cache-child runs");
@@ -66,24 +75,66 @@ async fn later_call_sees_the_invalidation<F, Fut>(
     F: Fn(u64) -> Fut,
     Fut: std::future::Future<Output = u64> + Send + 'static,
 {
-    let early = tokio::spawn(call(1));
+    later_call_sees_the_invalidation_of(1, call, source, invalidate).await;
+}
+
+async fn later_call_sees_the_invalidation_of<F, Fut>(
+    n: u64,
+    call: F,
+    source: &AtomicU64,
+    invalidate: impl FnOnce(),
+) where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
+    let old = source.load(Ordering::SeqCst);
+    let early = tokio::spawn(call(n));
     tokio::time::sleep(Duration::from_millis(150)).await; // the early call is computing
-    source.store(2, Ordering::SeqCst);
-    invalidate(); // returns once the other process's invalidate_group returned Ok
-    let late = call(1).await;
+    source.store(old + 1, Ordering::SeqCst);
+    invalidate(); // returns once the other process's invalidation returned Ok
+    let (old, new) = (old * 100 + n, (old + 1) * 100 + n);
+    let late = call(n).await;
     assert_eq!(
-        late, 201,
+        late, new,
         "a call that started after another process's invalidation got the value computed before it"
     );
     assert_eq!(
         early.await.unwrap(),
-        101,
+        old,
         "the early call overlapped the invalidation"
     );
     assert_eq!(
-        call(1).await,
-        201,
-        "the old value was not stored over the new one"
+        call(n).await,
+        new,
+        "the old value was stored over the new one"
+    );
+}
+
+/// The early computation is alone (nobody joins it) and stores its old value after the other
+/// process's key invalidation: that value must not be served afterwards.
+async fn a_late_store_is_stale<F, Fut>(
+    n: u64,
+    call: F,
+    source: &AtomicU64,
+    invalidate: impl FnOnce(),
+) where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
+    let old = source.load(Ordering::SeqCst);
+    let early = tokio::spawn(call(n));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    source.store(old + 1, Ordering::SeqCst);
+    invalidate();
+    assert_eq!(
+        early.await.unwrap(),
+        old * 100 + n,
+        "overlapped the invalidation"
+    );
+    assert_eq!(
+        call(n).await,
+        (old + 1) * 100 + n,
+        "a value computed before another process's key invalidation and stored after it was served"
     );
 }
 
@@ -107,6 +158,38 @@ async fn file_followers_never_inherit_a_value_another_process_invalidated() {
     let path = dir.path().to_str().unwrap().to_owned();
     later_call_sees_the_invalidation(on_file, &FILE_SOURCE, || {
         invalidate_from_another_process("file", ("CACHE_DIR", &path))
+    })
+    .await;
+    cache_runtime::unregister("joined-file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_invalidation_from_another_process_beats_joins_and_late_stores() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("joined-redis");
+    let url = redis.server.url();
+    later_call_sees_the_invalidation_of(2, on_redis, &REDIS_SOURCE, || {
+        invalidate_key_from_another_process("redis", "joined:2", ("REDIS_URL", &url))
+    })
+    .await;
+    a_late_store_is_stale(3, on_redis, &REDIS_SOURCE, || {
+        invalidate_key_from_another_process("redis", "joined:3", ("REDIS_URL", &url))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_key_invalidation_from_another_process_beats_joins_and_late_stores() {
+    let _global = GLOBAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    cache_runtime::register("joined-file", FileBackend::new(dir.path()));
+    let path = dir.path().to_str().unwrap().to_owned();
+    later_call_sees_the_invalidation_of(2, on_file, &FILE_SOURCE, || {
+        invalidate_key_from_another_process("file", "joined:2", ("CACHE_DIR", &path))
+    })
+    .await;
+    a_late_store_is_stale(3, on_file, &FILE_SOURCE, || {
+        invalidate_key_from_another_process("file", "joined:3", ("CACHE_DIR", &path))
     })
     .await;
     cache_runtime::unregister("joined-file");

@@ -52,6 +52,24 @@ const BACKGROUND_RETRY_EVERY: Duration = Duration::from_millis(100);
 /// Pending invalidations kept per backend; beyond, they collapse into one `clear`.
 const MAX_PENDING: usize = 10_000;
 
+/// How a key's *tombstone* group is named: every memoized call on a shared backend belongs to the
+/// tombstone group of its key, and a key invalidation moves it, so a value computed before the
+/// invalidation (in any process) and stored after it is stale.
+const TOMBSTONE: &str = "\u{0}t:";
+
+/// The tombstone group of `key`.
+pub(crate) fn tombstone_group(key: &str) -> String {
+    let mut group = String::with_capacity(TOMBSTONE.len() + key.len());
+    group.push_str(TOMBSTONE);
+    group.push_str(key);
+    group
+}
+
+/// The key a tombstone group stands for, if `group` is one.
+pub(crate) fn tombstone_key_of(group: &str) -> Option<&str> {
+    group.strip_prefix(TOMBSTONE)
+}
+
 /// What an invalidation is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Target {
@@ -189,7 +207,16 @@ async fn apply(entry: &'static Registered, target: Target) -> Result<(), Backend
 async fn apply_once(entry: &Registered, target: &Target) -> Result<(), BackendError> {
     let backend = &entry.backend;
     match target {
-        Target::Key(key) => entry.guard.run_always("delete", backend.delete(key)).await,
+        Target::Key(key) => {
+            if backend.as_memory().is_none() {
+                // The tombstone first: a store landing between the two is removed by the delete,
+                // one landing after it recorded the old tombstone.
+                let tombstone = tombstone_group(key);
+                let moved = backend.invalidate_group(&tombstone);
+                entry.guard.run_always("invalidate_key", moved).await?;
+            }
+            entry.guard.run_always("delete", backend.delete(key)).await
+        }
         Target::Group(group) => {
             let moved = backend.invalidate_group(group);
             entry.guard.run_always("invalidate_group", moved).await

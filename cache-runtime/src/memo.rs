@@ -328,6 +328,15 @@ where
         return run_in_place(body).await;
     }
     let key = normalize_key(key);
+    let groups = if in_process {
+        groups
+    } else {
+        // Shared backends: the key's tombstone guards against a value computed before a key
+        // invalidation made elsewhere being stored after it.
+        let mut all = groups;
+        all.push(invalidation::tombstone_group(&key));
+        all
+    };
     let mut flight_key = None;
     loop {
         let epoch = invalidation::invalidation_epoch();

@@ -8,18 +8,24 @@
 //!
 //! Layout under the prefix (default `cache:`):
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
-//! - `{prefix}g:{group}`: a group's generation, a counter moved by `INCR` (no TTL);
+//! - `{prefix}g:{group}`: a group's generation, created at a random value on first use
+//!   (`SET NX`) and moved by `INCR` (no TTL);
+//! - `{prefix}t:{key}`: the key's tombstone generation, moved by every invalidation of the key
+//!   (absent until then, reads as 0, never created by a lookup; expires after [`TOMBSTONE_TTL`]);
 //! - `{prefix}l:{key}`: a computation lock (`SET NX PX`, released by compare-and-delete).
 //!
-//! A lookup is one `MGET` of the entry and its groups' generations (one round trip; on a cluster the
-//! client splits it by slot and runs the parts in parallel, so there is no `CROSSSLOT` error). Group
-//! invalidation is one `INCR`, followed by a `PUBLISH` on `{prefix}invalidations` that in-process
-//! tiers of other processes listen to (see [`TieredBackend`](super::TieredBackend)); on a single
-//! node both go in one pipeline. Clearing walks the prefix with `SCAN` and removes in batches with
-//! `UNLINK`, so no command blocks the server.
+//! A lookup is one `MGET` of the entry and its groups' generations, the key's tombstone among them
+//! (the runtime adds it as a group of every memoized call; one round trip; on a cluster the client
+//! splits it by slot and runs the parts in parallel, so there is no `CROSSSLOT` error). The
+//! tombstone travels inside stored values like a group's generation, so a value computed before a
+//! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `INCR`
+//! (after a `SET NX` that only creates a missing generation), followed by a `PUBLISH` on
+//! `{prefix}invalidations` that in-process tiers of other processes listen to (see
+//! [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
+//! batches with `UNLINK`, so no command blocks the server.
 //!
-//! Generation keys must not be evicted: run Redis with `maxmemory-policy` `noeviction` or one of the
-//! `volatile-*` policies (entries carry TTLs, generations do not).
+//! Any key may be evicted (`allkeys-*` policies): a lost entry is a miss, and a lost generation comes
+//! back at a new random value, so entries recorded under the old one are misses, never revivals.
 
 use std::time::Duration;
 
@@ -37,6 +43,8 @@ use crate::BackendError;
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "cache:";
+/// How long a key's tombstone generation outlives the key's last invalidation.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A Redis store, single node or cluster. Connects lazily on first use and reconnects by itself.
 ///
@@ -85,25 +93,21 @@ impl Connection {
         }
     }
 
-    /// Two commands: pipelined on a single node, one after the other on a cluster (they may
+    /// Commands in order: pipelined on a single node, one after the other on a cluster (they may
     /// belong to different nodes).
-    async fn query_both(
-        &mut self,
-        first: redis::Cmd,
-        second: redis::Cmd,
-    ) -> redis::RedisResult<()> {
+    async fn query_all(&mut self, commands: Vec<redis::Cmd>) -> redis::RedisResult<()> {
         match self {
             Connection::Single(conn) => {
                 let mut pipe = redis::pipe();
-                pipe.add_command(first)
-                    .ignore()
-                    .add_command(second)
-                    .ignore();
+                for command in commands {
+                    pipe.add_command(command).ignore();
+                }
                 pipe.query_async(conn).await
             }
             Connection::Cluster(conn) => {
-                let _: redis::Value = first.query_async(conn).await?;
-                let _: redis::Value = second.query_async(conn).await?;
+                for command in commands {
+                    let _: redis::Value = command.query_async(conn).await?;
+                }
                 Ok(())
             }
         }
@@ -118,16 +122,6 @@ impl Connection {
         read.as_deref().and_then(parse_generation).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "group generation is not a number"))
         })
-    }
-
-    /// Moves a generation to a value it never had: `INCR`, after creating it at a random value if it
-    /// is missing (never used, or evicted).
-    async fn move_generation(&mut self, group_key: String) -> redis::RedisResult<()> {
-        let mut init = redis::cmd("SET");
-        init.arg(&group_key).arg(random_generation()).arg("NX");
-        let mut incr = redis::cmd("INCR");
-        incr.arg(&group_key);
-        self.query_both(init, incr).await
     }
 
     async fn unlock(&mut self, lock_key: String, token: u64) -> redis::RedisResult<i64> {
@@ -269,7 +263,10 @@ impl RedisBackend {
     }
 
     fn group_key(&self, group: &str) -> String {
-        format!("{}g:{group}", self.prefix)
+        match tombstone_of(group) {
+            Some(key) => format!("{}t:{key}", self.prefix),
+            None => format!("{}g:{group}", self.prefix),
+        }
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -292,6 +289,26 @@ impl RedisBackend {
             .arg(invalidation.encode());
         cmd
     }
+}
+
+/// The commands that move a generation to a value it never had: `INCR`, after creating it at a
+/// random value if it is missing (never used, or evicted); with `ttl`, it expires that long after.
+fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cmd> {
+    let mut init = redis::cmd("SET");
+    init.arg(generation_key).arg(random_generation()).arg("NX");
+    let mut incr = redis::cmd("INCR");
+    incr.arg(generation_key);
+    let mut commands = vec![init, incr];
+    if let Some(ttl) = ttl {
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(generation_key).arg(super::clamp_ttl_ms(ttl));
+        commands.push(expire);
+    }
+    commands
+}
+
+fn tombstone_of(group: &str) -> Option<&str> {
+    crate::invalidation::tombstone_key_of(group)
 }
 
 /// A generation's first value: random, far from both 0 and the top of Redis's integer range, so a
@@ -383,6 +400,8 @@ impl Backend for RedisBackend {
         for (group, reply) in groups.iter().zip(replies.drain(1..)) {
             let generation = match reply.as_deref().and_then(parse_generation) {
                 Some(generation) => generation,
+                // A tombstone that never moved (or expired): 0, created only by a delete.
+                None if tombstone_of(group).is_some() => 0,
                 // Never used, or evicted: start it at a random value, so that no entry recorded
                 // under an earlier (evicted) generation can match it.
                 None => {
@@ -420,20 +439,23 @@ impl Backend for RedisBackend {
         let (slot, mut conn) = self.connection().await?;
         let mut unlink = redis::cmd("UNLINK");
         unlink.arg(self.entry_key(key));
-        let deleted = conn
-            .query_both(unlink, self.announce(Invalidation::Key(key)))
-            .await;
+        let commands = vec![unlink, self.announce(Invalidation::Key(key))];
+        let deleted = conn.query_all(commands).await;
         self.checked(&slot, deleted)
     }
 
     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
-        let moved = conn.move_generation(self.group_key(group)).await;
-        self.checked(&slot, moved)?;
-        let announced = conn
-            .query::<i64>(&self.announce(Invalidation::Group(group)))
-            .await;
-        self.checked(&slot, announced).map(drop)
+        if tombstone_of(group).is_some() {
+            // Moved with every key invalidation (which announces itself); expires in time.
+            let commands = move_generation(&self.group_key(group), Some(TOMBSTONE_TTL));
+            let moved = conn.query_all(commands).await;
+            return self.checked(&slot, moved);
+        }
+        let mut commands = move_generation(&self.group_key(group), None);
+        commands.push(self.announce(Invalidation::Group(group)));
+        let moved = conn.query_all(commands).await;
+        self.checked(&slot, moved)
     }
 
     async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
@@ -514,6 +536,8 @@ mod tests {
         let backend = RedisBackend::open(DEFAULT_URL).unwrap().with_prefix("app:");
         assert_eq!(backend.entry_key("users"), "app:k:users");
         assert_eq!(backend.group_key("users"), "app:g:users");
+        let tombstone = crate::invalidation::tombstone_group("users");
+        assert_eq!(backend.group_key(&tombstone), "app:t:users");
     }
 
     #[test]
