@@ -1,0 +1,227 @@
+//! Template keys are injective: for a fixed template, two different argument tuples never render
+//! the same key, whatever separators the values contain. Checked through the `<fn>_key` companions
+//! that `#[cached]` generates, on random tuples rich in separators (a fixed seed, so every run checks
+//! the same cases).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use cache_runtime::cached;
+
+/// SplitMix64: small, deterministic, good enough to spread the cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A string of up to four pieces: separators, letters and digits that templates use, and the
+    /// escape tokens themselves.
+    fn text(&mut self) -> String {
+        const PIECES: &[&str] = &[
+            "/", "-", ".", ",", "|", "=", "&", ":", "%", "~", "N", "x", "1", "p", "a", "%~", "%N",
+            "%25", "%2F", "null", "", " ", "é", "{", "}", "5",
+        ];
+        let len = self.below(5);
+        (0..len)
+            .map(|_| PIECES[self.below(PIECES.len())])
+            .collect()
+    }
+
+    fn maybe_text(&mut self) -> Option<String> {
+        if self.below(4) == 0 {
+            None
+        } else {
+            Some(self.text())
+        }
+    }
+
+    fn number(&mut self) -> i64 {
+        const NUMBERS: &[i64] = &[0, 1, -1, 5, -5, 10, -10, 11, 51, -51, 111];
+        NUMBERS[self.below(NUMBERS.len())]
+    }
+}
+
+const CASES: usize = 5_000;
+
+/// Renders `CASES` random tuples and fails on the first two distinct tuples with one key.
+fn assert_injective<A: Clone + PartialEq + Debug>(
+    template: &str,
+    seed: u64,
+    mut make: impl FnMut(&mut Rng) -> A,
+    key: impl Fn(A) -> String,
+) {
+    let mut rng = Rng(seed);
+    let mut seen: HashMap<String, A> = HashMap::new();
+    for _ in 0..CASES {
+        let args = make(&mut rng);
+        let rendered = key(args.clone());
+        if let Some(earlier) = seen.get(&rendered) {
+            assert_eq!(
+                earlier, &args,
+                "template {template:?}: {earlier:?} and {args:?} both render {rendered:?}"
+            );
+        }
+        seen.insert(rendered, args);
+    }
+    assert!(
+        seen.len() > 100,
+        "template {template:?}: too few distinct cases"
+    );
+}
+
+#[cached(ttl = 60, key = "repo:{a}/{b}")]
+async fn slash(a: String, b: String) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}{b}")]
+async fn adjacent(a: String, b: String) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}x{b}")]
+async fn letter(a: String, b: String) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}%{b}")]
+async fn percent(a: String, b: String) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}-{b}-{c}")]
+async fn dashes(a: String, b: String, c: String) -> u8 {
+    let _ = (a, b, c);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}")]
+async fn alone(a: Option<String>) -> u8 {
+    let _ = a;
+    0
+}
+
+#[cached(ttl = 60, key = "p{a}1{b}")]
+async fn digit(a: String, b: String) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "o:{a}/{b}")]
+async fn optional(a: Option<String>, b: Option<String>) -> u8 {
+    let _ = (a, b);
+    0
+}
+
+#[cached(ttl = 60, key = "{a}{b}.{c}")]
+async fn optional_adjacent(a: Option<String>, b: Option<String>, c: Option<String>) -> u8 {
+    let _ = (a, b, c);
+    0
+}
+
+#[cached(ttl = 60, key = "n{a}-{b}1{c}{d}")]
+async fn numbers(a: i64, b: i64, c: String, d: i64) -> u8 {
+    let _ = (a, b, c, d);
+    0
+}
+
+#[test]
+fn string_templates_are_injective() {
+    assert_injective(
+        "repo:{a}/{b}",
+        1,
+        |r| (r.text(), r.text()),
+        |(a, b)| slash_key(a, b),
+    );
+    assert_injective(
+        "{a}{b}",
+        2,
+        |r| (r.text(), r.text()),
+        |(a, b)| adjacent_key(a, b),
+    );
+    assert_injective(
+        "{a}x{b}",
+        3,
+        |r| (r.text(), r.text()),
+        |(a, b)| letter_key(a, b),
+    );
+    assert_injective(
+        "{a}%{b}",
+        4,
+        |r| (r.text(), r.text()),
+        |(a, b)| percent_key(a, b),
+    );
+    assert_injective(
+        "{a}-{b}-{c}",
+        5,
+        |r| (r.text(), r.text(), r.text()),
+        |(a, b, c)| dashes_key(a, b, c),
+    );
+    assert_injective(
+        "p{a}1{b}",
+        6,
+        |r| (r.text(), r.text()),
+        |(a, b)| digit_key(a, b),
+    );
+}
+
+#[test]
+fn option_templates_are_injective() {
+    assert_injective("{a}", 7, |r| r.maybe_text(), alone_key);
+    assert_injective(
+        "o:{a}/{b}",
+        8,
+        |r| (r.maybe_text(), r.maybe_text()),
+        |(a, b)| optional_key(a, b),
+    );
+    assert_injective(
+        "{a}{b}.{c}",
+        9,
+        |r| (r.maybe_text(), r.maybe_text(), r.maybe_text()),
+        |(a, b, c)| optional_adjacent_key(a, b, c),
+    );
+}
+
+#[test]
+fn number_templates_are_injective() {
+    assert_injective(
+        "n{a}-{b}1{c}{d}",
+        10,
+        |r| (r.number(), r.number(), r.text(), r.number()),
+        |(a, b, c, d)| numbers_key(a, b, c, d),
+    );
+}
+
+#[test]
+fn known_collisions_are_gone() {
+    assert_ne!(slash_key("a/b".into(), "c".into()), slash_key("a".into(), "b/c".into()));
+    assert_ne!(adjacent_key("ab".into(), "".into()), adjacent_key("a".into(), "b".into()));
+    assert_ne!(alone_key(None), alone_key(Some("null".into())));
+    assert_eq!(alone_key(None), "%N");
+    assert_eq!(alone_key(Some("null".into())), "null");
+}
+
+#[test]
+fn readable_keys_stay_as_they_were() {
+    assert_eq!(slash_key("owner".into(), "name".into()), "repo:owner/name");
+    assert_eq!(slash_key("a/b".into(), "c".into()), "repo:a%2Fb/c");
+    assert_eq!(dashes_key("a-b".into(), "".into(), "c".into()), "a%2Db--c");
+    assert_eq!(adjacent_key("a".into(), "b".into()), "a%~b");
+    assert_eq!(percent_key("a".into(), "b".into()), "a%~%b");
+    assert_eq!(digit_key("1".into(), "1".into()), "p%3111");
+    assert_eq!(numbers_key(-5, 5, "".into(), 1), "n%2D5-51%~1");
+}
