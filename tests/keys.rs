@@ -225,3 +225,88 @@ fn readable_keys_stay_as_they_were() {
     assert_eq!(digit_key("1".into(), "1".into()), "p%3111");
     assert_eq!(numbers_key(-5, 5, "".into(), 1), "n%2D5-51%~1");
 }
+
+mod accounts {
+    use cache_runtime::cached;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct Users;
+    pub struct Admins;
+
+    impl Users {
+        #[cached(ttl = 60)]
+        pub async fn all() -> Vec<u8> {
+            RUNS.fetch_add(1, Ordering::SeqCst);
+            vec![1]
+        }
+    }
+
+    impl Admins {
+        #[cached(ttl = 60)]
+        pub async fn all() -> Vec<u8> {
+            vec![2]
+        }
+    }
+
+    #[cached(ttl = 60)]
+    pub async fn free(n: u64) -> u64 {
+        RUNS.fetch_add(100, Ordering::SeqCst);
+        n
+    }
+}
+
+/// Runs of `Users::all` (1 each) and `free` (100 each); the tests that call them share this lock.
+fn runs() -> usize {
+    accounts::RUNS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn associated_fns_of_two_impls_have_their_own_keys() {
+    let _serial = SERIAL.lock().await;
+    assert_eq!(accounts::Users::all().await, vec![1]);
+    assert_eq!(accounts::Admins::all().await, vec![2]);
+    assert_eq!(accounts::Users::all().await, vec![1]);
+    assert_eq!(accounts::Admins::all().await, vec![2]);
+    let (users, admins) = (accounts::Users::all_key(), accounts::Admins::all_key());
+    assert_ne!(users, admins);
+    assert!(users.starts_with("keys::accounts::Users::all:"), "{users}");
+    assert!(admins.starts_with("keys::accounts::Admins::all:"), "{admins}");
+
+    // The companions address the entries the fns really use.
+    let before = runs();
+    accounts::Users::all_invalidate().await.unwrap();
+    assert_eq!(accounts::Admins::all().await, vec![2]);
+    assert_eq!(accounts::Users::all().await, vec![1]);
+    assert_eq!(runs(), before + 1, "Users::all_invalidate removed the entry");
+    cache_runtime::invalidate_key(&users).await.unwrap();
+    assert_eq!(accounts::Users::all().await, vec![1]);
+    assert_eq!(runs(), before + 2, "Users::all_key is the entry's key");
+}
+
+#[tokio::test]
+async fn free_fn_default_keys_are_unchanged() {
+    let _serial = SERIAL.lock().await;
+    // Pinned: the module path, the name, and the digest of the JSON arguments.
+    assert_eq!(
+        accounts::free_key(1),
+        cache_runtime::key::default_key("keys::accounts", "free", &(1u64,))
+    );
+    assert_eq!(
+        accounts::free_key(1),
+        "keys::accounts::free:080a9ed428559ef602668b4c00f114f1"
+    );
+    // And the fn stores its value under that key.
+    let before = runs();
+    assert_eq!(accounts::free(1).await, 1);
+    assert_eq!(accounts::free(1).await, 1);
+    assert_eq!(runs(), before + 100);
+    cache_runtime::invalidate_key("keys::accounts::free:080a9ed428559ef602668b4c00f114f1")
+        .await
+        .unwrap();
+    assert_eq!(accounts::free(1).await, 1);
+    assert_eq!(runs(), before + 200);
+}

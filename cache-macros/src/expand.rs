@@ -68,7 +68,7 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
     } = function;
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
-    let key_expr = key_expr(args, checked, &function_name, false);
+    let key_expr = key_expr(args, checked, &function_name, false, &sig.ident);
     let groups = render_all(&args.groups);
     let ReturnType::Type(_, ret) = &sig.output else {
         unreachable!("signature::check rejects fns without a return type")
@@ -122,7 +122,7 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         function,
         quote!(#(#inputs),*),
         TokenStream::new(),
-        &key_expr,
+        |generated| self::key_expr(args, checked, &function_name, false, generated),
     );
     quote! {
         #(#attrs)*
@@ -168,14 +168,14 @@ fn cached_handler(
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
-    let key_expr = key_expr(args, checked, &function_name, true);
+    let key_expr = key_expr(args, checked, &function_name, true, ident);
     let groups = render_all(&args.groups);
     let helpers = helper_fns(
         args,
         function,
         outer_inputs.clone(),
         bindings.clone(),
-        &key_expr,
+        |generated| self::key_expr(args, checked, &function_name, true, generated),
     );
     let spawn_probe = spawn_probe(checked);
     quote! {
@@ -386,7 +386,7 @@ fn helper_fns(
     function: &ItemFn,
     inputs: TokenStream,
     bindings: TokenStream,
-    key_expr: &TokenStream,
+    key_expr: impl Fn(&syn::Ident) -> TokenStream,
 ) -> TokenStream {
     let rt = runtime();
     let ItemFn { vis, sig, .. } = function;
@@ -395,6 +395,7 @@ fn helper_fns(
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
     let key_fn = format_ident!("{}_key", ident);
     let invalidate_fn = format_ident!("{}_invalidate", ident);
+    let (key_fn_key, invalidate_fn_key) = (key_expr(&key_fn), key_expr(&invalidate_fn));
     let key_doc = format!("The cache key of one call of [`{ident}`] with these arguments.");
     let invalidate_doc = format!(
         "Removes the cached result of one call of [`{ident}`] with these arguments from its backend."
@@ -404,7 +405,7 @@ fn helper_fns(
         #[allow(unused_variables, clippy::needless_pass_by_value)]
         #vis fn #key_fn #impl_generics (#inputs) -> ::std::string::String #where_clause {
             #bindings
-            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            let __cache_key: #rt::__private::KeyBuf = #key_fn_key;
             #rt::key::normalize_key(__cache_key.into_string())
         }
 
@@ -415,7 +416,7 @@ fn helper_fns(
         {
             let __cache_key: ::std::string::String = {
                 #bindings
-                #key_expr.into_string()
+                #invalidate_fn_key.into_string()
             };
             #rt::__private::invalidate_entry(#backend, __cache_key).await
         }
@@ -424,22 +425,50 @@ fn helper_fns(
 
 /// The expression computing a call's key: the `key` template, or the default key. In handlers the
 /// bound names are references and request metadata (`HeaderMap`, `Uri`, `Method`) may enter the key.
+/// `generated` is the fn the expression is placed in (the fn itself or a companion): default keys of
+/// fns without `self` take their parent path (module, or type for associated fns) from the type name
+/// of a marker fn nested in it, computed once.
 fn key_expr(
     args: &CacheArgs,
     checked: &Checked,
     function_name: &str,
     handler: bool,
+    generated: &syn::Ident,
 ) -> TokenStream {
     let rt = runtime();
     if let Some(template) = &args.key {
         return template.render(&rt);
     }
-    let finish = if checked.has_receiver && args.name.is_none() {
-        quote!(finish(::std::any::type_name::<Self>(), #function_name))
+    let (prefix, finish) = if checked.has_receiver && args.name.is_none() {
+        (
+            TokenStream::new(),
+            quote!(finish(::std::any::type_name::<Self>(), #function_name)),
+        )
+    } else if args.name.is_some() {
+        // A `name` pins the key to the module path and that name.
+        (
+            TokenStream::new(),
+            quote!(finish_prefixed(
+                ::core::concat!(::core::module_path!(), "::", #function_name, ":")
+            )),
+        )
     } else {
-        quote!(finish_prefixed(
-            ::core::concat!(::core::module_path!(), "::", #function_name, ":")
-        ))
+        let generated = generated.to_string();
+        (
+            quote! {
+                fn __cache_marker() {}
+                static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
+                    ::std::sync::OnceLock::new();
+                let __cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| {
+                    #rt::__private::marker_prefix(
+                        ::std::any::type_name_of_val(&__cache_marker),
+                        #generated,
+                        #function_name,
+                    )
+                });
+            },
+            quote!(finish_prefixed(__cache_prefix)),
+        )
     };
     let named = checked
         .key_args
@@ -453,12 +482,16 @@ fn key_expr(
         quote_spanned! {span=> {
             #[allow(unused_imports)]
             use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
+            #prefix
             let __cache_k = #rt::__private::DefaultKey::new();
             #(#steps)*
             __cache_k.#finish
         }}
     } else {
         let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));
-        quote!(#rt::__private::DefaultKey::new() #(#parts)* .#finish)
+        quote!({
+            #prefix
+            #rt::__private::DefaultKey::new() #(#parts)* .#finish
+        })
     }
 }

@@ -379,6 +379,42 @@ fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
     key.push_str(":");
 }
 
+/// The head of a default key, `"{parent}::{function}:"`, from the type name of a marker fn nested in
+/// the generated fn `generated`: `type_name_of_val(&__cache_marker)` is
+/// `"{parent}::{generated}::__cache_marker"`, where `parent` is the module path for a free fn and
+/// the type (`app::Users`, `<app::Users as app::Tr>`, `app::Repo<_>`) for an associated fn. Inside an
+/// `async fn` the body adds `::{{closure}}` segments before the marker; they are dropped.
+///
+/// ```
+/// use cache_runtime::key::marker_prefix;
+/// assert_eq!(marker_prefix("app::users::free::__cache_marker", "free", "free"), "app::users::free:");
+/// assert_eq!(
+///     marker_prefix("app::Users::all_key::__cache_marker", "all_key", "all"),
+///     "app::Users::all:"
+/// );
+/// assert_eq!(
+///     marker_prefix("app::Users::all::{{closure}}::__cache_marker", "all", "all"),
+///     "app::Users::all:"
+/// );
+/// ```
+#[doc(hidden)]
+pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
+    let mut parent = marker.strip_suffix("::__cache_marker").unwrap_or(marker);
+    while let Some(outer) = parent.strip_suffix("::{{closure}}") {
+        parent = outer;
+    }
+    let parent = parent
+        .strip_suffix(generated)
+        .and_then(|rest| rest.strip_suffix("::"))
+        .unwrap_or(parent);
+    let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
+    prefix.push_str(parent);
+    prefix.push_str("::");
+    prefix.push_str(function);
+    prefix.push(':');
+    prefix
+}
+
 /// Builds a [`default_key`] one argument at a time, with the same result as passing the arguments
 /// as a tuple. The generated code uses it so that an argument that cannot be serialized is reported
 /// on that argument.

@@ -52,7 +52,7 @@ pub enum Never {}
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{
-        push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe, ViaPlain, ViaSerde,
+        marker_prefix, push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe, ViaPlain, ViaSerde,
     };
     pub use crate::memo::{
         fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, ViaClone, ViaLocal,
