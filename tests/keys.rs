@@ -310,3 +310,88 @@ async fn free_fn_default_keys_are_unchanged() {
     assert_eq!(accounts::free(1).await, 1);
     assert_eq!(runs(), before + 200);
 }
+
+/// A value whose serialization always fails.
+#[derive(Debug, Clone)]
+struct Fails;
+
+impl serde::Serialize for Fails {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("no key for this"))
+    }
+}
+
+static GROUPED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "grouped:{id}", group = "tags:{tag}")]
+async fn grouped(id: u64, tag: Fails) -> u64 {
+    let _ = tag;
+    GROUPED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    id
+}
+
+#[tokio::test]
+async fn a_group_that_cannot_be_built_makes_the_call_run_uncached() {
+    assert_eq!(grouped(1, Fails).await, 1);
+    assert_eq!(grouped(1, Fails).await, 1);
+    assert_eq!(
+        GROUPED_RUNS.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a call whose group cannot be built is not cached (nothing could invalidate it)"
+    );
+}
+
+#[cached(ttl = 60, key = "k:{tag}")]
+async fn keyed(tag: Fails) -> u64 {
+    let _ = tag;
+    1
+}
+
+#[cached(ttl = 60)]
+async fn default_keyed(tag: Fails) -> u64 {
+    let _ = tag;
+    1
+}
+
+#[tokio::test]
+async fn invalidating_a_key_that_cannot_be_built_is_an_error() {
+    let result = keyed_invalidate(Fails).await;
+    assert!(
+        matches!(&result, Err(cache_runtime::CacheError::Unkeyable { target }) if target == "key `k:{tag}` of `keyed`"),
+        "keyed_invalidate: {result:?}"
+    );
+    let result = default_keyed_invalidate(Fails).await;
+    assert!(
+        matches!(&result, Err(cache_runtime::CacheError::Unkeyable { target }) if target == "the default key of `default_keyed`"),
+        "default_keyed_invalidate: {result:?}"
+    );
+    assert_eq!(
+        result.unwrap_err().to_string(),
+        "cannot invalidate the default key of `default_keyed`: a value in it failed to serialize, \
+         so the key cannot be built"
+    );
+}
+
+static TOUCHED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cached(ttl = 60, key = "touched:{id}")]
+async fn touched(id: u64) -> u64 {
+    TOUCHED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    id
+}
+
+/// One target cannot be built (logged at error level); the others are still invalidated.
+#[cache_runtime::cache_invalidate(key = "touched:{id}", group = "tags:{tag}")]
+async fn touch(id: u64, tag: Fails) -> Result<(), ()> {
+    let _ = (id, tag);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cache_invalidate_still_removes_the_targets_it_can_build() {
+    touched(3).await;
+    touched(3).await;
+    touch(3, Fails).await.unwrap();
+    touched(3).await;
+    assert_eq!(TOUCHED_RUNS.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -69,7 +69,7 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
     let key_expr = key_expr(args, checked, &function_name, false, &sig.ident);
-    let groups = render_all(&args.groups);
+    let groups = render_groups(&args.groups);
     let ReturnType::Type(_, ret) = &sig.output else {
         unreachable!("signature::check rejects fns without a return type")
     };
@@ -128,7 +128,8 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         #(#attrs)*
         #vis #sig {
             #site
-            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            #[allow(unused_mut)]
+            let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
             if let ::core::option::Option::Some(__cache_hit) =
                 #rt::__private::fresh_hit(&__CACHE_SITE, &__cache_key)
             {
@@ -169,7 +170,7 @@ fn cached_handler(
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
     let key_expr = key_expr(args, checked, &function_name, true, ident);
-    let groups = render_all(&args.groups);
+    let groups = render_groups(&args.groups);
     let helpers = helper_fns(
         args,
         function,
@@ -191,7 +192,10 @@ fn cached_handler(
                     ::std::vec::Vec<::std::string::String>,
                 ) = {
                     #bindings
-                    (#key_expr, #groups)
+                    #[allow(unused_mut)]
+                    let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
+                    let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+                    (__cache_key, __cache_groups)
                 };
     let __cache_body = #rt::http::outcome(
                     &__CACHE_SITE,
@@ -221,8 +225,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => quote!(#ty),
     };
-    let keys = render_all(&args.keys);
-    let groups = render_all(&args.groups);
+    let targets = render_targets(&args.keys, &args.groups);
     let succeeded = match checked.shape {
         Shape::Result => quote!(__cache_out.is_ok()),
         _ => quote!(true),
@@ -230,8 +233,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
     quote! {
         #(#attrs)*
         #vis #sig {
-            let __cache_keys: ::std::vec::Vec<::std::string::String> = #keys;
-            let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            let __cache_targets: #rt::__private::Targets = #targets;
             let __cache_out: #ret = async move {
                 let __cache_out: #ret = #block;
                 #[allow(unreachable_code)]
@@ -239,7 +241,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
             }
             .await;
             if #succeeded {
-                #rt::__private::invalidate_after_success(&__cache_keys, &__cache_groups).await;
+                __cache_targets.after_success().await;
             }
             __cache_out
         }
@@ -260,8 +262,7 @@ fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checke
     } = function;
     let ident = &sig.ident;
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
-    let keys = render_all(&args.keys);
-    let groups = render_all(&args.groups);
+    let targets = render_targets(&args.keys, &args.groups);
     quote! {
         #(#attrs)*
         #vis async fn #ident #impl_generics (#outer_inputs) -> #rt::http::Response #where_clause {
@@ -271,7 +272,7 @@ fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checke
                 ::std::vec::Vec<::std::string::String>,
             ) = {
                 #bindings
-                (#keys, #groups)
+                #targets.into_lists()
             };
             let __cache_response =
                 #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await);
@@ -374,10 +375,35 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
     }
 }
 
-fn render_all(templates: &[Template]) -> TokenStream {
+/// The call's group names; a group that cannot be built makes `__cache_key` unkeyable (the call
+/// runs uncached).
+fn render_groups(templates: &[Template]) -> TokenStream {
     let rt = runtime();
-    let rendered = templates.iter().map(|t| t.render(&rt));
-    quote!(::std::vec![#(#rendered.into_string()),*])
+    let count = templates.len();
+    let pushes = templates.iter().map(|t| {
+        let rendered = t.render(&rt);
+        quote!(#rt::__private::push_group(&mut __cache_key, &mut __cache_names, #rendered);)
+    });
+    quote!({
+        let mut __cache_names = ::std::vec::Vec::with_capacity(#count);
+        #(#pushes)*
+        __cache_names
+    })
+}
+
+/// The targets of `#[cache_invalidate]`, with each template's text for the error log of a target
+/// that cannot be built.
+fn render_targets(keys: &[Template], groups: &[Template]) -> TokenStream {
+    let rt = runtime();
+    let keys = keys.iter().map(|t| {
+        let (rendered, text) = (t.render(&rt), t.literal.value());
+        quote!(.key(#rendered, #text))
+    });
+    let groups = groups.iter().map(|t| {
+        let (rendered, text) = (t.render(&rt), t.literal.value());
+        quote!(.group(#rendered, #text))
+    });
+    quote!(#rt::__private::Targets::new() #(#keys)* #(#groups)*)
 }
 
 /// `<fn>_key` and `<fn>_invalidate`, taking `inputs` and running `bindings` before the key.
@@ -396,6 +422,10 @@ fn helper_fns(
     let key_fn = format_ident!("{}_key", ident);
     let invalidate_fn = format_ident!("{}_invalidate", ident);
     let (key_fn_key, invalidate_fn_key) = (key_expr(&key_fn), key_expr(&invalidate_fn));
+    let target = match &args.key {
+        Some(template) => format!("key `{}` of `{ident}`", template.literal.value()),
+        None => format!("the default key of `{ident}`"),
+    };
     let key_doc = format!("The cache key of one call of [`{ident}`] with these arguments.");
     let invalidate_doc = format!(
         "Removes the cached result of one call of [`{ident}`] with these arguments from its backend."
@@ -414,11 +444,14 @@ fn helper_fns(
         #vis async fn #invalidate_fn #impl_generics (#inputs)
             -> ::core::result::Result<(), #rt::CacheError> #where_clause
         {
-            let __cache_key: ::std::string::String = {
+            let __cache_key: #rt::__private::KeyBuf = {
                 #bindings
-                #invalidate_fn_key.into_string()
+                #invalidate_fn_key
             };
-            #rt::__private::invalidate_entry(#backend, __cache_key).await
+            if !__cache_key.is_keyable() {
+                return ::core::result::Result::Err(#rt::__private::unkeyable(#target));
+            }
+            #rt::__private::invalidate_entry(#backend, __cache_key.into_string()).await
         }
     }
 }

@@ -126,7 +126,7 @@ impl KeyBuf {
         }
     }
 
-    fn mark_unkeyable(&mut self) {
+    pub(crate) fn mark_unkeyable(&mut self) {
         self.unkeyable = true;
     }
 }
