@@ -6,7 +6,7 @@ use syn::{ItemFn, ReturnType};
 
 use crate::{
     args::{CacheArgs, InvalidateArgs},
-    signature::{self, is_state, Checked, Needs, Shape},
+    signature::{self, is_state, Checked, Needs},
     template::Template,
 };
 
@@ -53,7 +53,7 @@ pub(crate) fn cache_invalidate(attr: TokenStream, item: TokenStream) -> syn::Res
     Ok(if args.http {
         invalidate_handler(&args, &function, &checked)
     } else {
-        invalidate_fn(&args, &function, &checked)
+        invalidate_fn(&args, &function)
     })
 }
 
@@ -86,36 +86,9 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         };
         #spawn_probe
     };
-    // What a fresh in-process hit returns, by shape (the cached value is what `memoize` caches).
-    let hit_value = match (checked.shape, args.cache_none, args.cache_err) {
-        (Shape::Result, _, false) => quote!(::core::result::Result::Ok(__cache_hit)),
-        (Shape::Option, false, _) => quote!(::core::option::Option::Some(__cache_hit)),
-        _ => quote!(__cache_hit),
-    };
-    let cached_call = match (checked.shape, args.cache_none, args.cache_err) {
-        (Shape::Result, _, false) => quote! {
-            #errors
-            #call.await
-        },
-        (Shape::Option, false, _) => quote! {
-            let __cache_body = async move { __cache_body.await.ok_or(#rt::__private::NotCached) };
-            #errors
-            match #call.await {
-                ::core::result::Result::Ok(value) => ::core::option::Option::Some(value),
-                ::core::result::Result::Err(_) => ::core::option::Option::None,
-            }
-        },
-        _ => quote! {
-            let __cache_body = async move {
-                ::core::result::Result::Ok::<_, #rt::__private::Never>(__cache_body.await)
-            };
-            #errors
-            match #call.await {
-                ::core::result::Result::Ok(value) => value,
-                ::core::result::Result::Err(never) => match never {},
-            }
-        },
-    };
+    // The return type's shape (Result: only `Ok` cached; Option: `None` not cached when told;
+    // anything else: the value), chosen by the type, not its spelling.
+    let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
     let inputs = &checked.helper_inputs;
     let helpers = helper_fns(
         args,
@@ -128,20 +101,22 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         #(#attrs)*
         #vis #sig {
             #site
+            let __cache_shape = #shape;
             #[allow(unused_mut)]
             let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
             if let ::core::option::Option::Some(__cache_hit) =
                 #rt::__private::fresh_hit(&__CACHE_SITE, &__cache_key)
             {
-                return #hit_value;
+                return __cache_shape.hit(__cache_hit);
             }
             let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
             let __cache_body = async move {
                 let __cache_out: #ret = #block;
                 #[allow(unreachable_code)]
-                __cache_out
+                __cache_shape.split(__cache_out)
             };
-            #cached_call
+            #errors
+            __cache_shape.join(#call.await)
         }
         #helpers
     }
@@ -213,7 +188,7 @@ fn cached_handler(
 }
 
 /// `#[cache_invalidate]` on a plain async fn or method.
-fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
+fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn) -> TokenStream {
     let rt = runtime();
     let ItemFn {
         attrs,
@@ -226,10 +201,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
         ReturnType::Type(_, ty) => quote!(#ty),
     };
     let targets = render_targets(&args.keys, &args.groups);
-    let succeeded = match checked.shape {
-        Shape::Result => quote!(__cache_out.is_ok()),
-        _ => quote!(true),
-    };
+    let shape = shape_probe(&ret, true, false);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -240,7 +212,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
                 __cache_out
             }
             .await;
-            if #succeeded {
+            if #shape.succeeded(&__cache_out) {
                 __cache_targets.after_success().await;
             }
             __cache_out
@@ -323,6 +295,18 @@ impl HandlerParts {
             inner_fn,
         }
     }
+}
+
+/// The shape of the return type `ret`, picked by autoref specialization over the type (see
+/// `cache_runtime::shape`): `result`: a `Result` caches only `Ok`; `option`: an `Option` caches only
+/// `Some`.
+fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenStream {
+    let rt = runtime();
+    quote!({
+        #[allow(unused_imports)]
+        use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
+        (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape()
+    })
 }
 
 /// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when

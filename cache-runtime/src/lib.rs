@@ -33,6 +33,7 @@ pub mod http;
 pub mod key;
 mod memo;
 mod registry;
+mod shape;
 mod stats;
 
 pub use async_trait::async_trait;
@@ -59,6 +60,10 @@ pub mod __private {
         ViaNoClone, ViaSpawn,
     };
     pub use crate::registry::invalidate_after_success;
+    pub use crate::shape::{
+        OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,
+        ShapeViaResult,
+    };
     pub use crate::stats::Site;
 
     /// Appends a template's literal text.
