@@ -76,7 +76,7 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
     let call = quote! {
         #rt::__private::memoize(&__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors)
     };
-    let spawn_probe = spawn_probe(checked);
+    let spawn_probe = spawn_probe(checked, args.spawn);
     let errors = quote! {
         let __cache_errors = {
             use #rt::__private::{ViaClone as _, ViaNoClone as _};
@@ -153,7 +153,7 @@ fn cached_handler(
         bindings.clone(),
         |generated| self::key_expr(args, checked, &function_name, true, generated),
     );
-    let spawn_probe = spawn_probe(checked);
+    let spawn_probe = spawn_probe(checked, args.spawn);
     quote! {
             #(#attrs)*
             #vis async fn #ident #impl_generics (
@@ -311,10 +311,11 @@ fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenS
 
 /// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when
 /// the future is `Send + 'static` (autoref specialization on `Send`; the probe is dropped before any
-/// await). Bodies that borrow run in place: specialization cannot see lifetimes.
-fn spawn_probe(checked: &Checked) -> TokenStream {
+/// await). Bodies that borrow run in place: specialization cannot see lifetimes; so do all bodies
+/// with `spawn = false` (`spawn` false).
+fn spawn_probe(checked: &Checked, spawn: bool) -> TokenStream {
     let rt = runtime();
-    if !checked.may_be_static {
+    if !spawn || !checked.may_be_static {
         return quote! {
             let __cache_run = #rt::__private::Body::Local(__cache_body);
         };
