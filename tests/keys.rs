@@ -32,9 +32,7 @@ impl Rng {
             "%25", "%2F", "null", "", " ", "é", "{", "}", "5",
         ];
         let len = self.below(5);
-        (0..len)
-            .map(|_| PIECES[self.below(PIECES.len())])
-            .collect()
+        (0..len).map(|_| PIECES[self.below(PIECES.len())]).collect()
     }
 
     fn maybe_text(&mut self) -> Option<String> {
@@ -208,8 +206,14 @@ fn number_templates_are_injective() {
 
 #[test]
 fn known_collisions_are_gone() {
-    assert_ne!(slash_key("a/b".into(), "c".into()), slash_key("a".into(), "b/c".into()));
-    assert_ne!(adjacent_key("ab".into(), "".into()), adjacent_key("a".into(), "b".into()));
+    assert_ne!(
+        slash_key("a/b".into(), "c".into()),
+        slash_key("a".into(), "b/c".into())
+    );
+    assert_ne!(
+        adjacent_key("ab".into(), "".into()),
+        adjacent_key("a".into(), "b".into())
+    );
     assert_ne!(alone_key(None), alone_key(Some("null".into())));
     assert_eq!(alone_key(None), "%N");
     assert_eq!(alone_key(Some("null".into())), "null");
@@ -274,14 +278,21 @@ async fn associated_fns_of_two_impls_have_their_own_keys() {
     let (users, admins) = (accounts::Users::all_key(), accounts::Admins::all_key());
     assert_ne!(users, admins);
     assert!(users.starts_with("keys::accounts::Users::all:"), "{users}");
-    assert!(admins.starts_with("keys::accounts::Admins::all:"), "{admins}");
+    assert!(
+        admins.starts_with("keys::accounts::Admins::all:"),
+        "{admins}"
+    );
 
     // The companions address the entries the fns really use.
     let before = runs();
     accounts::Users::all_invalidate().await.unwrap();
     assert_eq!(accounts::Admins::all().await, vec![2]);
     assert_eq!(accounts::Users::all().await, vec![1]);
-    assert_eq!(runs(), before + 1, "Users::all_invalidate removed the entry");
+    assert_eq!(
+        runs(),
+        before + 1,
+        "Users::all_invalidate removed the entry"
+    );
     cache_runtime::invalidate_key(&users).await.unwrap();
     assert_eq!(accounts::Users::all().await, vec![1]);
     assert_eq!(runs(), before + 2, "Users::all_key is the entry's key");

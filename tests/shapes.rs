@@ -135,7 +135,11 @@ async fn cache_invalidate_sees_a_result_alias_as_a_result() {
     guarded().await;
     assert!(failing_mutation(true).await.is_err());
     guarded().await;
-    assert_eq!(GUARDED_RUNS.load(Ordering::SeqCst), 1, "an Err invalidates nothing");
+    assert_eq!(
+        GUARDED_RUNS.load(Ordering::SeqCst),
+        1,
+        "an Err invalidates nothing"
+    );
     failing_mutation(false).await.unwrap();
     guarded().await;
     assert_eq!(GUARDED_RUNS.load(Ordering::SeqCst), 2);

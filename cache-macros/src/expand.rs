@@ -305,7 +305,9 @@ fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenS
     quote!({
         #[allow(unused_imports)]
         use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
-        (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape()
+        #[allow(clippy::needless_borrow)]
+        let __cache_shape = (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape();
+        __cache_shape
     })
 }
 

@@ -52,7 +52,9 @@ pub enum CacheError {
     UnknownBackend(String),
     /// The key to invalidate could not be built: a value in it (an argument, or a field named by
     /// the template) failed to serialize, so there is no key to remove.
-    #[error("cannot invalidate {target}: a value in it failed to serialize, so the key cannot be built")]
+    #[error(
+        "cannot invalidate {target}: a value in it failed to serialize, so the key cannot be built"
+    )]
     Unkeyable {
         /// What could not be built, e.g. ``key `user:{id}` of `load_user` ``.
         target: String,

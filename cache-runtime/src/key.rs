@@ -738,16 +738,28 @@ mod tests {
         ] {
             for n in [0i64, -5, 15, i64::MIN] {
                 let plain = before(&|k: &mut KeyBuf, f| n.push_plain_before(k, f), follow);
-                assert_eq!(plain, before(&|k: &mut KeyBuf, f| push_value_before(k, &n, f), follow));
+                assert_eq!(
+                    plain,
+                    before(&|k: &mut KeyBuf, f| push_value_before(k, &n, f), follow)
+                );
             }
             for t in ["", "a-1", "é:e", "true"] {
                 let plain = before(&|k: &mut KeyBuf, f| t.push_plain_before(k, f), follow);
                 assert_eq!(plain, before(&text(t), follow));
             }
             let plain = before(&|k: &mut KeyBuf, f| true.push_plain_before(k, f), follow);
-            assert_eq!(plain, before(&|k: &mut KeyBuf, f| push_value_before(k, &true, f), follow));
+            assert_eq!(
+                plain,
+                before(&|k: &mut KeyBuf, f| push_value_before(k, &true, f), follow)
+            );
         }
-        assert_eq!(before(&|k: &mut KeyBuf, f| (-5i64).push_plain_before(k, f), Follow::Char('-')), "%2D5");
+        assert_eq!(
+            before(
+                &|k: &mut KeyBuf, f| (-5i64).push_plain_before(k, f),
+                Follow::Char('-')
+            ),
+            "%2D5"
+        );
         assert_eq!(Follow::before(Some("")), Follow::End);
         assert_eq!(Follow::before(None), Follow::Terminator);
         assert_eq!(Follow::before(Some("%x")), Follow::Terminator);

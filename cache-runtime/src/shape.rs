@@ -15,7 +15,7 @@
 
 use std::marker::PhantomData;
 
-use crate::{Never, __private::NotCached};
+use crate::{__private::NotCached, Never};
 
 /// Selects a shape for the return type `R` (see the [module docs](self)). `RESULT`: a `Result`
 /// caches only `Ok`; `OPTION`: an `Option` caches only `Some`.
@@ -199,6 +199,7 @@ mod tests {
     use super::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
 
     #[test]
+    #[allow(clippy::needless_borrow)] // autoref specialization needs the borrows
     fn the_type_picks_the_shape_and_flags_force_plain() {
         let result = (&&&ShapeProbe::<Alias<u8>, true, true>::new()).shape();
         assert_eq!(result.split(Err("e".into())), Err("e".to_string()));
