@@ -22,12 +22,14 @@ pub(crate) struct CacheArgs {
     pub(crate) stale_ms: u64,
     pub(crate) stale_if_error_ms: u64,
     pub(crate) lock_ms: u64,
+    /// `spawn = false`: the body always runs in the caller's task.
+    pub(crate) spawn: bool,
 }
 
 /// Lock TTL when `lock` is given without a duration.
 const DEFAULT_LOCK_MS: u64 = 5_000;
 
-const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, http, visibility";
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, http, visibility";
 
 impl CacheArgs {
     pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
@@ -44,6 +46,7 @@ impl CacheArgs {
         let mut stale_ms = None;
         let mut stale_if_error_ms = None;
         let mut lock_ms = None;
+        let mut spawn = None;
         for meta in metas {
             let ident = meta
                 .path()
@@ -103,6 +106,7 @@ impl CacheArgs {
                 }
                 "cache_none" => set_once(&mut cache_none, &ident, flag(&meta)?)?,
                 "cache_err" => set_once(&mut cache_err, &ident, flag(&meta)?)?,
+                "spawn" => set_once(&mut spawn, &ident, flag(&meta)?)?,
                 "http" => set_once(&mut http, &ident, flag(&meta)?)?,
                 "visibility" => {
                     let lit = string_value(value_of(&meta)?, "visibility")?;
@@ -145,6 +149,7 @@ impl CacheArgs {
             stale_ms: stale_ms.unwrap_or(0),
             stale_if_error_ms: stale_if_error_ms.unwrap_or(0),
             lock_ms: lock_ms.unwrap_or(0),
+            spawn: spawn.unwrap_or(true),
             ttl_ms,
             backend: backend.unwrap_or_else(|| LitStr::new("memory", Span::call_site())),
             key,

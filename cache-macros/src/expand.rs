@@ -6,7 +6,7 @@ use syn::{ItemFn, ReturnType};
 
 use crate::{
     args::{CacheArgs, InvalidateArgs},
-    signature::{self, is_state, Checked, Needs, Shape},
+    signature::{self, is_state, Checked, Needs},
     template::Template,
 };
 
@@ -53,7 +53,7 @@ pub(crate) fn cache_invalidate(attr: TokenStream, item: TokenStream) -> syn::Res
     Ok(if args.http {
         invalidate_handler(&args, &function, &checked)
     } else {
-        invalidate_fn(&args, &function, &checked)
+        invalidate_fn(&args, &function)
     })
 }
 
@@ -68,15 +68,15 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
     } = function;
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
-    let key_expr = key_expr(args, checked, &function_name, false);
-    let groups = render_all(&args.groups);
+    let key_expr = key_expr(args, checked, &function_name, false, &sig.ident);
+    let groups = render_groups(&args.groups);
     let ReturnType::Type(_, ret) = &sig.output else {
         unreachable!("signature::check rejects fns without a return type")
     };
     let call = quote! {
         #rt::__private::memoize(&__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors)
     };
-    let spawn_probe = spawn_probe(checked);
+    let spawn_probe = spawn_probe(checked, args.spawn);
     let errors = quote! {
         let __cache_errors = {
             use #rt::__private::{ViaClone as _, ViaNoClone as _};
@@ -86,61 +86,37 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
         };
         #spawn_probe
     };
-    // What a fresh in-process hit returns, by shape (the cached value is what `memoize` caches).
-    let hit_value = match (checked.shape, args.cache_none, args.cache_err) {
-        (Shape::Result, _, false) => quote!(::core::result::Result::Ok(__cache_hit)),
-        (Shape::Option, false, _) => quote!(::core::option::Option::Some(__cache_hit)),
-        _ => quote!(__cache_hit),
-    };
-    let cached_call = match (checked.shape, args.cache_none, args.cache_err) {
-        (Shape::Result, _, false) => quote! {
-            #errors
-            #call.await
-        },
-        (Shape::Option, false, _) => quote! {
-            let __cache_body = async move { __cache_body.await.ok_or(#rt::__private::NotCached) };
-            #errors
-            match #call.await {
-                ::core::result::Result::Ok(value) => ::core::option::Option::Some(value),
-                ::core::result::Result::Err(_) => ::core::option::Option::None,
-            }
-        },
-        _ => quote! {
-            let __cache_body = async move {
-                ::core::result::Result::Ok::<_, #rt::__private::Never>(__cache_body.await)
-            };
-            #errors
-            match #call.await {
-                ::core::result::Result::Ok(value) => value,
-                ::core::result::Result::Err(never) => match never {},
-            }
-        },
-    };
+    // The return type's shape (Result: only `Ok` cached; Option: `None` not cached when told;
+    // anything else: the value), chosen by the type, not its spelling.
+    let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
     let inputs = &checked.helper_inputs;
     let helpers = helper_fns(
         args,
         function,
         quote!(#(#inputs),*),
         TokenStream::new(),
-        &key_expr,
+        |generated| self::key_expr(args, checked, &function_name, false, generated),
     );
     quote! {
         #(#attrs)*
         #vis #sig {
             #site
-            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            let __cache_shape = #shape;
+            #[allow(unused_mut)]
+            let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
             if let ::core::option::Option::Some(__cache_hit) =
                 #rt::__private::fresh_hit(&__CACHE_SITE, &__cache_key)
             {
-                return #hit_value;
+                return __cache_shape.hit(__cache_hit);
             }
             let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
             let __cache_body = async move {
                 let __cache_out: #ret = #block;
                 #[allow(unreachable_code)]
-                __cache_out
+                __cache_shape.split(__cache_out)
             };
-            #cached_call
+            #errors
+            __cache_shape.join(#call.await)
         }
         #helpers
     }
@@ -168,16 +144,16 @@ fn cached_handler(
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
-    let key_expr = key_expr(args, checked, &function_name, true);
-    let groups = render_all(&args.groups);
+    let key_expr = key_expr(args, checked, &function_name, true, ident);
+    let groups = render_groups(&args.groups);
     let helpers = helper_fns(
         args,
         function,
         outer_inputs.clone(),
         bindings.clone(),
-        &key_expr,
+        |generated| self::key_expr(args, checked, &function_name, true, generated),
     );
-    let spawn_probe = spawn_probe(checked);
+    let spawn_probe = spawn_probe(checked, args.spawn);
     quote! {
             #(#attrs)*
             #vis async fn #ident #impl_generics (
@@ -191,7 +167,10 @@ fn cached_handler(
                     ::std::vec::Vec<::std::string::String>,
                 ) = {
                     #bindings
-                    (#key_expr, #groups)
+                    #[allow(unused_mut)]
+                    let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
+                    let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+                    (__cache_key, __cache_groups)
                 };
     let __cache_body = #rt::http::outcome(
                     &__CACHE_SITE,
@@ -209,7 +188,7 @@ fn cached_handler(
 }
 
 /// `#[cache_invalidate]` on a plain async fn or method.
-fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
+fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn) -> TokenStream {
     let rt = runtime();
     let ItemFn {
         attrs,
@@ -221,25 +200,20 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => quote!(#ty),
     };
-    let keys = render_all(&args.keys);
-    let groups = render_all(&args.groups);
-    let succeeded = match checked.shape {
-        Shape::Result => quote!(__cache_out.is_ok()),
-        _ => quote!(true),
-    };
+    let targets = render_targets(&args.keys, &args.groups);
+    let shape = shape_probe(&ret, true, false);
     quote! {
         #(#attrs)*
         #vis #sig {
-            let __cache_keys: ::std::vec::Vec<::std::string::String> = #keys;
-            let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            let __cache_targets: #rt::__private::Targets = #targets;
             let __cache_out: #ret = async move {
                 let __cache_out: #ret = #block;
                 #[allow(unreachable_code)]
                 __cache_out
             }
             .await;
-            if #succeeded {
-                #rt::__private::invalidate_after_success(&__cache_keys, &__cache_groups).await;
+            if #shape.succeeded(&__cache_out) {
+                __cache_targets.after_success().await;
             }
             __cache_out
         }
@@ -260,8 +234,7 @@ fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checke
     } = function;
     let ident = &sig.ident;
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
-    let keys = render_all(&args.keys);
-    let groups = render_all(&args.groups);
+    let targets = render_targets(&args.keys, &args.groups);
     quote! {
         #(#attrs)*
         #vis async fn #ident #impl_generics (#outer_inputs) -> #rt::http::Response #where_clause {
@@ -271,7 +244,7 @@ fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checke
                 ::std::vec::Vec<::std::string::String>,
             ) = {
                 #bindings
-                (#keys, #groups)
+                #targets.into_lists()
             };
             let __cache_response =
                 #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await);
@@ -324,12 +297,27 @@ impl HandlerParts {
     }
 }
 
+/// The shape of the return type `ret`, picked by autoref specialization over the type (see
+/// `cache_runtime::shape`): `result`: a `Result` caches only `Ok`; `option`: an `Option` caches only
+/// `Some`.
+fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenStream {
+    let rt = runtime();
+    quote!({
+        #[allow(unused_imports)]
+        use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
+        #[allow(clippy::needless_borrow)]
+        let __cache_shape = (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape();
+        __cache_shape
+    })
+}
+
 /// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when
 /// the future is `Send + 'static` (autoref specialization on `Send`; the probe is dropped before any
-/// await). Bodies that borrow run in place: specialization cannot see lifetimes.
-fn spawn_probe(checked: &Checked) -> TokenStream {
+/// await). Bodies that borrow run in place: specialization cannot see lifetimes; so do all bodies
+/// with `spawn = false` (`spawn` false).
+fn spawn_probe(checked: &Checked, spawn: bool) -> TokenStream {
     let rt = runtime();
-    if !checked.may_be_static {
+    if !spawn || !checked.may_be_static {
         return quote! {
             let __cache_run = #rt::__private::Body::Local(__cache_body);
         };
@@ -374,10 +362,35 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
     }
 }
 
-fn render_all(templates: &[Template]) -> TokenStream {
+/// The call's group names; a group that cannot be built makes `__cache_key` unkeyable (the call
+/// runs uncached).
+fn render_groups(templates: &[Template]) -> TokenStream {
     let rt = runtime();
-    let rendered = templates.iter().map(|t| t.render(&rt));
-    quote!(::std::vec![#(#rendered.into_string()),*])
+    let count = templates.len();
+    let pushes = templates.iter().map(|t| {
+        let rendered = t.render(&rt);
+        quote!(#rt::__private::push_group(&mut __cache_key, &mut __cache_names, #rendered);)
+    });
+    quote!({
+        let mut __cache_names = ::std::vec::Vec::with_capacity(#count);
+        #(#pushes)*
+        __cache_names
+    })
+}
+
+/// The targets of `#[cache_invalidate]`, with each template's text for the error log of a target
+/// that cannot be built.
+fn render_targets(keys: &[Template], groups: &[Template]) -> TokenStream {
+    let rt = runtime();
+    let keys = keys.iter().map(|t| {
+        let (rendered, text) = (t.render(&rt), t.literal.value());
+        quote!(.key(#rendered, #text))
+    });
+    let groups = groups.iter().map(|t| {
+        let (rendered, text) = (t.render(&rt), t.literal.value());
+        quote!(.group(#rendered, #text))
+    });
+    quote!(#rt::__private::Targets::new() #(#keys)* #(#groups)*)
 }
 
 /// `<fn>_key` and `<fn>_invalidate`, taking `inputs` and running `bindings` before the key.
@@ -386,7 +399,7 @@ fn helper_fns(
     function: &ItemFn,
     inputs: TokenStream,
     bindings: TokenStream,
-    key_expr: &TokenStream,
+    key_expr: impl Fn(&syn::Ident) -> TokenStream,
 ) -> TokenStream {
     let rt = runtime();
     let ItemFn { vis, sig, .. } = function;
@@ -395,6 +408,11 @@ fn helper_fns(
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
     let key_fn = format_ident!("{}_key", ident);
     let invalidate_fn = format_ident!("{}_invalidate", ident);
+    let (key_fn_key, invalidate_fn_key) = (key_expr(&key_fn), key_expr(&invalidate_fn));
+    let target = match &args.key {
+        Some(template) => format!("key `{}` of `{ident}`", template.literal.value()),
+        None => format!("the default key of `{ident}`"),
+    };
     let key_doc = format!("The cache key of one call of [`{ident}`] with these arguments.");
     let invalidate_doc = format!(
         "Removes the cached result of one call of [`{ident}`] with these arguments from its backend."
@@ -404,7 +422,7 @@ fn helper_fns(
         #[allow(unused_variables, clippy::needless_pass_by_value)]
         #vis fn #key_fn #impl_generics (#inputs) -> ::std::string::String #where_clause {
             #bindings
-            let __cache_key: #rt::__private::KeyBuf = #key_expr;
+            let __cache_key: #rt::__private::KeyBuf = #key_fn_key;
             #rt::key::normalize_key(__cache_key.into_string())
         }
 
@@ -413,33 +431,64 @@ fn helper_fns(
         #vis async fn #invalidate_fn #impl_generics (#inputs)
             -> ::core::result::Result<(), #rt::CacheError> #where_clause
         {
-            let __cache_key: ::std::string::String = {
+            let __cache_key: #rt::__private::KeyBuf = {
                 #bindings
-                #key_expr.into_string()
+                #invalidate_fn_key
             };
-            #rt::__private::invalidate_entry(#backend, __cache_key).await
+            if !__cache_key.is_keyable() {
+                return ::core::result::Result::Err(#rt::__private::unkeyable(#target));
+            }
+            #rt::__private::invalidate_entry(#backend, __cache_key.into_string()).await
         }
     }
 }
 
 /// The expression computing a call's key: the `key` template, or the default key. In handlers the
 /// bound names are references and request metadata (`HeaderMap`, `Uri`, `Method`) may enter the key.
+/// `generated` is the fn the expression is placed in (the fn itself or a companion): default keys of
+/// fns without `self` take their parent path (module, or type for associated fns) from the type name
+/// of a marker fn nested in it, computed once.
 fn key_expr(
     args: &CacheArgs,
     checked: &Checked,
     function_name: &str,
     handler: bool,
+    generated: &syn::Ident,
 ) -> TokenStream {
     let rt = runtime();
     if let Some(template) = &args.key {
         return template.render(&rt);
     }
-    let finish = if checked.has_receiver && args.name.is_none() {
-        quote!(finish(::std::any::type_name::<Self>(), #function_name))
+    let (prefix, finish) = if checked.has_receiver && args.name.is_none() {
+        (
+            TokenStream::new(),
+            quote!(finish(::std::any::type_name::<Self>(), #function_name)),
+        )
+    } else if args.name.is_some() {
+        // A `name` pins the key to the module path and that name.
+        (
+            TokenStream::new(),
+            quote!(finish_prefixed(
+                ::core::concat!(::core::module_path!(), "::", #function_name, ":")
+            )),
+        )
     } else {
-        quote!(finish_prefixed(
-            ::core::concat!(::core::module_path!(), "::", #function_name, ":")
-        ))
+        let generated = generated.to_string();
+        (
+            quote! {
+                fn __cache_marker() {}
+                static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
+                    ::std::sync::OnceLock::new();
+                let __cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| {
+                    #rt::__private::marker_prefix(
+                        ::std::any::type_name_of_val(&__cache_marker),
+                        #generated,
+                        #function_name,
+                    )
+                });
+            },
+            quote!(finish_prefixed(__cache_prefix)),
+        )
     };
     let named = checked
         .key_args
@@ -453,12 +502,16 @@ fn key_expr(
         quote_spanned! {span=> {
             #[allow(unused_imports)]
             use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
+            #prefix
             let __cache_k = #rt::__private::DefaultKey::new();
             #(#steps)*
             __cache_k.#finish
         }}
     } else {
         let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));
-        quote!(#rt::__private::DefaultKey::new() #(#parts)* .#finish)
+        quote!({
+            #prefix
+            #rt::__private::DefaultKey::new() #(#parts)* .#finish
+        })
     }
 }

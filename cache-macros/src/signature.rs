@@ -5,17 +5,6 @@ use syn::{
     Signature, Type,
 };
 
-/// How the return type decides what is cached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// Any value: cached as it is.
-    Plain,
-    /// `Option<T>`.
-    Option,
-    /// `Result<T, E>` (or an alias named `Result`).
-    Result,
-}
-
 /// One argument that can enter the key: its bound names and the span to report problems on.
 pub(crate) struct KeyArg {
     pub(crate) names: Vec<syn::Ident>,
@@ -25,7 +14,6 @@ pub(crate) struct KeyArg {
 /// The checked signature.
 pub(crate) struct Checked {
     pub(crate) has_receiver: bool,
-    pub(crate) shape: Shape,
     pub(crate) key_args: Vec<KeyArg>,
     /// Inputs without the receiver and without `mut`, for the generated helper fns.
     pub(crate) helper_inputs: Vec<PatType>,
@@ -73,21 +61,22 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
             }
         }
     }
-    let shape = match &sig.output {
+    // What is cached of the return value (its shape) is decided by its type, in the generated
+    // code (`cache_runtime::shape`): aliases of `Result` and `Option` count as those types.
+    match &sig.output {
         ReturnType::Default if needs.value => {
             return Err(syn::Error::new(
                 sig.ident.span(),
                 "a #[cached] fn must return the value to cache",
             ))
         }
-        ReturnType::Default => Shape::Plain,
+        ReturnType::Default => {}
         ReturnType::Type(_, ty) => {
             if !needs.handler {
                 reject_impl_trait(ty, "return type")?;
             }
-            shape_of(ty)
         }
-    };
+    }
     let mut has_receiver = false;
     let mut key_args = Vec::new();
     let mut helper_inputs = Vec::new();
@@ -123,28 +112,10 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
         && helper_inputs.iter().all(|input| !borrows(&input.ty));
     Ok(Checked {
         has_receiver,
-        shape,
         key_args,
         helper_inputs,
         may_be_static,
     })
-}
-
-fn shape_of(ty: &Type) -> Shape {
-    let Type::Path(path) = ty else {
-        return Shape::Plain;
-    };
-    match path
-        .path
-        .segments
-        .last()
-        .map(|s| s.ident.to_string())
-        .as_deref()
-    {
-        Some("Result") => Shape::Result,
-        Some("Option") => Shape::Option,
-        _ => Shape::Plain,
-    }
 }
 
 /// `State<..>` (axum's application state) never enters a key. Only the generic form counts, so a

@@ -47,10 +47,11 @@ impl Template {
         Ok(())
     }
 
-    /// An expression building the rendered `String`.
+    /// An expression building the rendered key (a `KeyBuf`). Each value is escaped for what
+    /// follows it (`cache_runtime::key::Follow`), which keeps rendering injective.
     pub(crate) fn render(&self, runtime: &TokenStream) -> TokenStream {
         let span = self.literal.span();
-        let pushes = self.parts.iter().map(|part| match part {
+        let pushes = self.parts.iter().enumerate().map(|(at, part)| match part {
             Part::Text(text) => {
                 quote_spanned!(span=> #runtime::__private::push_text(&mut __cache_text, #text);)
             }
@@ -66,8 +67,10 @@ impl Template {
                         quote_spanned!(span=> .#field)
                     }
                 });
+                let follow = follow(self.parts.get(at + 1), runtime, span);
                 quote_spanned!(span=>
-                    (&#runtime::__private::KeyValueProbe(&(#root #(#fields)*))).push_to(&mut __cache_text);
+                    (&#runtime::__private::KeyValueProbe(&(#root #(#fields)*)))
+                        .push_to(&mut __cache_text, #follow);
                 )
             }
         });
@@ -78,6 +81,19 @@ impl Template {
             #(#pushes)*
             __cache_text
         })
+    }
+}
+
+/// What follows a value: the end of the template, a literal character the value must escape, or
+/// (another placeholder, a literal `%`) the terminator token.
+fn follow(next: Option<&Part>, runtime: &TokenStream, span: proc_macro2::Span) -> TokenStream {
+    match next.map(|part| match part {
+        Part::Text(text) => text.chars().next(),
+        Part::Value(..) => Some('%'),
+    }) {
+        None | Some(None) => quote_spanned!(span=> #runtime::__private::Follow::End),
+        Some(Some('%')) => quote_spanned!(span=> #runtime::__private::Follow::Terminator),
+        Some(Some(c)) => quote_spanned!(span=> #runtime::__private::Follow::Char(#c)),
     }
 }
 

@@ -50,4 +50,13 @@ pub enum CacheError {
     /// No backend is registered under that name and it is not a built-in one.
     #[error("no cache backend named `{0}` is registered")]
     UnknownBackend(String),
+    /// The key to invalidate could not be built: a value in it (an argument, or a field named by
+    /// the template) failed to serialize, so there is no key to remove.
+    #[error(
+        "cannot invalidate {target}: a value in it failed to serialize, so the key cannot be built"
+    )]
+    Unkeyable {
+        /// What could not be built, e.g. ``key `user:{id}` of `load_user` ``.
+        target: String,
+    },
 }

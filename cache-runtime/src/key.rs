@@ -4,6 +4,33 @@
 //! come from arguments are escaped so that no value can spell a separator or a pattern character, so a
 //! value can never address another key or group. Keys longer than [`MAX_KEY_LEN`] bytes keep a readable
 //! head and end in a hash of the whole key.
+//!
+//! # How a template value is rendered
+//!
+//! Rendering is injective for a fixed template: two different argument tuples never give the same
+//! key. The rule:
+//!
+//! - A value is its text: a string as it is, any other value as its compact JSON (`42`, `true`,
+//!   `[1,2]`). A top-level JSON `null` (`None`, `()`) is the token `%N` instead.
+//! - The text is percent-escaped: every UTF-8 byte of an escaped character becomes `%XX` (upper-case
+//!   hex). Always escaped: `%`, `:`, `*`, `?`, `[`, `]`, `{`, `}`, `\`, `"`, `'`, `#`, whitespace and
+//!   control characters.
+//! - What follows the value in the template ([`Follow`]) adds to that:
+//!   - the end of the template: nothing more;
+//!   - literal text whose first character `c` is not `%`: every `c` in the value is escaped too, so
+//!     the value ends at the first bare `c` (`c` may be a letter or a digit: `1` becomes `%31`);
+//!   - another placeholder, or literal text starting with `%`: the value is followed by the
+//!     terminator token `%~`.
+//!
+//! Reading a key back is therefore unambiguous: a `%` always starts a token (`%XX`, `%N` or `%~`),
+//! a value's own `%` is always followed by two hex digits, so `%N` and `%~` never come from a value's
+//! text, and each value ends where its context says. Keys whose values need none of this read as
+//! before: `user:{id}` with `42` is `user:42`, `repo:{owner}/{name}` with `a/b` and `c` is
+//! `repo:a%2Fb/c`, `{a}{b}` with `x` and `y` is `x%~y`.
+//!
+//! (As for every type, two values of one type that serialize to the same JSON render the same; a
+//! type whose values serialize either as a string or as a number, such as `serde_json::Value`, can
+//! render the string `"5"` and the number `5` alike.)
 
 use serde::Serialize;
 use std::hash::BuildHasher;
@@ -99,7 +126,7 @@ impl KeyBuf {
         }
     }
 
-    fn mark_unkeyable(&mut self) {
+    pub(crate) fn mark_unkeyable(&mut self) {
         self.unkeyable = true;
     }
 }
@@ -111,10 +138,42 @@ impl std::fmt::Write for KeyBuf {
     }
 }
 
-/// Appends `value`, escaped, to a key under construction.
+/// What follows a value in its template: decides what the value escapes besides the base set (see
+/// the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// The value ends the template.
+    End,
+    /// Literal text starting with this character (not `%`): the value escapes it too.
+    Char(char),
+    /// Another placeholder, or literal text starting with `%`: the value is followed by `%~`.
+    Terminator,
+}
+
+impl Follow {
+    /// The context of a value followed by `text` (empty: the end of the template; `None`: another
+    /// placeholder).
+    pub fn before(text: Option<&str>) -> Self {
+        match text.map(|t| t.chars().next()) {
+            None => Self::Terminator,
+            Some(None) => Self::End,
+            Some(Some('%')) => Self::Terminator,
+            Some(Some(c)) => Self::Char(c),
+        }
+    }
+}
+
+/// The terminator token that ends a value followed by a placeholder or by a literal `%`.
+pub const TERMINATOR: &str = "%~";
+
+/// The token a top-level JSON `null` (`None`, `()`) renders as.
+pub const NULL: &str = "%N";
+
+/// Appends `value`, escaped, to a key under construction, as the last part of its template.
 ///
-/// Strings are written as they are (escaped); numbers, booleans and other values as their compact JSON.
-/// A value that cannot be serialized marks the key unkeyable, and the call then runs uncached.
+/// Strings are written as they are (escaped); numbers, booleans and other values as their compact JSON;
+/// `None` as `%N`. A value that cannot be serialized marks the key unkeyable, and the call then runs
+/// uncached.
 ///
 /// ```
 /// let mut key = cache_runtime::key::KeyBuf::new();
@@ -123,25 +182,64 @@ impl std::fmt::Write for KeyBuf {
 /// assert_eq!(key.as_str(), "a%3Ab%20c%5B1,2%5D");
 /// ```
 pub fn push_value<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T) {
+    push_value_before(key, value, Follow::End);
+}
+
+/// Appends `value`, escaped for what follows it in the template (see the [module docs](self)).
+///
+/// ```
+/// use cache_runtime::key::{push_value_before, Follow, KeyBuf};
+/// let mut key = KeyBuf::new();
+/// push_value_before(&mut key, &"a/b", Follow::Char('/'));
+/// key.push_str("/");
+/// push_value_before(&mut key, &Option::<String>::None, Follow::Terminator);
+/// push_value_before(&mut key, &-5, Follow::End);
+/// assert_eq!(key.as_str(), "a%2Fb/%N%~-5");
+/// ```
+pub fn push_value_before<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T, follow: Follow) {
     match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(text)) => escape_into(key, &text),
-        Ok(other) => escape_into(key, &other.to_string()),
+        Ok(serde_json::Value::String(text)) => escape_before(key, &text, follow),
+        Ok(serde_json::Value::Null) => {
+            key.push_str(NULL);
+            end_value(key, follow);
+        }
+        Ok(other) => escape_before(key, &other.to_string(), follow),
         Err(_) => key.mark_unkeyable(),
     }
 }
 
+/// Escapes `text` for its context and ends the value.
+fn escape_before(key: &mut KeyBuf, text: &str, follow: Follow) {
+    match follow {
+        Follow::Char(stop) => escape_with(key, text, |ch| ch == stop || needs_escape(ch)),
+        Follow::End | Follow::Terminator => escape_with(key, text, needs_escape),
+    }
+    end_value(key, follow);
+}
+
+fn end_value(key: &mut KeyBuf, follow: Follow) {
+    if follow == Follow::Terminator {
+        key.push_str(TERMINATOR);
+    }
+}
+
 /// Template values that render without serde: integers, booleans, characters and strings, the
-/// common key parts, written exactly as [`push_value`] would write them but without allocating.
+/// common key parts, written exactly as [`push_value_before`] would write them but without allocating.
 pub trait PlainKeyValue {
-    /// Appends the value, escaped.
-    fn push_plain(&self, key: &mut KeyBuf);
+    /// Appends the value, escaped for what follows it.
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow);
+
+    /// Appends the value, escaped, as the last part of its template.
+    fn push_plain(&self, key: &mut KeyBuf) {
+        self.push_plain_before(key, Follow::End);
+    }
 }
 
 macro_rules! plain_integers {
     ($($ty:ty),*) => {$(
         impl PlainKeyValue for $ty {
-            fn push_plain(&self, key: &mut KeyBuf) {
-                key.push_str(itoa::Buffer::new().format(*self));
+            fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+                escape_before(key, itoa::Buffer::new().format(*self), follow);
             }
         }
     )*};
@@ -150,59 +248,59 @@ macro_rules! plain_integers {
 plain_integers!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);
 
 impl PlainKeyValue for bool {
-    fn push_plain(&self, key: &mut KeyBuf) {
-        key.push_str(if *self { "true" } else { "false" });
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+        escape_before(key, if *self { "true" } else { "false" }, follow);
     }
 }
 
 impl PlainKeyValue for char {
-    fn push_plain(&self, key: &mut KeyBuf) {
-        escape_into(key, self.encode_utf8(&mut [0u8; 4]));
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+        escape_before(key, self.encode_utf8(&mut [0u8; 4]), follow);
     }
 }
 
 impl PlainKeyValue for str {
-    fn push_plain(&self, key: &mut KeyBuf) {
-        escape_into(key, self);
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+        escape_before(key, self, follow);
     }
 }
 
 impl PlainKeyValue for String {
-    fn push_plain(&self, key: &mut KeyBuf) {
-        escape_into(key, self);
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+        escape_before(key, self, follow);
     }
 }
 
 impl<T: PlainKeyValue + ?Sized> PlainKeyValue for &T {
-    fn push_plain(&self, key: &mut KeyBuf) {
-        (**self).push_plain(key);
+    fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
+        (**self).push_plain_before(key, follow);
     }
 }
 
-/// Picks [`PlainKeyValue`] when the value has it, [`push_value`] otherwise (autoref
-/// specialization in the generated code: `(&KeyValueProbe(&value)).push_to(&mut key)`).
+/// Picks [`PlainKeyValue`] when the value has it, [`push_value_before`] otherwise (autoref
+/// specialization in the generated code: `(&KeyValueProbe(&value)).push_to(&mut key, follow)`).
 #[doc(hidden)]
 pub struct KeyValueProbe<'a, T: ?Sized>(pub &'a T);
 
 #[doc(hidden)]
 pub trait ViaPlain {
-    fn push_to(&self, key: &mut KeyBuf);
+    fn push_to(&self, key: &mut KeyBuf, follow: Follow);
 }
 
 impl<T: PlainKeyValue + ?Sized> ViaPlain for KeyValueProbe<'_, T> {
-    fn push_to(&self, key: &mut KeyBuf) {
-        self.0.push_plain(key);
+    fn push_to(&self, key: &mut KeyBuf, follow: Follow) {
+        self.0.push_plain_before(key, follow);
     }
 }
 
 #[doc(hidden)]
 pub trait ViaSerde {
-    fn push_to(&self, key: &mut KeyBuf);
+    fn push_to(&self, key: &mut KeyBuf, follow: Follow);
 }
 
 impl<T: Serialize + ?Sized> ViaSerde for &KeyValueProbe<'_, T> {
-    fn push_to(&self, key: &mut KeyBuf) {
-        push_value(key, self.0);
+    fn push_to(&self, key: &mut KeyBuf, follow: Follow) {
+        push_value_before(key, self.0, follow);
     }
 }
 
@@ -214,8 +312,12 @@ impl<T: Serialize + ?Sized> ViaSerde for &KeyValueProbe<'_, T> {
 /// assert_eq!(out, "50%25%2A%7Bx%7D%0A");
 /// ```
 pub fn escape_into(out: &mut impl std::fmt::Write, text: &str) {
+    escape_with(out, text, needs_escape);
+}
+
+fn escape_with(out: &mut impl std::fmt::Write, text: &str, escaped: impl Fn(char) -> bool) {
     let mut rest = text;
-    while let Some(at) = rest.find(needs_escape) {
+    while let Some(at) = rest.find(&escaped) {
         let _ = out.write_str(&rest[..at]);
         let ch = rest[at..].chars().next().unwrap_or_default();
         let mut buf = [0u8; 4];
@@ -275,6 +377,42 @@ fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
     key.push_str("::");
     key.push_str(function);
     key.push_str(":");
+}
+
+/// The head of a default key, `"{parent}::{function}:"`, from the type name of a marker fn nested in
+/// the generated fn `generated`: `type_name_of_val(&__cache_marker)` is
+/// `"{parent}::{generated}::__cache_marker"`, where `parent` is the module path for a free fn and
+/// the type (`app::Users`, `<app::Users as app::Tr>`, `app::Repo<_>`) for an associated fn. Inside an
+/// `async fn` the body adds `::{{closure}}` segments before the marker; they are dropped.
+///
+/// ```
+/// use cache_runtime::key::marker_prefix;
+/// assert_eq!(marker_prefix("app::users::free::__cache_marker", "free", "free"), "app::users::free:");
+/// assert_eq!(
+///     marker_prefix("app::Users::all_key::__cache_marker", "all_key", "all"),
+///     "app::Users::all:"
+/// );
+/// assert_eq!(
+///     marker_prefix("app::Users::all::{{closure}}::__cache_marker", "all", "all"),
+///     "app::Users::all:"
+/// );
+/// ```
+#[doc(hidden)]
+pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
+    let mut parent = marker.strip_suffix("::__cache_marker").unwrap_or(marker);
+    while let Some(outer) = parent.strip_suffix("::{{closure}}") {
+        parent = outer;
+    }
+    let parent = parent
+        .strip_suffix(generated)
+        .and_then(|rest| rest.strip_suffix("::"))
+        .unwrap_or(parent);
+    let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
+    prefix.push_str(parent);
+    prefix.push_str("::");
+    prefix.push_str(function);
+    prefix.push(':');
+    prefix
 }
 
 /// Builds a [`default_key`] one argument at a time, with the same result as passing the arguments
@@ -553,7 +691,7 @@ mod tests {
         push_value(&mut k, &42u64);
         push_value(&mut k, &true);
         push_value(&mut k, &Option::<u8>::None);
-        assert_eq!(k.as_str(), "42truenull");
+        assert_eq!(k.as_str(), "42true%N");
     }
 
     #[test]
@@ -571,6 +709,61 @@ mod tests {
         for ch in ['a', ':', 'é', '\n'] {
             assert_eq!(plain(&ch), rendered(&ch));
         }
+    }
+
+    #[test]
+    fn context_escapes_the_following_character_or_terminates() {
+        let before = |value: &dyn Fn(&mut KeyBuf, Follow), follow| {
+            let mut key = KeyBuf::new();
+            value(&mut key, follow);
+            key.into_string()
+        };
+        let text = |t: &'static str| move |k: &mut KeyBuf, f| push_value_before(k, t, f);
+        assert_eq!(before(&text("a/b"), Follow::Char('/')), "a%2Fb");
+        assert_eq!(before(&text("a/b"), Follow::End), "a/b");
+        assert_eq!(before(&text("1x1"), Follow::Char('1')), "%31x%31");
+        assert_eq!(before(&text("ab"), Follow::Terminator), "ab%~");
+        assert_eq!(before(&text(""), Follow::Terminator), "%~");
+        let none = |k: &mut KeyBuf, f| push_value_before(k, &Option::<String>::None, f);
+        assert_eq!(before(&none, Follow::End), "%N");
+        assert_eq!(before(&none, Follow::Terminator), "%N%~");
+        assert_eq!(before(&text("null"), Follow::End), "null");
+        for follow in [
+            Follow::End,
+            Follow::Terminator,
+            Follow::Char('-'),
+            Follow::Char('1'),
+            Follow::Char('e'),
+            Follow::Char('é'),
+        ] {
+            for n in [0i64, -5, 15, i64::MIN] {
+                let plain = before(&|k: &mut KeyBuf, f| n.push_plain_before(k, f), follow);
+                assert_eq!(
+                    plain,
+                    before(&|k: &mut KeyBuf, f| push_value_before(k, &n, f), follow)
+                );
+            }
+            for t in ["", "a-1", "é:e", "true"] {
+                let plain = before(&|k: &mut KeyBuf, f| t.push_plain_before(k, f), follow);
+                assert_eq!(plain, before(&text(t), follow));
+            }
+            let plain = before(&|k: &mut KeyBuf, f| true.push_plain_before(k, f), follow);
+            assert_eq!(
+                plain,
+                before(&|k: &mut KeyBuf, f| push_value_before(k, &true, f), follow)
+            );
+        }
+        assert_eq!(
+            before(
+                &|k: &mut KeyBuf, f| (-5i64).push_plain_before(k, f),
+                Follow::Char('-')
+            ),
+            "%2D5"
+        );
+        assert_eq!(Follow::before(Some("")), Follow::End);
+        assert_eq!(Follow::before(None), Follow::Terminator);
+        assert_eq!(Follow::before(Some("%x")), Follow::Terminator);
+        assert_eq!(Follow::before(Some("/x")), Follow::Char('/'));
     }
 
     #[test]

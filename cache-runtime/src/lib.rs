@@ -35,6 +35,7 @@ mod io;
 pub mod key;
 mod memo;
 mod registry;
+mod shape;
 mod stats;
 
 pub use async_trait::async_trait;
@@ -55,10 +56,16 @@ pub enum Never {}
 #[doc(hidden)]
 pub mod __private {
     pub use crate::invalidation::invalidate_after_success;
-    pub use crate::key::{push_value, DefaultKey, KeyBuf, KeyValueProbe, ViaPlain, ViaSerde};
+    pub use crate::key::{
+        marker_prefix, push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe, ViaPlain, ViaSerde,
+    };
     pub use crate::memo::{
         fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, ViaClone, ViaLocal,
         ViaNoClone, ViaSpawn,
+    };
+    pub use crate::shape::{
+        OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,
+        ShapeViaResult,
     };
     pub use crate::stats::Site;
 
@@ -68,6 +75,82 @@ pub mod __private {
     }
 
     pub use crate::Never;
+
+    /// Adds a rendered group to a call's groups. A group that cannot be built (a value failed to
+    /// serialize) makes the call's key unkeyable: the call then runs uncached, so no entry is
+    /// stored that its group's invalidation could not reach.
+    pub fn push_group(key: &mut KeyBuf, groups: &mut Vec<String>, group: KeyBuf) {
+        if group.is_keyable() {
+            groups.push(group.into_string());
+        } else {
+            key.mark_unkeyable();
+        }
+    }
+
+    /// The error of a generated `<fn>_invalidate` whose key cannot be built.
+    pub fn unkeyable(target: &str) -> crate::CacheError {
+        crate::CacheError::Unkeyable {
+            target: target.to_owned(),
+        }
+    }
+
+    /// What `#[cache_invalidate]` removes after a success: the keys and groups that could be
+    /// built, and the templates of those that could not (a value failed to serialize).
+    #[derive(Debug, Default)]
+    pub struct Targets {
+        keys: Vec<String>,
+        groups: Vec<String>,
+        unbuilt: Vec<&'static str>,
+    }
+
+    impl Targets {
+        /// No targets yet.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Adds a rendered key target.
+        pub fn key(mut self, rendered: KeyBuf, template: &'static str) -> Self {
+            match rendered.is_keyable() {
+                true => self.keys.push(rendered.into_string()),
+                false => self.unbuilt.push(template),
+            }
+            self
+        }
+
+        /// Adds a rendered group target.
+        pub fn group(mut self, rendered: KeyBuf, template: &'static str) -> Self {
+            match rendered.is_keyable() {
+                true => self.groups.push(rendered.into_string()),
+                false => self.unbuilt.push(template),
+            }
+            self
+        }
+
+        /// Logs (at error level) each target that could not be built: it cannot be invalidated.
+        fn report_unbuilt(&self) {
+            for template in &self.unbuilt {
+                tracing::error!(
+                    template,
+                    "#[cache_invalidate]: a value in this key/group template failed to serialize;                      that target cannot be built and is not invalidated"
+                );
+            }
+        }
+
+        /// Invalidates the targets after the fn succeeded; those that could not be built are
+        /// logged at error level.
+        pub async fn after_success(&self) {
+            self.report_unbuilt();
+            crate::invalidation::invalidate_after_success(&self.keys, &self.groups).await;
+        }
+
+        /// The keys and groups that could be built (for handlers); those that could not are logged
+        /// at error level now.
+        pub fn into_lists(self) -> (Vec<String>, Vec<String>) {
+            self.report_unbuilt();
+            (self.keys, self.groups)
+        }
+    }
 
     /// Stands in for `None` on the path that does not cache `None`.
     #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,7 @@ pub async fn search(pool: &Pool, q: &Query) -> Result<Vec<String>, std::io::Erro
     Ok(vec![q.org.clone()])
 }
 
-#[cached(ttl = 5, backend = "file", cache_none = false, name = "lookup_v2")]
+#[cached(ttl = 5, backend = "file", cache_none = false, name = "lookup_v2", spawn = false)]
 pub(crate) async fn lookup<'a>(mut id: u64, label: &'a str) -> Option<String> {
     id += 1;
     Some(format!("{label}{id}"))
