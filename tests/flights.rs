@@ -185,3 +185,31 @@ async fn thousands_of_unrelated_invalidations_during_a_computation_do_not_turn_c
         "the value computed during 5000 unrelated invalidations was not stored"
     );
 }
+
+static DEPTHS: AtomicUsize = AtomicUsize::new(0);
+
+/// A cached fn that calls itself (boxed, as any recursive `async fn`): it compiles, and runs its
+/// body in place (a body calling its own fn is never spawned).
+#[cached(ttl = 60, key = "depth:{node}")]
+async fn depth(node: u64, steps: u32) -> u64 {
+    DEPTHS.fetch_add(1, Ordering::SeqCst);
+    if steps == 0 {
+        return node;
+    }
+    Box::pin(depth(next(node), steps - 1)).await + 10
+}
+
+#[tokio::test]
+async fn a_cached_fn_may_call_itself_and_cycles_do_not_hang() {
+    let value = tokio::time::timeout(Duration::from_secs(5), depth(1, 3))
+        .await
+        .expect("the recursive call waited for itself");
+    assert_eq!(value, 32);
+    let runs = DEPTHS.load(Ordering::SeqCst);
+    assert_eq!(depth(1, 3).await, 32);
+    assert_eq!(
+        DEPTHS.load(Ordering::SeqCst),
+        runs,
+        "the outer value is cached"
+    );
+}

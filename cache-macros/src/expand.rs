@@ -76,7 +76,9 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
     let call = quote! {
         #rt::__private::memoize(&__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors)
     };
-    let spawn_probe = spawn_probe(checked, args.spawn);
+    // A body that calls its own fn cannot be probed for `Send` (the compiler would need the fn's
+    // future type while defining it): it runs in place, as with `spawn = false`.
+    let spawn_probe = spawn_probe(checked, args.spawn && !calls_itself(block, &sig.ident));
     let errors = quote! {
         let __cache_errors = {
             use #rt::__private::{ViaClone as _, ViaNoClone as _};
@@ -110,9 +112,15 @@ fn cached_fn(args: &CacheArgs, function: &ItemFn, checked: &Checked) -> TokenStr
                 return __cache_shape.hit(__cache_hit);
             }
             let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            // The user's block in an async block of its own, so that a `return` in it returns the
+            // fn's type; the shape's split happens outside it.
             let __cache_body = async move {
-                let __cache_out: #ret = #block;
-                #[allow(unreachable_code)]
+                let __cache_out: #ret = async move {
+                    let __cache_out: #ret = #block;
+                    #[allow(unreachable_code)]
+                    __cache_out
+                }
+                .await;
                 __cache_shape.split(__cache_out)
             };
             #errors
@@ -330,6 +338,31 @@ fn spawn_probe(checked: &Checked, spawn: bool) -> TokenStream {
             __cache_run
         };
     }
+}
+
+/// Whether `block` calls a fn named `ident` (`ident(..)`, `Self::ident(..)`, `self.ident(..)`).
+fn calls_itself(block: &syn::Block, ident: &syn::Ident) -> bool {
+    fn scan(tokens: TokenStream, ident: &syn::Ident) -> bool {
+        let mut previous_was_ident = false;
+        for tree in tokens {
+            match tree {
+                proc_macro2::TokenTree::Ident(found) => {
+                    previous_was_ident = found == *ident;
+                }
+                proc_macro2::TokenTree::Group(group) => {
+                    let call = previous_was_ident
+                        && group.delimiter() == proc_macro2::Delimiter::Parenthesis;
+                    if call || scan(group.stream(), ident) {
+                        return true;
+                    }
+                    previous_was_ident = false;
+                }
+                _ => previous_was_ident = false,
+            }
+        }
+        false
+    }
+    scan(quote!(#block), ident)
 }
 
 fn function_name(args: &CacheArgs, function: &ItemFn) -> String {
