@@ -4,9 +4,10 @@
 //! this binary runs the same workload against the same Redis or cache folder:
 //!
 //! ```text
-//! torture_child <redis|tiered|file> <source-url> <cache-url|-> <cache-dir|-> <start-ns> <end-ns> <seed>
+//! torture_child <redis|tiered|file> <mixed|group> <source-url> <cache-url|-> <cache-dir|-> <start-ns> <end-ns> <seed>
 //! ```
 //!
+//! `mixed`: writers invalidate the key or the group at random; `group`: always the group.
 //! It prints its events, one a line (see [`Event::line`]), then a `S` line of counters.
 //!
 //! The source of truth is a version counter per item, `src:{item}`, in a redis-server that is not
@@ -52,6 +53,10 @@ pub fn now_ns() -> u64 {
 static SOURCE: Mutex<Option<redis::aio::MultiplexedConnection>> = Mutex::new(None);
 /// Bodies run in this process (misses).
 pub static BODIES: AtomicU64 = AtomicU64::new(0);
+/// The process number bodies record (0: the test, 1: the child).
+static PROC: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// The bodies run since [`run`] started, to tell where a stale value came from.
+static BODY_EVENTS: Mutex<Vec<Event>> = Mutex::new(Vec::new());
 
 /// Connects this process to the source of truth at `url` (on the current runtime).
 pub async fn connect_source(url: &str) {
@@ -92,11 +97,19 @@ async fn bump(item: u64) -> u64 {
 /// What every memoized fn computes: the version of the item, read at the start of a slow query.
 async fn body(item: u64) -> u64 {
     BODIES.fetch_add(1, Ordering::Relaxed);
+    let t_start = now_ns();
     let version = source_version(item).await;
     let pause = fastrand::u64(0..=BODY_SLEEP_MS);
     if pause > 0 {
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+    BODY_EVENTS.lock().unwrap().push(Event::Body {
+        proc: PROC.load(Ordering::Relaxed),
+        item,
+        version,
+        t_start,
+        t_end: now_ns(),
+    });
     version
 }
 
@@ -224,10 +237,20 @@ pub enum Event {
         t_ok: u64,
         group: bool,
     },
+    /// A body ran (a miss): it read `version` from the source just after `t_start`, and returned
+    /// at `t_end` (its value was stored after that).
+    Body {
+        proc: u8,
+        item: u64,
+        version: u64,
+        t_start: u64,
+        t_end: u64,
+    },
 }
 
 impl Event {
-    /// `R <proc> <item> <value> <t_start> <t_end>` or `W <proc> <item> <version> <t_ok> <k|g>`.
+    /// `R <proc> <item> <value> <t_start> <t_end>`, `W <proc> <item> <version> <t_ok> <k|g>` or
+    /// `B <proc> <item> <version> <t_start> <t_end>`.
     pub fn line(&self) -> String {
         match *self {
             Event::Read {
@@ -247,6 +270,13 @@ impl Event {
                 "W {proc} {item} {version} {t_ok} {}",
                 if group { 'g' } else { 'k' }
             ),
+            Event::Body {
+                proc,
+                item,
+                version,
+                t_start,
+                t_end,
+            } => format!("B {proc} {item} {version} {t_start} {t_end}"),
         }
     }
 
@@ -268,6 +298,13 @@ impl Event {
                 version: num(3)?,
                 t_ok: num(4)?,
                 group: *fields.get(5)? == "g",
+            }),
+            &"B" => Some(Event::Body {
+                proc: num(1)? as u8,
+                item: num(2)?,
+                version: num(3)?,
+                t_start: num(4)?,
+                t_end: num(5)?,
             }),
             _ => None,
         }
@@ -360,7 +397,7 @@ struct Writes {
     first_failure: Option<String>,
 }
 
-async fn writer(proc: u8, seed: u64, end: u64) -> Writes {
+async fn writer(proc: u8, seed: u64, end: u64, group_only: bool) -> Writes {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut writes = Writes {
         events: Vec::new(),
@@ -370,7 +407,7 @@ async fn writer(proc: u8, seed: u64, end: u64) -> Writes {
     while now_ns() < end {
         let item = pick_item(&mut rng);
         let version = bump(item).await;
-        let group = rng.bool();
+        let group = group_only || rng.bool();
         let result = if group {
             cache_runtime::invalidate_group(&format!("grp:{}", item % GROUPS)).await
         } else {
@@ -398,8 +435,11 @@ async fn writer(proc: u8, seed: u64, end: u64) -> Writes {
 }
 
 /// Runs [`READERS`] readers and [`WRITERS`] writers on `kind` from `start` to `end`
-/// (`CLOCK_MONOTONIC` ns). The backend is registered and the source connected.
-pub async fn run(kind: Kind, proc: u8, seed: u64, start: u64, end: u64) -> Log {
+/// (`CLOCK_MONOTONIC` ns); writers invalidate only groups when `group_only`, else the key or the
+/// group at random. The backend is registered and the source connected.
+pub async fn run(kind: Kind, group_only: bool, proc: u8, seed: u64, start: u64, end: u64) -> Log {
+    PROC.store(proc, Ordering::Relaxed);
+    BODY_EVENTS.lock().unwrap().clear();
     sleep_until_ns(start).await;
     let bodies_before = BODIES.load(Ordering::Relaxed);
     let readers: Vec<_> = (0..READERS)
@@ -418,6 +458,7 @@ pub async fn run(kind: Kind, proc: u8, seed: u64, start: u64, end: u64) -> Log {
                 proc,
                 seed.wrapping_mul(31).wrapping_add(1_000 + i),
                 end,
+                group_only,
             ))
         })
         .collect();
@@ -434,16 +475,18 @@ pub async fn run(kind: Kind, proc: u8, seed: u64, start: u64, end: u64) -> Log {
         }
     }
     log.bodies = BODIES.load(Ordering::Relaxed) - bodies_before;
+    log.events
+        .extend(std::mem::take(&mut *BODY_EVENTS.lock().unwrap()));
     log
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [kind, source_url, cache_url, cache_dir, start, end, seed] = args.as_slice() else {
+    let [kind, mode, source_url, cache_url, cache_dir, start, end, seed] = args.as_slice() else {
         eprintln!(
-            "usage: torture_child <redis|tiered|file> <source-url> <cache-url|-> <cache-dir|-> \
-             <start-ns> <end-ns> <seed>"
+            "usage: torture_child <redis|tiered|file> <mixed|group> <source-url> <cache-url|-> \
+             <cache-dir|-> <start-ns> <end-ns> <seed>"
         );
         std::process::exit(2);
     };
@@ -453,7 +496,20 @@ async fn main() {
     connect_source(source_url).await;
     kind.register(cache_url, cache_dir.as_deref());
     let number = |s: &str| s.parse::<u64>().expect("a number");
-    let log = run(kind, 1, number(seed), number(start), number(end)).await;
+    let group_only = match mode.as_str() {
+        "group" => true,
+        "mixed" => false,
+        other => panic!("unknown mode {other}: mixed or group"),
+    };
+    let log = run(
+        kind,
+        group_only,
+        1,
+        number(seed),
+        number(start),
+        number(end),
+    )
+    .await;
     let mut out = String::with_capacity(log.events.len() * 40);
     for event in &log.events {
         out.push_str(&event.line());
