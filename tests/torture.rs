@@ -119,16 +119,19 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A recorded write: (version, t_ok, group).
+type WriteRecord = (u64, u64, bool);
+
 /// The writes of one item by one process, by version, with the earliest `t_ok` at or above each.
 struct Writes {
     /// (version, t_ok, group), sorted by version.
-    list: Vec<(u64, u64, bool)>,
+    list: Vec<WriteRecord>,
     /// `earliest[i]`: index in `list[i..]` of the smallest `t_ok`.
     earliest: Vec<usize>,
 }
 
 impl Writes {
-    fn new(mut list: Vec<(u64, u64, bool)>) -> Self {
+    fn new(mut list: Vec<WriteRecord>) -> Self {
         list.sort_unstable();
         let mut earliest = vec![0; list.len()];
         for i in (0..list.len()).rev() {
@@ -142,7 +145,7 @@ impl Writes {
     }
 
     /// The earliest-acknowledged write to a version above `value`, if acknowledged before `t`.
-    fn missed(&self, value: u64, t: u64) -> Option<(u64, u64, bool)> {
+    fn missed(&self, value: u64, t: u64) -> Option<WriteRecord> {
         let first_above = self.list.partition_point(|w| w.0 <= value);
         let write = *self.list.get(self.earliest.get(first_above).copied()?)?;
         (write.1 < t).then_some(write)
@@ -152,7 +155,7 @@ impl Writes {
 /// Every violation in the merged events. A read that missed a write of its own process is a
 /// same-process violation (even if it also missed another process's).
 fn check(events: &[Event]) -> Vec<Violation> {
-    let mut by_writer: HashMap<(u64, u8), Vec<(u64, u64, bool)>> = HashMap::new();
+    let mut by_writer: HashMap<(u64, u8), Vec<WriteRecord>> = HashMap::new();
     let mut bodies: HashMap<(u64, u64), Vec<(u8, u64)>> = HashMap::new();
     for event in events {
         if let Event::Body {

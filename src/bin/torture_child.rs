@@ -284,22 +284,22 @@ impl Event {
     pub fn parse(line: &str) -> Option<Self> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
-        match fields.first()? {
-            &"R" => Some(Event::Read {
+        match *fields.first()? {
+            "R" => Some(Event::Read {
                 proc: num(1)? as u8,
                 item: num(2)?,
                 value: num(3)?,
                 t_start: num(4)?,
                 t_end: num(5)?,
             }),
-            &"W" => Some(Event::Write {
+            "W" => Some(Event::Write {
                 proc: num(1)? as u8,
                 item: num(2)?,
                 version: num(3)?,
                 t_ok: num(4)?,
                 group: *fields.get(5)? == "g",
             }),
-            &"B" => Some(Event::Body {
+            "B" => Some(Event::Body {
                 proc: num(1)? as u8,
                 item: num(2)?,
                 version: num(3)?,
