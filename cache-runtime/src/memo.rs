@@ -373,6 +373,13 @@ where
             outcome("reentrant");
             return run_in_place(body).await;
         }
+        if generations.is_none() {
+            // The lookup failed: this call cannot tell whether another process invalidated since a
+            // running computation started, so it joins none, and stores nothing.
+            site.count(Event::Miss);
+            outcome("backend-failed");
+            return run_in_place(body).await;
+        }
         match flight::join(flight_key.clone(), epoch, &generations, overtaken) {
             Role::Follower(receiver) => {
                 if let Some(value) = serve_stale(stale.clone(), true) {

@@ -321,7 +321,10 @@ where
     let mut leader = None;
     // A layer nested inside another one that already leads this request's flight must not wait
     // for it: that would be waiting for itself.
+    // A failed lookup (no generations) cannot tell whether another process invalidated the URI since
+    // a running request started: such requests coalesce with none.
     let coalesce = serve
+        && observed.generations.is_some()
         && !shared.config.coalesce_wait.is_zero()
         && request.extensions().get::<Coalesced>().is_none()
         && !shared.config.uncacheable.contains(&base);
