@@ -89,6 +89,12 @@ pub struct Lookup {
 /// - `get` returns the entry's bytes exactly as `set` received them, or `None` once the TTL passed;
 /// - `invalidate_group` changes the group's generation to a value the group never had before
 ///   (a counter that only grows is enough), in O(1);
+/// - a generation that is lost (evicted, expired) must not come back at a value an entry may have
+///   recorded: start missing generations at a random value (the Redis backend does, with `SET NX`),
+///   or keep them where nothing evicts them;
+/// - every memoized call on a backend other than the in-process memory store also names its key's
+///   *tombstone* group (a group named `"\0t:"` followed by the key), which a key invalidation moves
+///   before deleting the entry; an implementation may treat it as any group;
 /// - `get` reads the entry and the generations in one step where the store allows it (one round trip).
 ///
 /// ```
