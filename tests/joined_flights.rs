@@ -4,13 +4,12 @@
 mod support;
 
 use std::{
-    process::Command,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use cache_runtime::{cached, FileBackend};
-use support::{child_binary, RegisteredRedis};
+use support::RegisteredRedis;
 
 /// The tests invalidate through the process-wide functions: one at a time.
 static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -52,17 +51,9 @@ fn invalidate_key_from_another_process(backend: &str, key: &str, env: (&str, &st
 }
 
 fn run_child(backend: &str, args: &[&str], env: (&str, &str)) {
-    let output = Command::new(child_binary())
-        .arg(backend)
-        .args(args)
-        .env(env.0, env.1)
-        .output()
-        .expect("cache-child runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut all = vec![backend];
+    all.extend_from_slice(args);
+    support::run_child(&all, &[env], &[]);
 }
 
 /// Starts a slow computation, lets another process change the data and invalidate the group while

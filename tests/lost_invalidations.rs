@@ -4,13 +4,12 @@
 mod support;
 
 use std::{
-    process::Command,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use cache_runtime::cached;
-use support::{child_binary, RedisCluster, RegisteredRedis};
+use support::{RedisCluster, RegisteredRedis};
 
 /// The tests invalidate through the process-wide functions: one at a time.
 static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -114,16 +113,11 @@ async fn an_invalidation_while_redis_is_down_holds_after_it_restarts_with_its_ol
 async fn a_worker_configured_with_cluster_nodes_only_invalidates_the_cluster() {
     let _global = GLOBAL.lock().await;
     let cluster = RedisCluster::start(3);
-    let output = Command::new(child_binary())
-        .args(["none", "invalidate", "cluster-only-group"])
-        .env_remove("REDIS_URL")
-        .env("REDIS_CLUSTER_NODES", cluster.urls().join(","))
-        .output()
-        .expect("cache-child runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let nodes = cluster.urls().join(",");
+    support::run_child(
+        &["none", "invalidate", "cluster-only-group"],
+        &[("REDIS_CLUSTER_NODES", &nodes)],
+        &["REDIS_URL"],
     );
     assert_ne!(
         cluster.cli_any(&["GET", "cache:g:cluster-only-group"]),

@@ -33,11 +33,14 @@ fn in_new_runtime<T>(multi_thread: bool, step: impl std::future::Future<Output =
 /// Five runtimes one after another: the value computed in the first is a hit in every later one,
 /// and invalidations by key and by group made from a later runtime take effect.
 fn survives_runtimes(
+    name: &'static str,
+    backend: impl cache_runtime::Backend,
     call: fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64>>>,
     runs: &'static AtomicU64,
     n: u64,
     group: &'static str,
 ) {
+    cache_runtime::register(name, backend);
     let key = format!("v:{n}");
     let first = in_new_runtime(false, call(n));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -72,6 +75,7 @@ fn survives_runtimes(
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     assert_eq!(in_new_runtime(true, call(n)), after_group);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
+    cache_runtime::unregister(name);
 }
 
 static REDIS_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -89,17 +93,14 @@ async fn redis_value(n: u64) -> u64 {
 #[test]
 fn redis_backend_works_from_runtime_after_runtime() {
     let server = RedisServer::start();
-    cache_runtime::register(
+    survives_runtimes(
         "rt-redis",
         RedisBackend::open(&server.url()).expect("valid url"),
-    );
-    survives_runtimes(
         |n| Box::pin(redis_value(n)),
         &REDIS_RUNS,
         11,
         "rt-redis-group",
     );
-    cache_runtime::unregister("rt-redis");
 }
 
 static CLUSTER_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -119,17 +120,14 @@ fn cluster_backend_works_from_runtime_after_runtime() {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
-    cache_runtime::register(
+    survives_runtimes(
         "rt-cluster",
         RedisBackend::cluster(&nodes).expect("cluster client"),
-    );
-    survives_runtimes(
         |n| Box::pin(cluster_value(n)),
         &CLUSTER_RUNS,
         12,
         "rt-cluster-group",
     );
-    cache_runtime::unregister("rt-cluster");
 }
 
 static MEMORY_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -146,14 +144,14 @@ async fn memory_value(n: u64) -> u64 {
 
 #[test]
 fn memory_backend_works_from_runtime_after_runtime() {
-    cache_runtime::register("rt-memory", MemoryBackend::default());
     survives_runtimes(
+        "rt-memory",
+        MemoryBackend::default(),
         |n| Box::pin(memory_value(n)),
         &MEMORY_RUNS,
         13,
         "rt-memory-group",
     );
-    cache_runtime::unregister("rt-memory");
 }
 
 static FILE_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -166,9 +164,14 @@ async fn file_value(n: u64) -> u64 {
 #[test]
 fn file_backend_works_from_runtime_after_runtime() {
     let dir = tempfile::tempdir().expect("temp dir");
-    cache_runtime::register("rt-file", cache_runtime::FileBackend::new(dir.path()));
-    survives_runtimes(|n| Box::pin(file_value(n)), &FILE_RUNS, 14, "rt-file-group");
-    cache_runtime::unregister("rt-file");
+    survives_runtimes(
+        "rt-file",
+        cache_runtime::FileBackend::new(dir.path()),
+        |n| Box::pin(file_value(n)),
+        &FILE_RUNS,
+        14,
+        "rt-file-group",
+    );
 }
 
 static TIERED_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -190,14 +193,14 @@ fn tiered_backend_works_from_runtime_after_runtime() {
         RedisBackend::open(&server.url()).expect("valid url"),
         MemoryBackend::default(),
     );
-    cache_runtime::register("rt-tiered", tiered);
     survives_runtimes(
+        "rt-tiered",
+        tiered,
         |n| Box::pin(tiered_value(n)),
         &TIERED_RUNS,
         15,
         "rt-tiered-group",
     );
-    cache_runtime::unregister("rt-tiered");
 }
 
 static TIERED_REMOTE_RUNS: AtomicU64 = AtomicU64::new(0);

@@ -3,7 +3,6 @@
 mod support;
 
 use std::{
-    process::Command,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -12,7 +11,7 @@ use std::{
 };
 
 use cache_runtime::{cached, MemoryBackend, RedisBackend, TieredBackend};
-use support::{child_binary, RedisServer};
+use support::RedisServer;
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -46,15 +45,10 @@ async fn only_in_local_tier(server: &RedisServer, n: u64) -> u64 {
 }
 
 fn invalidate_from_another_process(server: &RedisServer, action: &str, target: &str) {
-    let output = Command::new(child_binary())
-        .args(["redis", action, target])
-        .env("REDIS_URL", server.url())
-        .output()
-        .expect("cache-child runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    support::run_child(
+        &["redis", action, target],
+        &[("REDIS_URL", &server.url())],
+        &[],
     );
 }
 

@@ -289,6 +289,25 @@ impl Drop for RegisteredRedis {
     }
 }
 
+/// Runs the helper binary with `args` and `env` added to (and `remove` taken from) this process's
+/// environment, and fails the test unless it succeeds.
+pub fn run_child(args: &[&str], env: &[(&str, &str)], remove: &[&str]) {
+    let mut command = std::process::Command::new(child_binary());
+    command.args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    for name in remove {
+        command.env_remove(name);
+    }
+    let output = command.output().expect("cache-child runs");
+    assert!(
+        output.status.success(),
+        "cache-child {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Path of the helper binary the cross-process tests run.
 pub fn child_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cache-child"))
