@@ -49,9 +49,9 @@ async fn get_set_ttl_and_invalidation_work_on_a_cluster_without_crossslot() {
         .find(|s| s.function.ends_with("::account"))
         .unwrap();
     assert_eq!(s.backend_errors, 0, "no CROSSSLOT or other error: {s:?}");
-    // 60 entries, and the generations of their groups (created on first use): "accounts" and one
-    // "acct:{id}:all" each.
-    assert_eq!(cluster.total_keys(), 60 + 1 + 60);
+    // 60 entries, the generations of their groups (created on first use): "accounts" and one
+    // "acct:{id}:all" each, and each key's tombstone.
+    assert_eq!(cluster.total_keys(), 60 + 1 + 60 + 60);
 
     let pttl: u64 = cluster
         .cli_any(&["PTTL", "cache:k:acct:7"])

@@ -128,3 +128,29 @@ async fn real_evictions_under_allkeys_random_cost_misses_never_revivals() {
         revived.len()
     );
 }
+
+static TOMBSTONE_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 600, backend = "evict-tombstone", key = "tomb:{n}")]
+async fn tombstoned(n: u64) -> u64 {
+    TOMBSTONE_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+/// A value stored late (computed before another process's key invalidation, written after it)
+/// recorded the old tombstone; losing the tombstone afterwards must not make it valid again.
+#[tokio::test]
+async fn a_lost_tombstone_never_revives_a_late_stored_value() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("evict-tombstone");
+    let late = tombstoned(1).await; // stored under the tombstone it read
+                                    // Another process invalidates the key after that read: the tombstone moves (the entry, written
+                                    // after the delete, is still there)...
+    redis.server.cli(&["INCR", "cache:t:tomb:1"]);
+    // ...then the tombstone is evicted, before anyone read the key again.
+    assert_eq!(redis.server.cli(&["DEL", "cache:t:tomb:1"]), "1");
+    assert_ne!(
+        tombstoned(1).await,
+        late,
+        "a value made stale by its key's tombstone came back once the tombstone was lost"
+    );
+}

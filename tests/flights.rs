@@ -213,3 +213,41 @@ async fn a_cached_fn_may_call_itself_and_cycles_do_not_hang() {
         "the outer value is cached"
     );
 }
+
+static GROUPED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    ttl = 60,
+    backend = "flights-grouped",
+    key = "grouped:{n}",
+    group = "grouped"
+)]
+async fn grouped(n: u64) -> u64 {
+    GROUPED_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_group_invalidations_do_not_split_a_memory_flight() {
+    cache_runtime::register("flights-grouped", MemoryBackend::default());
+    let leader = tokio::spawn(grouped(1));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut callers = Vec::new();
+    for i in 0..16 {
+        cache_runtime::invalidate_group(&format!("unrelated-{i}"))
+            .await
+            .unwrap();
+        callers.push(tokio::spawn(grouped(1)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(leader.await.unwrap(), 1);
+    for caller in callers {
+        assert_eq!(caller.await.unwrap(), 1);
+    }
+    assert_eq!(
+        GROUPED_RUNS.load(Ordering::SeqCst),
+        1,
+        "invalidations of other groups split one key's single flight"
+    );
+}

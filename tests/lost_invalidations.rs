@@ -125,3 +125,74 @@ async fn a_worker_configured_with_cluster_nodes_only_invalidates_the_cluster() {
         "invalidate_group returned Ok without touching the cluster named by REDIS_CLUSTER_NODES"
     );
 }
+
+/// A store whose deletes take a while (a slow network): the caller of an invalidation may go away
+/// before it finishes (a dropped request, a timeout around the call).
+#[derive(Default)]
+struct SlowDeletes {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
+}
+
+#[cache_runtime::async_trait]
+impl cache_runtime::Backend for SlowDeletes {
+    async fn get(
+        &self,
+        key: &str,
+        groups: &[String],
+    ) -> Result<cache_runtime::Lookup, cache_runtime::BackendError> {
+        Ok(cache_runtime::Lookup {
+            value: self.entries.lock().unwrap().get(key).cloned(),
+            generations: vec![0; groups.len()],
+        })
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        _: Duration,
+        _: &[String],
+    ) -> Result<(), cache_runtime::BackendError> {
+        self.entries.lock().unwrap().insert(key.to_owned(), value);
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> Result<(), cache_runtime::BackendError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.entries.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn invalidate_group(&self, _: &str) -> Result<(), cache_runtime::BackendError> {
+        Ok(())
+    }
+    async fn clear(&self) -> Result<(), cache_runtime::BackendError> {
+        Ok(())
+    }
+}
+
+static SLOW_SOURCE: AtomicU64 = AtomicU64::new(1);
+
+#[cached(ttl = 600, backend = "lost-slow", key = "slow:{n}")]
+async fn slow_deleted(n: u64) -> u64 {
+    SLOW_SOURCE.load(Ordering::SeqCst) * 100 + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_whose_caller_goes_away_is_still_carried_out() {
+    let _global = GLOBAL.lock().await;
+    cache_runtime::register("lost-slow", SlowDeletes::default());
+    assert_eq!(slow_deleted(1).await, 101);
+    SLOW_SOURCE.store(2, Ordering::SeqCst);
+    // The caller gives up after 20 ms, in the middle of the delete.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        cache_runtime::invalidate_key("slow:1"),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the delete takes 100 ms");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        slow_deleted(1).await,
+        201,
+        "an invalidation whose caller went away was dropped half-way: the old value stayed"
+    );
+    cache_runtime::unregister("lost-slow");
+}

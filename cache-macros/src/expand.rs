@@ -340,24 +340,30 @@ fn spawn_probe(checked: &Checked, spawn: bool) -> TokenStream {
     }
 }
 
-/// Whether `block` calls a fn named `ident` (`ident(..)`, `Self::ident(..)`, `self.ident(..)`).
+/// Whether `block` calls a fn named `ident`: `ident(..)`, `Self::ident(..)`, `path::ident(..)` or
+/// `self.ident(..)`, but not a method of another value (`client.ident(..)`).
 fn calls_itself(block: &syn::Block, ident: &syn::Ident) -> bool {
+    use proc_macro2::{Delimiter, TokenTree};
     fn scan(tokens: TokenStream, ident: &syn::Ident) -> bool {
-        let mut previous_was_ident = false;
-        for tree in tokens {
-            match tree {
-                proc_macro2::TokenTree::Ident(found) => {
-                    previous_was_ident = found == *ident;
-                }
-                proc_macro2::TokenTree::Group(group) => {
-                    let call = previous_was_ident
-                        && group.delimiter() == proc_macro2::Delimiter::Parenthesis;
-                    if call || scan(group.stream(), ident) {
-                        return true;
-                    }
-                    previous_was_ident = false;
-                }
-                _ => previous_was_ident = false,
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        for (at, tree) in trees.iter().enumerate() {
+            let TokenTree::Group(group) = tree else {
+                continue;
+            };
+            if scan(group.stream(), ident) {
+                return true;
+            }
+            let named = at >= 1 && matches!(&trees[at - 1], TokenTree::Ident(i) if i == ident);
+            if group.delimiter() != Delimiter::Parenthesis || !named {
+                continue;
+            }
+            // What stands before the name: a method call on something other than `self` is not
+            // this fn.
+            let method_of_other = at >= 2
+                && matches!(&trees[at - 2], TokenTree::Punct(p) if p.as_char() == '.')
+                && !(at >= 3 && matches!(&trees[at - 3], TokenTree::Ident(i) if i == "self"));
+            if !method_of_other {
+                return true;
             }
         }
         false
@@ -546,5 +552,26 @@ fn key_expr(
             #prefix
             #rt::__private::DefaultKey::new() #(#parts)* .#finish
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::calls_itself;
+
+    fn calls(body: &str) -> bool {
+        let block: syn::Block = syn::parse_str(body).unwrap();
+        calls_itself(&block, &syn::parse_str("load").unwrap())
+    }
+
+    #[test]
+    fn self_calls_are_told_from_methods_of_other_values() {
+        assert!(calls("{ Box::pin(load(1)).await }"));
+        assert!(calls("{ Self::load(1).await }"));
+        assert!(calls("{ self.load(1).await }"));
+        assert!(calls("{ if x { crate::a::load(2).await } else { 0 } }"));
+        assert!(!calls("{ client.load(1).await }"));
+        assert!(!calls("{ self.db.load(1).await }"));
+        assert!(!calls("{ let load = 1; load }"));
     }
 }

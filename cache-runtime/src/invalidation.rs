@@ -16,10 +16,11 @@
 //!   background), this process neither reads from nor writes to that backend, so it never serves a
 //!   value the invalidation was about. The call returns the error: `Ok` means every backend applied
 //!   it; an `Err` means this process is safe, but other processes sharing the failed backend may
-//!   serve the old value until the pending invalidation is applied.
+//!   serve the old value until the pending invalidation is applied. Past 100,000 pending
+//!   invalidations for one backend, this process stops using that backend until it restarts.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     hash::BuildHasher,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -49,8 +50,9 @@ const ATTEMPTS: usize = 2;
 /// Pause between the foreground attempts, and between background retries.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 const BACKGROUND_RETRY_EVERY: Duration = Duration::from_millis(100);
-/// Pending invalidations kept per backend; beyond, they collapse into one `clear`.
-const MAX_PENDING: usize = 10_000;
+/// Pending invalidations kept per backend. Beyond, this process gives the backend up for good (it
+/// could no longer apply what it dropped before serving from it again).
+const MAX_PENDING: usize = 100_000;
 
 /// How a key's *tombstone* group is named: every memoized call on a shared backend belongs to the
 /// tombstone group of its key, and a key invalidation moves it, so a value computed before the
@@ -75,8 +77,6 @@ pub(crate) fn tombstone_key_of(group: &str) -> Option<&str> {
 pub(crate) enum Target {
     Key(String),
     Group(String),
-    /// Everything (a collapsed backlog of pending invalidations).
-    All,
 }
 
 fn slot(target: &Target) -> usize {
@@ -84,7 +84,6 @@ fn slot(target: &Target) -> usize {
     let hash = match target {
         Target::Key(key) => hasher.hash_one((0u8, key.as_str())),
         Target::Group(group) => hasher.hash_one((1u8, group.as_str())),
-        Target::All => 0,
     };
     (hash as usize) % SLOTS
 }
@@ -115,8 +114,11 @@ fn record(target: &Target) {
 #[derive(Debug)]
 pub(crate) struct BackendInvalidation {
     gates: [RwLock<()>; GATE_SHARDS],
-    pending: Mutex<HashSet<Target>>,
+    /// Each pending target with the sequence number of its latest failure.
+    pending: Mutex<HashMap<Target, u64>>,
     pending_count: AtomicUsize,
+    /// Set when more than [`MAX_PENDING`] were pending: the backend stays blocked in this process.
+    given_up: AtomicBool,
     flusher_running: AtomicBool,
 }
 
@@ -124,8 +126,9 @@ impl Default for BackendInvalidation {
     fn default() -> Self {
         Self {
             gates: std::array::from_fn(|_| RwLock::new(())),
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
             pending_count: AtomicUsize::new(0),
+            given_up: AtomicBool::new(false),
             flusher_running: AtomicBool::new(false),
         }
     }
@@ -135,7 +138,7 @@ impl BackendInvalidation {
     /// Whether the backend missed an invalidation not yet applied: then it is neither read nor
     /// written by this process.
     pub(crate) fn blocked(&self) -> bool {
-        self.pending_count.load(Ordering::Acquire) > 0
+        self.pending_count.load(Ordering::Acquire) > 0 || self.given_up.load(Ordering::Acquire)
     }
 
     fn gate(&self, key: &str) -> &RwLock<()> {
@@ -144,25 +147,36 @@ impl BackendInvalidation {
     }
 
     fn keep(&self, target: Target) {
+        static FAILURES: AtomicU64 = AtomicU64::new(0);
+        let seq = FAILURES.fetch_add(1, Ordering::Relaxed);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING {
-            pending.clear();
-            pending.insert(Target::All);
-        } else if !pending.contains(&Target::All) {
-            pending.insert(target);
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&target) {
+            if !self.given_up.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    limit = MAX_PENDING,
+                    "too many invalidations pending for a failing cache backend; this process no \
+                     longer uses it (restart to use it again)"
+                );
+            }
+            return;
+        }
+        pending.insert(target, seq);
+        self.pending_count.store(pending.len(), Ordering::Release);
+    }
+
+    /// Drops `target` once applied, unless it failed again after `seq` (then a newer invalidation
+    /// still needs applying).
+    fn forget(&self, target: &Target, seq: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.get(target) == Some(&seq) {
+            pending.remove(target);
         }
         self.pending_count.store(pending.len(), Ordering::Release);
     }
 
-    fn forget(&self, target: &Target) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.remove(target);
-        self.pending_count.store(pending.len(), Ordering::Release);
-    }
-
-    fn snapshot(&self) -> Vec<Target> {
+    fn snapshot(&self) -> Vec<(Target, u64)> {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.iter().cloned().collect()
+        pending.iter().map(|(t, seq)| (t.clone(), *seq)).collect()
     }
 }
 
@@ -176,8 +190,18 @@ pub(crate) async fn store_permit<'a>(
 
 /// Waits until every store of `key`'s shard on `backend` that may have passed its check before the
 /// invalidation was recorded has finished.
+///
+/// Bounded: a store whose future stopped being polled while it held its permit must not hold every
+/// invalidation of its shard. Such a store, if it ever writes, notices the invalidation after its
+/// write and removes what it wrote (see `memo.rs`).
 async fn barrier(backend: &Registered, key: &str) {
-    drop(backend.invalidation.gate(key).write().await);
+    let limit = crate::guard::timeout_from_env() * 4;
+    if tokio::time::timeout(limit, backend.invalidation.gate(key).write())
+        .await
+        .is_err()
+    {
+        tracing::warn!(backend = %backend.name, key, "a store of this key's shard is stuck; invalidating anyway");
+    }
 }
 
 /// Applies `target` to one backend: its in-process tier at once, then the backend itself, never
@@ -208,7 +232,7 @@ async fn apply_once(entry: &Registered, target: &Target) -> Result<(), BackendEr
     let backend = &entry.backend;
     match target {
         Target::Key(key) => {
-            if backend.as_memory().is_none() {
+            if backend.tombstones() {
                 // The tombstone first: a store landing between the two is removed by the delete,
                 // one landing after it recorded the old tombstone.
                 let tombstone = tombstone_group(key);
@@ -221,7 +245,6 @@ async fn apply_once(entry: &Registered, target: &Target) -> Result<(), BackendEr
             let moved = backend.invalidate_group(group);
             entry.guard.run_always("invalidate_group", moved).await
         }
-        Target::All => entry.guard.run_always("clear", backend.clear()).await,
     }
 }
 
@@ -248,13 +271,13 @@ fn start_flusher(entry: &'static Registered) {
                 state.pending_count.store(0, Ordering::Release);
                 break;
             }
-            for target in entry.invalidation.snapshot() {
+            for (target, seq) in entry.invalidation.snapshot() {
                 if apply_once(entry, &target).await.is_ok() {
-                    entry.invalidation.forget(&target);
+                    entry.invalidation.forget(&target, seq);
                     tracing::info!(backend = %entry.name, ?target, "pending cache invalidation applied");
                 }
             }
-            if !entry.invalidation.blocked() {
+            if entry.invalidation.pending_count.load(Ordering::Acquire) == 0 {
                 break;
             }
         }
@@ -263,20 +286,27 @@ fn start_flusher(entry: &'static Registered) {
             .flusher_running
             .store(false, Ordering::Release);
         // A target kept after the last snapshot, while this flusher was ending.
-        if entry.invalidation.blocked() {
+        if entry.invalidation.pending_count.load(Ordering::Acquire) > 0 {
             start_flusher(entry);
         }
     });
 }
 
+/// Records `target`, then applies it to every backend on the library's runtime: a caller that goes
+/// away (a dropped request, a timeout around the call) cancels nothing, so an invalidation that was
+/// recorded is always carried out or kept pending.
 async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
     record(&target);
-    let mut first_error = None;
-    for entry in every_backend() {
-        let result = apply(entry, target.clone()).await;
-        keep_first_error(&mut first_error, entry, result);
-    }
-    first_error.map_or(Ok(()), Err)
+    let entries = every_backend();
+    crate::io::run(async move {
+        let mut first_error = None;
+        for entry in entries {
+            let result = apply(entry, target.clone()).await;
+            keep_first_error(&mut first_error, entry, result);
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+    .await
 }
 
 fn every_backend() -> Vec<&'static Registered> {
@@ -348,15 +378,20 @@ pub(crate) async fn invalidate_keys_in(
     entry: &'static Registered,
     keys: &[String],
 ) -> Result<(), BackendError> {
-    let mut first_error = Ok(());
-    for key in keys {
-        record(&Target::Key(key.clone()));
-        let result = apply(entry, Target::Key(key.clone())).await;
-        if first_error.is_ok() {
-            first_error = result;
+    let targets: Vec<Target> = keys.iter().map(|key| Target::Key(key.clone())).collect();
+    targets.iter().for_each(record);
+    // On the library's runtime, as in `invalidate_everywhere`.
+    crate::io::run(async move {
+        let mut first_error = Ok(());
+        for target in targets {
+            let result = apply(entry, target).await;
+            if first_error.is_ok() {
+                first_error = result;
+            }
         }
-    }
-    first_error
+        first_error
+    })
+    .await
 }
 
 /// Removes one key from the backend named `backend` only (used by the generated `*_invalidate` fns).
@@ -365,7 +400,7 @@ pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), 
     record(&target);
     let entry =
         registry::resolve(backend).ok_or_else(|| CacheError::UnknownBackend(backend.to_owned()))?;
-    apply(entry, target)
+    crate::io::run(apply(entry, target))
         .await
         .map_err(|source| CacheError::Backend {
             backend: entry.name.clone(),

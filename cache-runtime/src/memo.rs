@@ -328,7 +328,7 @@ where
         return run_in_place(body).await;
     }
     let key = normalize_key(key);
-    let groups = if in_process {
+    let groups = if !backend.backend.tombstones() {
         groups
     } else {
         // Shared backends: the key's tombstone guards against a value computed before a key
@@ -380,14 +380,19 @@ where
             outcome("backend-failed");
             return run_in_place(body).await;
         }
-        match flight::join(flight_key.clone(), epoch, &generations, overtaken) {
+        // In-process stores need no generations to tell a flight's age: the epoch check is exact
+        // there, and their generation stamps move with every invalidation of any group.
+        let joined_under = if in_process {
+            None
+        } else {
+            generations.clone()
+        };
+        match flight::join(flight_key.clone(), epoch, &joined_under, overtaken) {
             Role::Follower(receiver) => {
                 if let Some(value) = serve_stale(stale.clone(), true) {
                     return Ok(value); // a refresh is under way
                 }
-                let Ok(followed) =
-                    tokio::time::timeout(follow_timeout(), flight::follow(receiver)).await
-                else {
+                let Some(followed) = follow_at_most(follow_timeout(), receiver).await else {
                     tracing::warn!(
                         timeout = ?follow_timeout(),
                         "waited too long for another call's computation of this key; computing"
@@ -492,6 +497,21 @@ where
     }
 }
 
+/// Waits for the leader at most `limit`, timed on the library's runtime (the caller's may have no
+/// timer, or be no tokio runtime at all).
+async fn follow_at_most(
+    limit: Duration,
+    receiver: tokio::sync::watch::Receiver<flight::Outcome>,
+) -> Option<Followed> {
+    let mut timer = crate::io::handle().spawn(tokio::time::sleep(limit));
+    let followed = tokio::select! {
+        followed = flight::follow(receiver) => Some(followed),
+        _ = &mut timer => None,
+    };
+    timer.abort();
+    followed
+}
+
 fn tokio_available() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
 }
@@ -560,6 +580,13 @@ where
                         policy,
                     )
                     .await;
+                    if invalidation::invalidated_since(lead.epoch, &lead.key, &[]) {
+                        // A key invalidation passed its barrier while this write was under way
+                        // (a store that stalled): what was written may predate it.
+                        let backend = &lead.backend;
+                        let removed = backend.backend.delete(&lead.key);
+                        let _ = backend.guard.run_always("delete", removed).await;
+                    }
                 }
             }
             leader.finish(Arc::clone(&shared) as flight::Shared);
@@ -720,7 +747,11 @@ where
         None => None,
     };
     let (probe, expires_ms) = probe_stored::<T>(site, backend, key, groups).await;
-    if let (Probe::Hit(value), Some(local), Some(generations)) = (&probe, local, observed) {
+    // Not copied while the backend missed an invalidation (the read may have overtaken it).
+    let usable = !backend.invalidation.blocked();
+    if let (Probe::Hit(value), Some(local), Some(generations), true) =
+        (&probe, local, observed, usable)
+    {
         let remaining = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
         let ttl = remaining.min(tiered.local_ttl());
         if !ttl.is_zero() {

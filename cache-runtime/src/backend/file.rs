@@ -115,6 +115,10 @@ impl FileBackend {
 
 #[async_trait]
 impl Backend for FileBackend {
+    fn tombstones(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let entry = self.entry_path(key);
         let root = self.root.clone();

@@ -92,9 +92,9 @@ pub struct Lookup {
 /// - a generation that is lost (evicted, expired) must not come back at a value an entry may have
 ///   recorded: start missing generations at a random value (the Redis backend does, with `SET NX`),
 ///   or keep them where nothing evicts them;
-/// - every memoized call on a backend other than the in-process memory store also names its key's
-///   *tombstone* group (a group named `"\0t:"` followed by the key), which a key invalidation moves
-///   before deleting the entry; an implementation may treat it as any group;
+/// - the built-in shared backends (Redis, files, tiered) also receive each call's key *tombstone*
+///   group (named `"\0t:"` followed by the key), which a key invalidation moves before deleting the
+///   entry; user-defined backends do not, unless they opt in;
 /// - `get` reads the entry and the generations in one step where the store allows it (one round trip).
 ///
 /// ```
@@ -173,6 +173,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
         let _ = (key, token);
         Ok(())
+    }
+
+    /// Whether memoized calls on this backend name their key's tombstone group (see the rules
+    /// above). The built-in shared backends do; others keep the default, and then a value computed
+    /// before another process's key invalidation and stored after it can survive until its TTL.
+    #[doc(hidden)]
+    fn tombstones(&self) -> bool {
+        false
     }
 
     /// The in-process memory store behind this backend, if it is one: the runtime then keeps typed

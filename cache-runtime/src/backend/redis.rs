@@ -10,8 +10,9 @@
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
 //! - `{prefix}g:{group}`: a group's generation, created at a random value on first use
 //!   (`SET NX`) and moved by `INCR` (no TTL);
-//! - `{prefix}t:{key}`: the key's tombstone generation, moved by every invalidation of the key
-//!   (absent until then, reads as 0, never created by a lookup; expires after [`TOMBSTONE_TTL`]);
+//! - `{prefix}t:{key}`: the key's tombstone generation, created like a group's by the first lookup
+//!   and moved by every invalidation of the key; it expires [`TOMBSTONE_TTL`] after it was created
+//!   or last moved (an entry older than that becomes a miss);
 //! - `{prefix}l:{key}`: a computation lock (`SET NX PX`, released by compare-and-delete).
 //!
 //! A lookup is one `MGET` of the entry and its groups' generations, the key's tombstone among them
@@ -43,7 +44,7 @@ use crate::BackendError;
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "cache:";
-/// How long a key's tombstone generation outlives the key's last invalidation.
+/// How long a key's tombstone generation lives after it was created or last moved.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A Redis store, single node or cluster. Connects lazily on first use and reconnects by itself.
@@ -114,9 +115,16 @@ impl Connection {
     }
 
     /// Creates a missing generation at a random value (`SET NX`) and reads what it is now.
-    async fn start_generation(&mut self, group_key: String) -> redis::RedisResult<u64> {
+    async fn start_generation(
+        &mut self,
+        group_key: String,
+        ttl: Option<Duration>,
+    ) -> redis::RedisResult<u64> {
         let mut init = redis::cmd("SET");
         init.arg(&group_key).arg(random_generation()).arg("NX");
+        if let Some(ttl) = ttl {
+            init.arg("PX").arg(super::clamp_ttl_ms(ttl));
+        }
         let _: redis::Value = self.query(&init).await?;
         let read: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&group_key)).await?;
         read.as_deref().and_then(parse_generation).ok_or_else(|| {
@@ -163,7 +171,7 @@ impl RedisBackend {
                 "a cluster needs at least one node",
             )))
         })?;
-        let timeout = Duration::from_millis(500);
+        let timeout = response_timeout();
         let client = ClusterClient::builder(nodes.iter().copied())
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -184,7 +192,7 @@ impl RedisBackend {
             url: url.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             connection: ArcSwap::from_pointee(Slot::default()),
-            timeout: Duration::from_millis(500),
+            timeout: response_timeout(),
         }
     }
 
@@ -229,13 +237,22 @@ impl RedisBackend {
     /// slot it came from (to replace it if it turns out broken).
     async fn connection(&self) -> Result<(Arc<Slot>, Connection), BackendError> {
         let slot = self.connection.load_full();
+        if let Some(conn) = slot.0.get().cloned() {
+            return Ok((slot, conn));
+        }
+        // Connecting runs on the library's runtime to the end, even if this caller times out, so
+        // that a slow connection is still made once and kept.
         let target = self.target.clone();
         let timeout = self.timeout;
-        let conn = slot
-            .0
-            .get_or_try_init(|| crate::io::run(connect(target, timeout)))
-            .await?
-            .clone();
+        let connecting = Arc::clone(&slot);
+        let conn = crate::io::run(async move {
+            connecting
+                .0
+                .get_or_try_init(|| connect(target, timeout))
+                .await
+                .cloned()
+        })
+        .await?;
         Ok((slot, conn))
     }
 
@@ -250,6 +267,7 @@ impl RedisBackend {
             if error.is_connection_dropped()
                 || error.is_unrecoverable_error()
                 || error.is_io_error()
+                || error.is_timeout()
             {
                 let fresh = Arc::new(Slot::default());
                 let _ = self.connection.compare_and_swap(slot, fresh);
@@ -311,6 +329,15 @@ fn tombstone_of(group: &str) -> Option<&str> {
     crate::invalidation::tombstone_key_of(group)
 }
 
+/// How long connecting may take (on the library's runtime, whatever the caller's timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A reply slower than this fails the command and replaces the connection: below the runtime's
+/// per-operation timeout, so a silently dead connection is noticed and replaced, not waited on.
+fn response_timeout() -> Duration {
+    (crate::guard::timeout_from_env() * 4 / 5).max(Duration::from_millis(10))
+}
+
 /// A generation's first value: random, far from both 0 and the top of Redis's integer range, so a
 /// generation created again after an eviction never equals one recorded before (odds 2^-61).
 fn random_generation() -> u64 {
@@ -326,7 +353,7 @@ async fn connect(target: Target, timeout: Duration) -> redis::RedisResult<Connec
     match target {
         Target::Single(client) => {
             let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(timeout));
             let conn = client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -374,6 +401,10 @@ static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
 
 #[async_trait]
 impl Backend for RedisBackend {
+    fn tombstones(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let (slot, mut conn) = self.connection().await?;
         if groups.is_empty() {
@@ -400,12 +431,11 @@ impl Backend for RedisBackend {
         for (group, reply) in groups.iter().zip(replies.drain(1..)) {
             let generation = match reply.as_deref().and_then(parse_generation) {
                 Some(generation) => generation,
-                // A tombstone that never moved (or expired): 0, created only by a delete.
-                None if tombstone_of(group).is_some() => 0,
-                // Never used, or evicted: start it at a random value, so that no entry recorded
-                // under an earlier (evicted) generation can match it.
+                // Never used, expired or evicted: start it at a random value, so that no entry
+                // recorded under an earlier generation can match it. Tombstones expire.
                 None => {
-                    let started = conn.start_generation(self.group_key(group)).await;
+                    let ttl = tombstone_of(group).map(|_| TOMBSTONE_TTL);
+                    let started = conn.start_generation(self.group_key(group), ttl).await;
                     self.checked(&slot, started)?
                 }
             };

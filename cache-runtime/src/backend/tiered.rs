@@ -121,7 +121,6 @@ impl TieredBackend {
         match target {
             Target::Key(key) => forget_key(&self.local, key),
             Target::Group(group) => self.local.bump_group(group),
-            Target::All => self.local.clear_now(),
         }
     }
 
@@ -220,6 +219,10 @@ async fn subscribe(
 
 #[async_trait]
 impl Backend for TieredBackend {
+    fn tombstones(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         self.remote.get(key, groups).await
     }

@@ -335,7 +335,13 @@ where
                 crate::invalidation::invalidated_since(started, &base, &observed.groups)
             };
             let flight_key = format!("layer\u{0}{base}");
-            match flight::join(flight_key, epoch, &observed.generations, overtaken) {
+            // In-process stores: the epoch check is exact, their stamps move with any invalidation.
+            let joined_under = if backend.backend.as_memory().is_some() {
+                None
+            } else {
+                observed.generations.clone()
+            };
+            match flight::join(flight_key, epoch, &joined_under, overtaken) {
                 Role::Leader(lead) => {
                     // The previous leader may have stored the response since this request looked.
                     if let Some(cached) = lookup.run(request.headers(), &mut observed).await {
@@ -539,6 +545,7 @@ async fn save(
     }
     let mut groups = shared.config.groups.clone();
     groups.extend(header_groups.iter().cloned());
+    let groups = with_tombstone(backend, base, groups);
     let generations = if groups == observed.groups {
         observed.generations
     } else {
@@ -628,6 +635,15 @@ async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec
         {
             groups.extend(extra);
         }
+    }
+    with_tombstone(backend, base, groups)
+}
+
+/// On shared backends, a URI's entries also record its tombstone, which a mutation's removal of
+/// the URI moves: a response fetched before it and stored after it (in any process) is stale.
+fn with_tombstone(backend: &Registered, base: &str, mut groups: Vec<String>) -> Vec<String> {
+    if backend.backend.tombstones() {
+        groups.push(crate::invalidation::tombstone_group(base));
     }
     groups
 }
