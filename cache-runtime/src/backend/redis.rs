@@ -125,8 +125,21 @@ impl Connection {
         if let Some(ttl) = ttl {
             init.arg("PX").arg(super::clamp_ttl_ms(ttl));
         }
-        let _: redis::Value = self.query(&init).await?;
-        let read: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&group_key)).await?;
+        let mut get = redis::cmd("GET");
+        get.arg(&group_key);
+        let read: Option<Vec<u8>> = match self {
+            // One round trip (`SET .. NX GET` would need Redis 7).
+            Connection::Single(conn) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(init).ignore().add_command(get);
+                let (read,): (Option<Vec<u8>>,) = pipe.query_async(conn).await?;
+                read
+            }
+            Connection::Cluster(_) => {
+                let _: redis::Value = self.query(&init).await?;
+                self.query(&get).await?
+            }
+        };
         read.as_deref().and_then(parse_generation).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "group generation is not a number"))
         })
