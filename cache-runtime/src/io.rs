@@ -1,15 +1,24 @@
-//! The library's own runtime: one thread, started on first use, that owns every connection driver
-//! and background task of the library (Redis connections, the tiered subscriber, lock releases).
+//! Runtimes: the library's own (one thread, started on first use) for its background work (the
+//! tiered subscriber, lock releases, invalidations and their retries, follower timers), and
+//! [`PerRuntime`] values (Redis connections) made on each caller's runtime.
 //!
-//! Tasks spawned on the caller's runtime die with it: a `#[tokio::test]` (one runtime per test), a
-//! CLI that builds a runtime per command, or sync code calling `Runtime::block_on` would leave the
-//! library with dead connections. Work spawned here lives for the rest of the process, and callers on
-//! any runtime talk to it through channels, so a hit costs no extra thread hop: only connecting,
-//! reconnecting and background work run on this thread.
+//! Tasks spawned on a caller's runtime die with it: a `#[tokio::test]` (one runtime per test), a CLI
+//! that builds a runtime per command, or sync code calling `Runtime::block_on`. Background work
+//! therefore lives on the library's runtime, for the rest of the process. Connections live on the
+//! runtime of the callers that use them (their driver then needs no thread hop), one per runtime,
+//! and are forgotten when that runtime shuts down.
 
-use std::{future::Future, sync::OnceLock};
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+};
 
 use tokio::runtime::Handle;
+
+use crate::BackendError;
 
 /// The handle of the library's runtime, started on first use.
 pub(crate) fn handle() -> &'static Handle {
@@ -73,5 +82,124 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(second.block_on(super::run(async { 1 + 1 })), 2);
+    }
+}
+
+/// One value per tokio runtime, made on that runtime (so that tasks it spawns, like a connection's
+/// driver, live there) and forgotten once that runtime has shut down. Callers without a runtime
+/// share one made on the library's runtime. A caller's connection then needs no thread hop, and a
+/// runtime that goes away takes only its own connections with it.
+pub(crate) struct PerRuntime<C> {
+    slots: arc_swap::ArcSwap<Vec<Arc<RuntimeSlot<C>>>>,
+    writer: std::sync::Mutex<()>,
+}
+
+/// The value of one runtime.
+pub(crate) struct RuntimeSlot<C> {
+    runtime: tokio::runtime::Id,
+    handle: Handle,
+    /// Cleared when the runtime drops its tasks (it shut down).
+    alive: Arc<AtomicBool>,
+    value: tokio::sync::OnceCell<C>,
+}
+
+/// Clears its flag when dropped: held by a task that never ends, so only its runtime's shutdown
+/// drops it.
+struct AliveWhileHeld(Arc<AtomicBool>);
+
+impl Drop for AliveWhileHeld {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl<C> Default for PerRuntime<C> {
+    fn default() -> Self {
+        Self {
+            slots: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            writer: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
+    /// The slot of the caller's runtime (or of the library's, outside any runtime).
+    pub(crate) fn current(&self) -> Arc<RuntimeSlot<C>> {
+        let handle = Handle::try_current().unwrap_or_else(|_| handle().clone());
+        let runtime = handle.id();
+        let find = |slots: &[Arc<RuntimeSlot<C>>]| {
+            slots
+                .iter()
+                .find(|s| s.runtime == runtime && s.alive.load(Ordering::Acquire))
+                .cloned()
+        };
+        if let Some(slot) = find(&self.slots.load()) {
+            return slot;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.load_full();
+        if let Some(slot) = find(&slots) {
+            return slot;
+        }
+        let alive = Arc::new(AtomicBool::new(true));
+        let held = AliveWhileHeld(Arc::clone(&alive));
+        drop(handle.spawn(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        }));
+        let slot = Arc::new(RuntimeSlot {
+            runtime,
+            handle,
+            alive,
+            value: tokio::sync::OnceCell::new(),
+        });
+        let mut next: Vec<_> = slots
+            .iter()
+            .filter(|s| s.alive.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        next.push(Arc::clone(&slot));
+        self.slots.store(Arc::new(next));
+        slot
+    }
+
+    /// Drops `slot` (its value turned out broken): the next caller on that runtime makes another.
+    pub(crate) fn forget(&self, slot: &Arc<RuntimeSlot<C>>) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let next: Vec<_> = self
+            .slots
+            .load()
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, slot) && s.alive.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        self.slots.store(Arc::new(next));
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> RuntimeSlot<C> {
+    /// The value, made by `make` on this slot's runtime if there is none yet. Making it runs to
+    /// the end there even if this caller goes away, so a slow connection is still made and kept.
+    pub(crate) async fn get_or_make<F, Fut>(self: &Arc<Self>, make: F) -> Result<C, BackendError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<C, BackendError>> + Send + 'static,
+    {
+        if let Some(value) = self.value.get() {
+            return Ok(value.clone());
+        }
+        let slot = Arc::clone(self);
+        let making = self
+            .handle
+            .spawn(async move { slot.value.get_or_try_init(make).await.cloned() });
+        match making.await {
+            Ok(result) => result,
+            Err(join) => Err(BackendError::other(join)),
+        }
+    }
+
+    /// The value, if made.
+    pub(crate) fn get(&self) -> Option<C> {
+        self.value.get().cloned()
     }
 }

@@ -1,10 +1,10 @@
 //! The Redis backend, on the `redis` crate's multiplexed connection, or on its cluster client for a
 //! Redis Cluster.
 //!
-//! Connections are made on the library's own runtime (see `io.rs`), so their drivers do not die with
-//! the runtime of the caller that happened to connect first; callers on any runtime share them. A
-//! connection that reports itself broken is dropped, and the next operation connects again (on the
-//! library's runtime too).
+//! Each tokio runtime gets its own connection, made on that runtime (see `io.rs`): its driver then
+//! runs beside its callers (no thread hop), and a runtime that shuts down takes only its own
+//! connection with it; callers outside any runtime share one on the library's runtime. A connection
+//! that reports itself broken is forgotten, and the next operation on that runtime connects again.
 //!
 //! Layout under the prefix (default `cache:`):
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
@@ -32,12 +32,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection};
-use tokio::sync::OnceCell;
 
 use super::{Backend, Lookup};
+use crate::io::{PerRuntime, RuntimeSlot};
 use crate::BackendError;
 
 /// Default Redis URL when `REDIS_URL` is not set.
@@ -64,14 +63,13 @@ pub struct RedisBackend {
     pubsub: redis::Client,
     url: String,
     prefix: String,
-    /// The current connection (made on first use); replaced by an empty slot when it breaks.
-    connection: ArcSwap<Slot>,
+    /// A connection per runtime (made on first use there); forgotten when it breaks.
+    connections: PerRuntime<Connection>,
     timeout: Duration,
 }
 
-/// One connection attempt and, once made, its connection.
-#[derive(Default)]
-struct Slot(OnceCell<Connection>);
+/// One runtime's connection.
+type Slot = Arc<RuntimeSlot<Connection>>;
 
 #[derive(Clone)]
 enum Target {
@@ -204,7 +202,7 @@ impl RedisBackend {
             pubsub,
             url: url.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
-            connection: ArcSwap::from_pointee(Slot::default()),
+            connections: PerRuntime::default(),
             timeout: response_timeout(),
         }
     }
@@ -246,44 +244,31 @@ impl RedisBackend {
         self.checked(&slot, pong).map(drop)
     }
 
-    /// The current connection, connecting (on the library's runtime) if there is none, with the
-    /// slot it came from (to replace it if it turns out broken).
-    async fn connection(&self) -> Result<(Arc<Slot>, Connection), BackendError> {
-        let slot = self.connection.load_full();
-        if let Some(conn) = slot.0.get().cloned() {
+    /// The caller's runtime's connection, connecting on that runtime if there is none, with the
+    /// slot it came from (to forget it if it turns out broken).
+    async fn connection(&self) -> Result<(Slot, Connection), BackendError> {
+        let slot = self.connections.current();
+        if let Some(conn) = slot.get() {
             return Ok((slot, conn));
         }
-        // Connecting runs on the library's runtime to the end, even if this caller times out, so
-        // that a slow connection is still made once and kept.
         let target = self.target.clone();
         let timeout = self.timeout;
-        let connecting = Arc::clone(&slot);
-        let conn = crate::io::run(async move {
-            connecting
-                .0
-                .get_or_try_init(|| connect(target, timeout))
-                .await
-                .cloned()
-        })
-        .await?;
+        let conn = slot
+            .get_or_make(move || async move { Ok(connect(target, timeout).await?) })
+            .await?;
         Ok((slot, conn))
     }
 
     /// Passes `result` on; a connection-level failure drops the connection it came from, so the
     /// next operation connects again.
-    fn checked<T>(
-        &self,
-        slot: &Arc<Slot>,
-        result: redis::RedisResult<T>,
-    ) -> Result<T, BackendError> {
+    fn checked<T>(&self, slot: &Slot, result: redis::RedisResult<T>) -> Result<T, BackendError> {
         result.map_err(|error| {
             if error.is_connection_dropped()
                 || error.is_unrecoverable_error()
                 || error.is_io_error()
                 || error.is_timeout()
             {
-                let fresh = Arc::new(Slot::default());
-                let _ = self.connection.compare_and_swap(slot, fresh);
+                self.connections.forget(slot);
             }
             BackendError::Redis(error)
         })
@@ -361,7 +346,7 @@ fn parse_generation(bytes: &[u8]) -> Option<u64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-/// Connects to `target`; run on the library's runtime, where the connection's driver then lives.
+/// Connects to `target`; run on the runtime the connection is for, where its driver then lives.
 async fn connect(target: Target, timeout: Duration) -> redis::RedisResult<Connection> {
     match target {
         Target::Single(client) => {
