@@ -61,29 +61,6 @@ where
     drop(handle().spawn(work));
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn work_outlives_the_runtime_that_started_it() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let first = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        first.block_on(async {
-            super::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                tx.send(7).unwrap();
-            });
-        });
-        drop(first);
-        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(7));
-        let second = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(second.block_on(super::run(async { 1 + 1 })), 2);
-    }
-}
 
 /// One value per tokio runtime, made on that runtime (so that tasks it spawns, like a connection's
 /// driver, live there) and forgotten once that runtime has shut down. Callers without a runtime
@@ -201,5 +178,29 @@ impl<C: Clone + Send + Sync + 'static> RuntimeSlot<C> {
     /// The value, if made.
     pub(crate) fn get(&self) -> Option<C> {
         self.value.get().cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn work_outlives_the_runtime_that_started_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        first.block_on(async {
+            super::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tx.send(7).unwrap();
+            });
+        });
+        drop(first);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(7));
+        let second = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(second.block_on(super::run(async { 1 + 1 })), 2);
     }
 }
