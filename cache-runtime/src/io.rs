@@ -61,7 +61,6 @@ where
     drop(handle().spawn(work));
 }
 
-
 /// One value per tokio runtime, made on that runtime (so that tasks it spawns, like a connection's
 /// driver, live there) and forgotten once that runtime has shut down. Callers without a runtime
 /// share one made on the library's runtime. A caller's connection then needs no thread hop, and a

@@ -185,12 +185,16 @@ impl MemoryBackend {
     pub fn with_limits(max_entries: u64, max_bytes: u64) -> Self {
         let max_entries = max_entries.max(1);
         let max_bytes = max_bytes.max(1);
+        // The table of invalidated groups lives inside the byte bound: its share is taken from the
+        // store's.
+        let table_bytes = max_bytes / GROUP_TABLE_SHARE;
+        let store_bytes = (max_bytes - table_bytes).max(1);
         let slots = usize::try_from(max_entries.min(INITIAL_SLOTS)).unwrap_or(usize::MAX);
         let entries = Store::with_options(
             quick_cache::OptionsBuilder::new()
                 .estimated_items_capacity(slots)
-                .weight_capacity(max_bytes)
-                .shards(shard_count(max_bytes))
+                .weight_capacity(store_bytes)
+                .shards(shard_count(store_bytes))
                 .hot_allocation(HOT_SHARE)
                 .build()
                 .expect("weight and item capacities are set"),
@@ -204,7 +208,10 @@ impl MemoryBackend {
         Self {
             entries,
             admissible,
-            generations: Generations::new(tracked.max(MIN_TRACKED_GROUPS)),
+            generations: Generations::new(
+                tracked.max(MIN_TRACKED_GROUPS),
+                usize::try_from(table_bytes).unwrap_or(usize::MAX),
+            ),
             max_entries,
             max_bytes,
             sweeps: Periodic::new(SWEEP_EVERY),
@@ -488,9 +495,10 @@ fn serialized_len<T: serde::Serialize>(value: &T) -> u64 {
 /// while every one of its groups has a generation at most the stamp it recorded ("no invalidation
 /// of this group happened after the value's inputs were read").
 ///
-/// The table holds at most about `max_tracked` groups. Past that, the groups invalidated longest
-/// ago are *retired*, in three steps:
-/// 1. under the write lock, the oldest half is chosen and `retired_up_to` is raised to the
+/// The table holds at most about `max_tracked` groups, weighing at most about 1/32 of the backend's
+/// byte bound (taken from the store's share, so the whole backend stays within its bound). Past
+/// either, the groups invalidated longest ago are *retired*, in three steps:
+/// 1. under the write lock, the oldest are chosen (down to half of both bounds) and `retired_up_to` is raised to the
 ///    newest generation among them;
 /// 2. the store is scanned, dropping every entry that records, for one of those groups, a stamp
 ///    below the group's generation (exactly the entries that group made stale);
@@ -518,6 +526,8 @@ fn serialized_len<T: serde::Serialize>(value: &T) -> u64 {
 struct Generations {
     state: RwLock<GenerationTable>,
     max_tracked: usize,
+    /// The table's share of the backend's byte bound (names plus bookkeeping, estimated).
+    max_table_bytes: usize,
     /// Whether a retirement runs (at most one at a time).
     retiring: AtomicBool,
 }
@@ -532,6 +542,8 @@ struct GenerationTable {
     last: u64,
     /// The newest generation of a group retired (or being retired).
     retired_up_to: u64,
+    /// What the tracked groups weigh (see [`TRACKED_GROUP_OVERHEAD`]).
+    bytes: usize,
 }
 
 impl GenerationTable {
@@ -558,11 +570,22 @@ impl GenerationTable {
     }
 }
 
+/// Which share of a memory backend's byte bound its table of invalidated groups may use (1/32).
+const GROUP_TABLE_SHARE: u64 = 32;
+/// Estimated bookkeeping of one tracked group beyond its name: two map slots, the shared name's
+/// header, the stamps.
+const TRACKED_GROUP_OVERHEAD: usize = 96;
+
+fn tracked_weight(name: &str) -> usize {
+    name.len() + TRACKED_GROUP_OVERHEAD
+}
+
 impl Generations {
-    fn new(max_tracked: usize) -> Self {
+    fn new(max_tracked: usize, max_table_bytes: usize) -> Self {
         Self {
             state: RwLock::default(),
             max_tracked,
+            max_table_bytes,
             retiring: AtomicBool::new(false),
         }
     }
@@ -603,21 +626,36 @@ impl Generations {
             Some((name, _)) => Arc::clone(name),
             None => Arc::from(group),
         };
-        if let Some(old) = table.by_group.insert(Arc::clone(&name), next) {
-            table.by_age.remove(&old);
+        let weight = tracked_weight(&name);
+        match table.by_group.insert(Arc::clone(&name), next) {
+            Some(old) => {
+                table.by_age.remove(&old);
+            }
+            None => table.bytes += weight,
         }
         table.by_age.insert(next, name);
-        table.by_group.len() > self.max_tracked
+        self.over_bound(&table)
+    }
+
+    fn over_bound(&self, table: &GenerationTable) -> bool {
+        table.by_group.len() > self.max_tracked || table.bytes > self.max_table_bytes
     }
 
     /// Step 1 of a retirement: the oldest groups to retire, with their generations.
     fn start_retirement(&self) -> Vec<(Arc<str>, u64)> {
         let mut table = self.write();
-        let excess = table.by_group.len().saturating_sub(self.max_tracked / 2);
+        // Down to half of both bounds.
+        let (count_goal, bytes_goal) = (self.max_tracked / 2, self.max_table_bytes / 2);
+        let (mut count, mut bytes) = (table.by_group.len(), table.bytes);
         let retired: Vec<(Arc<str>, u64)> = table
             .by_age
             .iter()
-            .take(excess)
+            .take_while(|(_, name)| {
+                let over = count > count_goal || bytes > bytes_goal;
+                count = count.saturating_sub(1);
+                bytes = bytes.saturating_sub(tracked_weight(name));
+                over
+            })
             .map(|(n, g)| (Arc::clone(g), *n))
             .collect();
         if let Some((_, newest)) = retired.last() {
@@ -633,6 +671,7 @@ impl Generations {
             if table.by_group.get(group) == Some(generation) {
                 table.by_group.remove(group);
                 table.by_age.remove(generation);
+                table.bytes = table.bytes.saturating_sub(tracked_weight(group));
             }
         }
     }
@@ -777,6 +816,27 @@ mod tests {
     /// An entry stored under a group, that group invalidated, then retired from the table by many
     /// other invalidations: the entry stays stale, and so does one computed before the
     /// invalidation but stored only after the retirement.
+    #[test]
+    fn the_group_table_stays_within_its_share_of_the_byte_bound() {
+        // 1 MiB: the table may weigh 32 KiB, far fewer groups than the entry bound allows.
+        let mem = MemoryBackend::with_limits(100_000, 1 << 20);
+        let long_name = "g".repeat(200);
+        for i in 0..5_000 {
+            mem.bump_group(&format!("{long_name}{i}"));
+        }
+        let table = mem.generations.read();
+        assert!(
+            table.bytes <= (1 << 20) / 32 + tracked_weight(&long_name) + 8,
+            "the table weighs {} bytes",
+            table.bytes
+        );
+        assert!(
+            table.by_group.len() < 200,
+            "{} groups tracked",
+            table.by_group.len()
+        );
+    }
+
     #[test]
     fn an_invalidated_entry_never_comes_back_once_its_group_is_retired() {
         let mem = MemoryBackend::with_limits(1_000, 1 << 30);
