@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::{
-    backend::memory::TypedLookup,
+    backend::{memory::TypedLookup, MemoryBackend},
     envelope::{self, now_ms, Decoded, Meta},
     flight::{self, Followed, Leader, Role},
     invalidation,
@@ -746,9 +746,11 @@ where
         }
         None => None,
     };
+    let clears = local.map(MemoryBackend::clears);
     let (probe, expires_ms) = probe_stored::<T>(site, backend, key, groups).await;
-    // Not copied while the backend missed an invalidation (the read may have overtaken it).
-    let usable = !backend.invalidation.blocked();
+    // Not copied while the backend missed an invalidation (the read may have overtaken it), nor
+    // across a clear of the local tier (a lost subscription: invalidations may have been missed).
+    let usable = !backend.invalidation.blocked() && local.map(MemoryBackend::clears) == clears;
     if let (Probe::Hit(value), Some(local), Some(generations), true) =
         (&probe, local, observed, usable)
     {

@@ -15,7 +15,7 @@ use std::{
     any::Any,
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::Duration,
@@ -79,6 +79,8 @@ pub struct MemoryBackend {
     admissible: u64,
     /// When expired entries are next swept.
     sweeps: Periodic,
+    /// Counts [`clear_now`](Self::clear_now)s: a copy started before one must not land after it.
+    clears: AtomicU64,
 }
 
 struct MemEntry {
@@ -215,6 +217,7 @@ impl MemoryBackend {
             max_entries,
             max_bytes,
             sweeps: Periodic::new(SWEEP_EVERY),
+            clears: AtomicU64::new(0),
         }
     }
 
@@ -381,7 +384,13 @@ impl MemoryBackend {
 
     /// Drops every entry at once.
     pub(crate) fn clear_now(&self) {
+        self.clears.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
+    }
+
+    /// How many times the store was cleared (see `clear_now`).
+    pub(crate) fn clears(&self) -> u64 {
+        self.clears.load(Ordering::Acquire)
     }
 
     pub(crate) fn bump_group(&self, group: &str) {
