@@ -80,11 +80,22 @@ pub(crate) enum Target {
 }
 
 fn slot(target: &Target) -> usize {
-    let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
-    let hash = match target {
-        Target::Key(key) => hasher.hash_one((0u8, key.as_str())),
-        Target::Group(group) => hasher.hash_one((1u8, group.as_str())),
-    };
+    match target {
+        Target::Key(key) => key_slot(key),
+        Target::Group(group) => group_slot(group),
+    }
+}
+
+fn key_slot(key: &str) -> usize {
+    hashed_slot(0, key)
+}
+
+fn group_slot(group: &str) -> usize {
+    hashed_slot(1, group)
+}
+
+fn hashed_slot(kind: u8, name: &str) -> usize {
+    let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((kind, name));
     (hash as usize) % SLOTS
 }
 
@@ -100,8 +111,8 @@ pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> boo
     if EPOCH.load(Ordering::SeqCst) == epoch {
         return false;
     }
-    let moved = |target: Target| SLOT_EPOCHS[slot(&target)].load(Ordering::SeqCst) > epoch;
-    moved(Target::Key(key.to_owned())) || groups.iter().any(|g| moved(Target::Group(g.clone())))
+    let moved = |slot: usize| SLOT_EPOCHS[slot].load(Ordering::SeqCst) > epoch;
+    moved(key_slot(key)) || groups.iter().any(|g| moved(group_slot(g)))
 }
 
 /// Marks `target` invalidated now, before any backend is touched.
@@ -207,6 +218,9 @@ async fn barrier(backend: &Registered, key: &str) {
 /// Applies `target` to one backend: its in-process tier at once, then the backend itself, never
 /// skipped by its breaker, tried [`ATTEMPTS`] times; left pending if it still fails.
 async fn apply(entry: &'static Registered, target: Target) -> Result<(), BackendError> {
+    // The tiered backend's own operations start with their local part too, but a key invalidation
+    // may fail at its tombstone before reaching the delete; and local-tier hits are served even
+    // while the backend is blocked.
     if let Some(tiered) = entry.backend.as_tiered() {
         tiered.invalidate_locally(&target);
     }

@@ -36,8 +36,11 @@ use async_trait::async_trait;
 use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection};
 
 use super::{Backend, Lookup};
-use crate::io::{PerRuntime, RuntimeSlot};
 use crate::BackendError;
+use crate::{
+    invalidation::tombstone_key_of,
+    io::{PerRuntime, RuntimeSlot},
+};
 
 /// Default Redis URL when `REDIS_URL` is not set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -118,11 +121,7 @@ impl Connection {
         group_key: String,
         ttl: Option<Duration>,
     ) -> redis::RedisResult<u64> {
-        let mut init = redis::cmd("SET");
-        init.arg(&group_key).arg(random_generation()).arg("NX");
-        if let Some(ttl) = ttl {
-            init.arg("PX").arg(super::clamp_ttl_ms(ttl));
-        }
+        let init = init_generation(&group_key, ttl);
         let mut get = redis::cmd("GET");
         get.arg(&group_key);
         let read: Option<Vec<u8>> = match self {
@@ -279,7 +278,7 @@ impl RedisBackend {
     }
 
     fn group_key(&self, group: &str) -> String {
-        match tombstone_of(group) {
+        match tombstone_key_of(group) {
             Some(key) => format!("{}t:{key}", self.prefix),
             None => format!("{}g:{group}", self.prefix),
         }
@@ -310,8 +309,7 @@ impl RedisBackend {
 /// The commands that move a generation to a value it never had: `INCR`, after creating it at a
 /// random value if it is missing (never used, or evicted); with `ttl`, it expires that long after.
 fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cmd> {
-    let mut init = redis::cmd("SET");
-    init.arg(generation_key).arg(random_generation()).arg("NX");
+    let init = init_generation(generation_key, ttl);
     let mut incr = redis::cmd("INCR");
     incr.arg(generation_key);
     let mut commands = vec![init, incr];
@@ -323,11 +321,18 @@ fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cm
     commands
 }
 
-fn tombstone_of(group: &str) -> Option<&str> {
-    crate::invalidation::tombstone_key_of(group)
+/// `SET key <random> NX [PX ttl]`: creates a missing generation at a random value (see
+/// [`random_generation`]), leaves an existing one alone.
+fn init_generation(generation_key: &str, ttl: Option<Duration>) -> redis::Cmd {
+    let mut init = redis::cmd("SET");
+    init.arg(generation_key).arg(random_generation()).arg("NX");
+    if let Some(ttl) = ttl {
+        init.arg("PX").arg(super::clamp_ttl_ms(ttl));
+    }
+    init
 }
 
-/// How long connecting may take (on the library's runtime, whatever the caller's timeout).
+/// How long connecting may take (it runs to the end on its runtime, whatever the caller's timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A reply slower than this fails the command and replaces the connection: below the runtime's
@@ -432,7 +437,7 @@ impl Backend for RedisBackend {
                 // Never used, expired or evicted: start it at a random value, so that no entry
                 // recorded under an earlier generation can match it. Tombstones expire.
                 None => {
-                    let ttl = tombstone_of(group).map(|_| TOMBSTONE_TTL);
+                    let ttl = tombstone_key_of(group).map(|_| TOMBSTONE_TTL);
                     let started = conn.start_generation(self.group_key(group), ttl).await;
                     self.checked(&slot, started)?
                 }
@@ -474,7 +479,7 @@ impl Backend for RedisBackend {
 
     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
-        if tombstone_of(group).is_some() {
+        if tombstone_key_of(group).is_some() {
             // Moved with every key invalidation (which announces itself); expires in time.
             let commands = move_generation(&self.group_key(group), Some(TOMBSTONE_TTL));
             let moved = conn.query_all(commands).await;
