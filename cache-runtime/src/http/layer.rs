@@ -8,7 +8,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response},
+    http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response},
 };
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -55,10 +55,22 @@ use crate::{
 ///     .route("/products", get(|| async { "[...]" }))
 ///     .layer(CacheLayer::new().backend("redis").ttl(Duration::from_secs(30)).group("products"));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CacheLayer {
     backend: String,
+    /// The namespace of this layer's entries: `.name(..)`, else derived from where it was made.
+    name: String,
     ttl: Duration,
+    /// Whether `ttl` applies to responses without explicit freshness (`new`), or only the RFC's
+    /// heuristic does (`proxy`).
+    mode: Mode,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    targeted: Option<HeaderName>,
+    cookies: Cookies,
+    cache_key: Option<KeyFn>,
+    bypass: Option<BypassFn>,
+    ignore_client_no_cache: bool,
     groups: Vec<String>,
     groups_header: Option<HeaderName>,
     max_body: usize,
@@ -69,18 +81,104 @@ pub struct CacheLayer {
     uncacheable: Arc<UncacheableUris>,
 }
 
+/// A custom key for a request: the part after the layer's namespace and method.
+type KeyFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
+/// Requests for which the layer steps aside.
+type BypassFn = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+
+/// What the default TTL applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The app's own routes: responses without explicit freshness get the layer's TTL.
+    App,
+    /// In front of another origin: only explicit freshness, or the RFC 9111 heuristic.
+    Proxy,
+}
+
+/// How requests carrying `Cookie` are treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cookies {
+    /// They bypass the cache (the default: a cookie may change the page).
+    Bypass,
+    /// The page varies on these cookies (their values are part of the key); others are ignored.
+    VaryOn(Vec<String>),
+    /// Cookies never change the page.
+    Ignore,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("backend", &self.backend)
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("mode", &self.mode)
+            .field("groups", &self.groups)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("targeted", &self.targeted)
+            .field("cookies", &self.cookies)
+            .field("cache_key", &self.cache_key.is_some())
+            .field("bypass", &self.bypass.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for CacheLayer {
+    #[track_caller]
     fn default() -> Self {
         Self::new()
     }
 }
 
 impl CacheLayer {
-    /// A layer on the `"memory"` backend with a 60 s default TTL.
+    /// A layer for the app's own routes, on the `"memory"` backend: responses that state no
+    /// freshness are kept for the default TTL of 60 s ([`ttl`](Self::ttl)).
+    ///
+    /// Its entries are its own: the namespace is the name of the executable and the place in the
+    /// source where `new` was called (see [`name`](Self::name)).
+    #[track_caller]
     pub fn new() -> Self {
+        Self::at(std::panic::Location::caller(), Mode::App)
+    }
+
+    /// A layer in front of another origin (a caching reverse proxy), as an RFC 9111 shared cache:
+    /// only responses with explicit freshness (`s-maxage`, `max-age`, `Expires`) or a
+    /// `Last-Modified` to compute heuristic freshness from (RFC 9111 §4.2.2) are reused, the
+    /// rest are revalidated or passed through. [`ttl`](Self::ttl) caps the heuristic.
+    #[track_caller]
+    pub fn proxy() -> Self {
+        Self::at(std::panic::Location::caller(), Mode::Proxy)
+    }
+
+    fn at(location: &std::panic::Location<'_>, mode: Mode) -> Self {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|path| Some(path.file_stem()?.to_string_lossy().into_owned()))
+            .unwrap_or_default();
         Self {
             backend: "memory".to_owned(),
-            ttl: Duration::from_secs(60),
+            name: format!(
+                "{program}@{}:{}:{}",
+                location.file(),
+                location.line(),
+                location.column()
+            ),
+            ttl: Duration::from_secs(match mode {
+                Mode::App => 60,
+                Mode::Proxy => 24 * 3600,
+            }),
+            mode,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            targeted: None,
+            cookies: match mode {
+                Mode::App => Cookies::Bypass,
+                Mode::Proxy => Cookies::Bypass,
+            },
+            cache_key: None,
+            bypass: None,
+            ignore_client_no_cache: false,
             groups: Vec::new(),
             groups_header: None,
             max_body: DEFAULT_MAX_BODY,
@@ -102,9 +200,86 @@ impl CacheLayer {
         self.reconfigured()
     }
 
-    /// Freshness for responses that state none (`s-maxage`/`max-age` win when present).
+    /// The namespace of this layer's entries. Two layers with the same name on one backend share
+    /// entries (instances of one service on one Redis); layers with different names never do.
+    /// Without it, a layer's name is the executable's name and the source location of the
+    /// [`new`](Self::new) / [`proxy`](Self::proxy) call: unique per layer in a program, the same in
+    /// every process of one build, but it changes when that line moves.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self.reconfigured()
+    }
+
+    /// For [`new`](Self::new): how long responses that state no freshness are fresh (explicit
+    /// `s-maxage`, `max-age` or `Expires` always win). For [`proxy`](Self::proxy): the cap on
+    /// heuristic freshness. Zero: only explicit freshness is used.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self.reconfigured()
+    }
+
+    /// Serves a stale response for up to this long past its freshness while one request
+    /// revalidates it in the background (as the `stale-while-revalidate` response directive,
+    /// RFC 5861, which wins when larger). Never for `must-revalidate` or `no-cache` responses.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self.reconfigured()
+    }
+
+    /// Serves a stale response for up to this long past its freshness when the origin fails
+    /// (a 5xx or an error of the inner service; as the `stale-if-error` directive, RFC 5861).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self.reconfigured()
+    }
+
+    /// Takes this cache's directives from a targeted field (RFC 9213), such as
+    /// `CDN-Cache-Control`, when the response carries it; `Cache-Control` is then ignored for
+    /// storing and freshness, and passed on unchanged.
+    pub fn targeted(mut self, field: HeaderName) -> Self {
+        self.targeted = Some(field);
+        self.reconfigured()
+    }
+
+    /// Requests with a `Cookie` are cached, keyed on the values of these cookies only (by
+    /// default such requests bypass the cache: a cookie may change the page).
+    pub fn vary_on_cookies<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        let mut names: Vec<String> = names.into_iter().map(Into::into).collect();
+        names.sort();
+        names.dedup();
+        self.cookies = Cookies::VaryOn(names);
+        self.reconfigured()
+    }
+
+    /// Requests with a `Cookie` are cached as if they had none.
+    pub fn ignore_cookies(mut self) -> Self {
+        self.cookies = Cookies::Ignore;
+        self.reconfigured()
+    }
+
+    /// Keys requests with `key` instead of their host, path and query (for example to drop
+    /// `utm_*` parameters). Requests with the same key share entries (the method, the layer's
+    /// name and `Vary` are added).
+    pub fn cache_key(mut self, key: impl Fn(&Parts) -> String + Send + Sync + 'static) -> Self {
+        self.cache_key = Some(Arc::new(key));
+        self.reconfigured()
+    }
+
+    /// Requests for which `bypass` returns `true` go to the inner service untouched
+    /// (`X-Cache: BYPASS`).
+    pub fn bypass(mut self, bypass: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.bypass = Some(Arc::new(bypass));
+        self.reconfigured()
+    }
+
+    /// A client's `Cache-Control: no-cache` or `max-age=0` does not make the layer go to the
+    /// origin: stored fresh responses are served anyway (so clients cannot force origin load).
+    pub fn ignore_client_no_cache(mut self) -> Self {
+        self.ignore_client_no_cache = true;
         self.reconfigured()
     }
 
