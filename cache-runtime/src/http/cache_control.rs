@@ -1,23 +1,40 @@
-//! `Cache-Control` directives (RFC 9111 §5.2) as far as a server-side cache needs them.
+//! `Cache-Control` directives (RFC 9111 §5.2, RFC 5861) as far as a server-side cache needs them.
 
-use axum::http::{header::CACHE_CONTROL, HeaderMap};
+use axum::http::{header::CACHE_CONTROL, HeaderMap, HeaderName};
 
-/// The directives of every `Cache-Control` field of a message.
+/// The directives of every `Cache-Control` field of a message (request or response). A directive
+/// given twice counts by its first occurrence (RFC 9111 §4.2.1 allows it).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct CacheControl {
     pub(crate) no_store: bool,
     pub(crate) no_cache: bool,
     pub(crate) private: bool,
     pub(crate) public: bool,
+    /// `must-revalidate`, or `proxy-revalidate` (this is a shared cache).
     pub(crate) must_revalidate: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+    /// RFC 5861, response.
+    pub(crate) stale_while_revalidate: Option<u64>,
+    /// RFC 5861, response and request.
+    pub(crate) stale_if_error: Option<u64>,
+    /// Request: `max-stale` (`Some(None)`: any staleness), `min-fresh`, `only-if-cached`.
+    pub(crate) max_stale: Option<Option<u64>>,
+    pub(crate) min_fresh: Option<u64>,
+    pub(crate) only_if_cached: bool,
 }
 
 impl CacheControl {
+    /// The directives of the `Cache-Control` fields.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
+        Self::of_field(headers, &CACHE_CONTROL)
+    }
+
+    /// The directives of the fields named `field` (a targeted field such as `CDN-Cache-Control`,
+    /// RFC 9213, uses the same directives).
+    pub(crate) fn of_field(headers: &HeaderMap, field: &HeaderName) -> Self {
         let mut cc = Self::default();
-        for value in headers.get_all(CACHE_CONTROL) {
+        for value in headers.get_all(field) {
             let Ok(text) = value.to_str() else {
                 continue;
             };
@@ -26,16 +43,29 @@ impl CacheControl {
                     Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
                     None => (directive.trim(), None),
                 };
-                let seconds = || argument.and_then(delta_seconds);
+                let seconds = argument.and_then(delta_seconds);
+                // A malformed or absent argument reads as 0: stale (RFC 9111 §4.2.1).
+                let first = |slot: &mut Option<u64>| {
+                    slot.get_or_insert(seconds.unwrap_or(0));
+                };
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
                     "public" => cc.public = true,
                     "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
-                    // A malformed max-age is treated as stale (RFC 9111 §4.2.1): age 0.
-                    "max-age" => cc.max_age = Some(seconds().unwrap_or(0)),
-                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(0)),
+                    "max-age" => first(&mut cc.max_age),
+                    "s-maxage" => first(&mut cc.s_maxage),
+                    "min-fresh" => first(&mut cc.min_fresh),
+                    "stale-while-revalidate" => first(&mut cc.stale_while_revalidate),
+                    "stale-if-error" => first(&mut cc.stale_if_error),
+                    "max-stale" => {
+                        cc.max_stale.get_or_insert(match argument {
+                            None => None,
+                            Some(_) => Some(seconds.unwrap_or(0)),
+                        });
+                    }
+                    "only-if-cached" => cc.only_if_cached = true,
                     _ => {}
                 }
             }
@@ -100,6 +130,19 @@ mod tests {
         let cc = parse(&["private=\"set-cookie, x\", no-store"]);
         assert!(cc.private && cc.no_store);
         assert_eq!(parse(&["max-age=abc"]).max_age, Some(0));
+        assert_eq!(
+            parse(&["max-age=5, max-age=1"]).max_age,
+            Some(5),
+            "first wins"
+        );
+        let cc = parse(&["max-stale, min-fresh=3, only-if-cached, stale-if-error=9"]);
+        assert_eq!(cc.max_stale, Some(None));
+        assert_eq!((cc.min_fresh, cc.stale_if_error), (Some(3), Some(9)));
+        assert!(cc.only_if_cached);
+        assert_eq!(parse(&["max-stale=7"]).max_stale, Some(Some(7)));
+        let cc = parse(&["max-age=1, stale-while-revalidate=30, proxy-revalidate"]);
+        assert_eq!(cc.stale_while_revalidate, Some(30));
+        assert!(cc.must_revalidate);
     }
 
     #[test]

@@ -9,7 +9,11 @@ use axum::{
 };
 
 pub use super::response::CachedResponse;
-use super::{cache_control::CacheControl, response::ReplyCacheControl, DEFAULT_MAX_BODY};
+use super::{
+    cache_control::CacheControl,
+    response::{ReplyCacheControl, Stamp},
+    DEFAULT_MAX_BODY,
+};
 use crate::{
     key::{DefaultKey, KeyBuf},
     memo::{memoize_with, Body, Errors},
@@ -112,7 +116,9 @@ where
     if !cacheable_method || !storable(&response) {
         return Err(response);
     }
-    CachedResponse::capture(response, site.policy.ttl_ms, DEFAULT_MAX_BODY).await
+    CachedResponse::capture(response, Stamp::now(site.policy.ttl_ms), DEFAULT_MAX_BODY)
+        .await
+        .map(|(cached, _)| cached)
 }
 
 /// Runs the invalidations of a `#[cache_invalidate(http)]` handler when its response is 2xx.

@@ -16,6 +16,7 @@ mod cache_control;
 mod conditional;
 mod handler;
 mod layer;
+mod policy;
 mod response;
 
 pub use axum::response::{IntoResponse, Response};

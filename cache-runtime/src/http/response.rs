@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use super::{
     cache_control::split_list,
     conditional::{none_match, strong_etag},
+    policy::Rules,
 };
 use crate::envelope::now_ms;
 
@@ -31,12 +32,15 @@ const NOT_STORED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "date",
     "age",
     "etag",
     "x-cache",
     "content-length",
 ];
+
+/// Headers a `304` does not update in the stored response (RFC 9111 §3.2): besides those never
+/// stored, the body's length and the validator this cache made itself.
+const NOT_UPDATED: &[&str] = &["content-length"];
 
 /// Headers that identify a representation, hashed into the ETag with the body.
 const REPRESENTATION: &[&str] = &["content-type", "content-encoding", "content-language"];
@@ -76,10 +80,16 @@ pub struct ResponseParts {
     #[serde(with = "body_repr")]
     pub(crate) body: Bytes,
     pub(crate) etag: String,
-    /// When the response was produced (ms since the Unix epoch).
+    /// Whether `etag` was made by this cache (the origin sent none): never sent to the origin.
+    #[serde(default)]
+    pub(crate) generated_etag: bool,
+    /// When the response was produced (ms since the Unix epoch): its age is counted from here.
     pub(crate) stored_ms: u64,
     /// How long it is fresh.
     pub(crate) ttl_ms: u64,
+    /// What the response's directives say about reusing it.
+    #[serde(default)]
+    pub(crate) rules: Rules,
     /// The parts of a reply that do not change between hits, built by the first one.
     #[serde(skip)]
     prepared: OnceLock<Prepared>,
@@ -97,21 +107,45 @@ struct Prepared {
 
 /// What to put in `Cache-Control` on a reply.
 pub(crate) enum ReplyCacheControl<'a> {
-    /// `<visibility>, max-age=<remaining>`: the attribute, which is the origin.
+    /// `<visibility>, max-age=<lifetime>` with the handler's other directives (`Age` says how
+    /// much of the lifetime is gone): the attribute, which is the origin.
     Origin(&'a str),
-    /// The stored `Cache-Control` if the origin sent one, else `public, max-age=<remaining>`:
-    /// the layer, which is a cache in front of the origin.
-    Shared,
+    /// The stored `Cache-Control` as received; when there is none and `default` is set,
+    /// `public, max-age=<lifetime>`: the layer, which is a cache in front of the origin.
+    Shared { default: bool },
+}
+
+/// When a captured response was produced, how long it is fresh, and its reuse rules.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    pub(crate) stored_ms: u64,
+    pub(crate) ttl_ms: u64,
+    pub(crate) rules: Rules,
+}
+
+impl Stamp {
+    /// Produced now, fresh for `ttl_ms`.
+    pub(crate) fn now(ttl_ms: u64) -> Self {
+        Self {
+            stored_ms: now_ms(),
+            ttl_ms,
+            rules: Rules::default(),
+        }
+    }
 }
 
 impl CachedResponse {
     /// Reads a whole response into memory if it is at most `max_body` bytes; otherwise gives the
     /// response back, intact and still streaming.
+    ///
+    /// Headers are stored as received (without hop-by-hop ones); a `Date` is added when the
+    /// response has none (RFC 9110 §6.6.1). Also returns the headers as received, for a reply
+    /// that passes the response on.
     pub(crate) async fn capture(
         response: Response<Body>,
-        ttl_ms: u64,
+        stamp: Stamp,
         max_body: usize,
-    ) -> Result<Self, Response<Body>> {
+    ) -> Result<(Self, HeaderMap), Response<Body>> {
         let (parts, body) = response.into_parts();
         let declared = parts
             .headers
@@ -131,15 +165,21 @@ impl CachedResponse {
                 Err(_) => return Err(Response::from_parts(parts, body)),
             }
         }
+        if !parts.headers.contains_key(header::DATE) {
+            headers.push((
+                "date".to_owned(),
+                super::policy::format_date(now_ms() / 1000),
+            ));
+        }
         let body = match read_limited(body, max_body).await {
             Ok(bytes) => bytes,
             Err(body) => return Err(Response::from_parts(parts, body)),
         };
-        let etag = match parts
+        let origin_etag = parts
             .headers
             .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-        {
+            .and_then(|v| v.to_str().ok());
+        let etag = match origin_etag {
             Some(tag) => tag.to_owned(),
             None => {
                 let representation: Vec<(&str, &[u8])> = REPRESENTATION
@@ -149,15 +189,93 @@ impl CachedResponse {
                 strong_etag(&representation, &body)
             }
         };
-        Ok(Self(Arc::new(ResponseParts {
+        let generated_etag = origin_etag.is_none();
+        let cached = Self(Arc::new(ResponseParts {
             status: parts.status.as_u16(),
             headers,
             body,
             etag,
-            stored_ms: now_ms(),
-            ttl_ms,
+            generated_etag,
+            stored_ms: stamp.stored_ms,
+            ttl_ms: stamp.ttl_ms,
+            rules: stamp.rules,
             prepared: OnceLock::new(),
-        })))
+        }));
+        Ok((cached, parts.headers))
+    }
+
+    /// This response updated with the header fields of a `304 Not Modified` that validated it
+    /// (RFC 9111 §3.2, §4.3.4), with a new age and lifetime.
+    pub(crate) fn merged(&self, update: &HeaderMap, stamp: Stamp) -> Self {
+        let updated = |name: &str| {
+            update.contains_key(name) && !NOT_STORED.contains(&name) && !NOT_UPDATED.contains(&name)
+        };
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !updated(name))
+            .cloned()
+            .collect();
+        for (name, value) in update {
+            if updated(name.as_str()) {
+                if let Ok(text) = value.to_str() {
+                    headers.push((name.as_str().to_owned(), text.to_owned()));
+                }
+            }
+        }
+        let (etag, generated_etag) = match update.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+            Some(tag) => (tag.to_owned(), false),
+            None => (self.etag.clone(), self.generated_etag),
+        };
+        Self(Arc::new(ResponseParts {
+            status: self.status,
+            headers,
+            body: self.body.clone(),
+            etag,
+            generated_etag,
+            stored_ms: stamp.stored_ms,
+            ttl_ms: stamp.ttl_ms,
+            rules: stamp.rules,
+            prepared: OnceLock::new(),
+        }))
+    }
+
+    /// The validators to send to the origin to revalidate this response: its `ETag` if the
+    /// origin made it, and its `Last-Modified`.
+    pub(crate) fn validators(&self) -> (Option<&str>, Option<&str>) {
+        let etag = (!self.generated_etag).then_some(self.etag.as_str());
+        let modified = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("last-modified"))
+            .map(|(_, v)| v.as_str());
+        (etag, modified)
+    }
+
+    /// The stored response passed on as the origin sent it (`headers` as received), with the
+    /// validator and `Date` this cache added.
+    pub(crate) fn passthrough(&self, mut headers: HeaderMap) -> Response<Body> {
+        if self.generated_etag {
+            if let Ok(value) = HeaderValue::from_str(&self.etag) {
+                headers.insert(header::ETAG, value);
+            }
+        }
+        if !headers.contains_key(header::DATE) {
+            if let Some(Ok(date)) = self.header("date").map(|d| HeaderValue::from_str(&d)) {
+                headers.insert(header::DATE, date);
+            }
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// How old the response is now, in ms.
+    pub(crate) fn age_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.stored_ms)
     }
 
     /// Every value of a stored header, joined with `, ` (the list form of a repeated field).
@@ -193,7 +311,7 @@ impl CachedResponse {
                     .unwrap_or("")
                     .trim()
                     .to_ascii_lowercase();
-                if !matches!(name.as_str(), "public" | "private" | "max-age" | "s-maxage") {
+                if !matches!(name.as_str(), "public" | "private" | "max-age") {
                     kept_directives.push_str(", ");
                     kept_directives.push_str(directive);
                 }
@@ -213,28 +331,47 @@ impl CachedResponse {
         if_none_match: &[HeaderValue],
         x_cache: Option<&'static str>,
     ) -> Response<Body> {
-        let age_ms = now_ms().saturating_sub(self.stored_ms);
-        // Whole seconds, as HTTP counts them: Age is floored and max-age is what is left of the TTL.
-        let remaining = (self.ttl_ms / 1000).saturating_sub(age_ms / 1000);
+        self.reply_to(
+            cache_control,
+            none_match(if_none_match, &self.etag),
+            x_cache,
+        )
+    }
+
+    /// Builds the reply: the stored response, or `304 Not Modified` (with the fields RFC 9110
+    /// §15.4.5 lists) when `not_modified`.
+    pub(crate) fn reply_to(
+        &self,
+        cache_control: ReplyCacheControl<'_>,
+        not_modified: bool,
+        x_cache: Option<&'static str>,
+    ) -> Response<Body> {
+        let age_ms = self.age_ms();
+        // Whole seconds, as HTTP counts them: Age is floored; max-age is the whole lifetime, of
+        // which Age says how much is gone (RFC 9111 §4.2.3).
+        let lifetime = self.ttl_ms / 1000;
         let prepared = self.prepared();
         let cache_control = match cache_control {
             ReplyCacheControl::Origin(visibility) => {
-                // The handler's own directives (no-cache, must-revalidate, immutable...) are kept;
-                // visibility and freshness are the cache's.
-                format!(
-                    "{visibility}, max-age={remaining}{}",
+                // The handler's own directives (no-cache, must-revalidate, s-maxage...) are kept;
+                // visibility and max-age are the cache's.
+                Some(format!(
+                    "{visibility}, max-age={lifetime}{}",
                     prepared.kept_directives
-                )
+                ))
             }
-            ReplyCacheControl::Shared => prepared
+            ReplyCacheControl::Shared { default } => prepared
                 .cache_control
                 .clone()
-                .unwrap_or_else(|| format!("public, max-age={remaining}")),
+                .or_else(|| default.then(|| format!("public, max-age={lifetime}"))),
         };
-        let not_modified = none_match(if_none_match, &self.etag);
         let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
         for (name, value) in &prepared.headers {
-            let keep = !not_modified || name == header::VARY || name == header::CONTENT_LOCATION;
+            let keep = !not_modified
+                || name == header::VARY
+                || name == header::CONTENT_LOCATION
+                || name == header::DATE
+                || name == header::EXPIRES;
             if keep {
                 headers.append(name.clone(), value.clone());
             }
@@ -245,7 +382,9 @@ impl CachedResponse {
             }
         };
         set(header::ETAG, &self.etag);
-        set(header::CACHE_CONTROL, &cache_control);
+        if let Some(cache_control) = &cache_control {
+            set(header::CACHE_CONTROL, cache_control);
+        }
         set(header::AGE, &(age_ms / 1000).to_string());
         if let Some(x_cache) = x_cache {
             set(HeaderName::from_static("x-cache"), x_cache);
@@ -353,9 +492,10 @@ mod tests {
 
     #[tokio::test]
     async fn captures_and_replays_with_validators() {
-        let cached = CachedResponse::capture(response(Body::from("hello")), 60_000, 1024)
-            .await
-            .unwrap();
+        let (cached, _) =
+            CachedResponse::capture(response(Body::from("hello")), Stamp::now(60_000), 1024)
+                .await
+                .unwrap();
         assert_eq!(cached.body, "hello");
         assert!(cached.header("connection").is_none());
         assert_eq!(cached.header("content-type").as_deref(), Some("text/plain"));
@@ -376,7 +516,7 @@ mod tests {
     async fn oversized_bodies_come_back_whole() {
         let chunks = (0..10).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![b'a' + i; 100])));
         let body = Body::from_stream(futures_util::stream::iter(chunks));
-        let passed = CachedResponse::capture(response(body), 60_000, 250)
+        let passed = CachedResponse::capture(response(body), Stamp::now(60_000), 250)
             .await
             .unwrap_err();
         let bytes = passed.into_body().collect().await.unwrap().to_bytes();
@@ -391,8 +531,10 @@ mod tests {
             headers: vec![],
             body: Bytes::from_static(&[0, 159, 146, 150]),
             etag: "\"x\"".into(),
+            generated_etag: true,
             stored_ms: 0,
             ttl_ms: 0,
+            rules: Rules::default(),
             prepared: OnceLock::new(),
         }));
         let json = serde_json::to_string(&cached).unwrap();

@@ -1,0 +1,920 @@
+//! What the layer does with one request: bypass, lookup, reuse or revalidation of a stored
+//! response, coalescing of misses, the origin's answer and storing it.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{keys, Mode, Shared};
+use crate::{
+    backend::clamp_ttl_ms,
+    envelope::now_ms,
+    flight::{self, Followed, Role},
+    http::{
+        cache_control::CacheControl,
+        conditional::none_match,
+        policy::{self, date_field, Exchange, Heuristic, Reuse, Rules, Windows},
+        response::{CachedResponse, ReplyCacheControl, Stamp},
+    },
+    memo::{probe, store, Probe},
+    registry::{self, Registered},
+    stats::{Event, Policy},
+};
+
+/// How long a stale response with a validator is kept for revalidation (or `max-stale`)
+/// beyond its freshness and stale windows.
+const KEEP_FOR_REVALIDATION_MS: u64 = 3_600_000;
+
+/// The entry under a URI's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum UriEntry {
+    /// The response, which has no `Vary`.
+    Whole(CachedResponse),
+    /// The response varies on these request headers; variants live under keys with `nonce`.
+    Vary { names: Vec<String>, nonce: u64 },
+}
+
+/// What a lookup saw, to store the fresh response consistently with it.
+#[derive(Clone)]
+struct Observed {
+    epoch: u64,
+    groups: Vec<String>,
+    generations: Option<Vec<u64>>,
+    vary: Option<(Vec<String>, u64)>,
+}
+
+/// The client's conditional headers, answered from the cache.
+struct Conditionals {
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<u64>,
+}
+
+impl Conditionals {
+    fn of(headers: &HeaderMap) -> Self {
+        Self {
+            if_none_match: headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .cloned()
+                .collect(),
+            if_modified_since: date_field(headers, &header::IF_MODIFIED_SINCE).and_then(Result::ok),
+        }
+    }
+
+    /// Whether a stored response satisfies them (RFC 9110 §13.1.2, §13.1.3, §13.2.2: with
+    /// `If-None-Match`, `If-Modified-Since` is ignored).
+    fn not_modified(&self, cached: &CachedResponse) -> bool {
+        if !(200..300).contains(&cached.status) {
+            return false;
+        }
+        if !self.if_none_match.is_empty() {
+            return none_match(&self.if_none_match, &cached.etag);
+        }
+        let Some(since) = self.if_modified_since else {
+            return false;
+        };
+        let modified = cached
+            .header("last-modified")
+            .or_else(|| cached.header("date"))
+            .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok());
+        modified.is_some_and(|modified| modified.as_secs() <= since)
+    }
+}
+
+/// One request's view of the layer.
+struct Context<'a> {
+    shared: &'a Shared,
+    backend: &'static Registered,
+    base: String,
+    request_cc: CacheControl,
+    conditionals: Conditionals,
+}
+
+pub(super) async fn handle<S, B>(
+    mut inner: S,
+    request: Request<B>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    let config = &shared.config;
+    let Some(backend) = registry::resolve(&config.backend) else {
+        return inner.call(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    if config.bypass.as_ref().is_some_and(|bypass| bypass(&parts)) {
+        let request = Request::from_parts(parts, body);
+        return Ok(mark(inner.call(request).await?, "BYPASS"));
+    }
+    let method = parts.method.clone();
+    if method != Method::GET && method != Method::HEAD {
+        return mutation(inner, parts, body, &shared, backend).await;
+    }
+    let Some(base) = keys::base(config, &parts) else {
+        let request = Request::from_parts(parts, body);
+        return Ok(mark(inner.call(request).await?, "BYPASS"));
+    };
+    let mut request_cc = CacheControl::of(&parts.headers);
+    if config.ignore_client_no_cache {
+        request_cc.no_cache = false;
+        request_cc.max_age = None;
+        request_cc.min_fresh = None;
+    }
+    if request_cc.no_store {
+        let request = Request::from_parts(parts, body);
+        return Ok(mark(inner.call(request).await?, "MISS"));
+    }
+    let cx = Context {
+        shared: &shared,
+        backend,
+        conditionals: Conditionals::of(&parts.headers),
+        base,
+        request_cc,
+    };
+    let site = shared.site;
+    let epoch = crate::invalidation::invalidation_epoch();
+    let mut observed = Observed {
+        epoch,
+        groups: lookup_groups(&shared, backend, &cx.base).await,
+        generations: None,
+        vary: None,
+    };
+    let mut stale = None;
+    if let Some(cached) = lookup(&cx, &parts.headers, &mut observed).await {
+        match cx.reuse(&cached) {
+            Reuse::Fresh | Reuse::StaleAccepted => {
+                site.count(Event::Hit);
+                return Ok(cx.serve(&cached, "HIT"));
+            }
+            Reuse::StaleWhileRevalidate => {
+                site.count(Event::Stale);
+                let reply = cx.serve(&cached, "STALE");
+                if method == Method::GET {
+                    observed.generations = generations_now(&cx, &observed.groups).await;
+                    revalidate_in_background(inner, parts, body, &shared, &cx, observed, cached);
+                }
+                return Ok(reply);
+            }
+            Reuse::Revalidate => {
+                // A hit reports no generations: read them, to store the revalidated response.
+                observed.generations = generations_now(&cx, &observed.groups).await;
+                stale = Some(cached);
+            }
+        }
+    }
+    if cx.request_cc.only_if_cached {
+        return Ok(mark(gateway_timeout(), "MISS"));
+    }
+    // HEAD is answered from stored GET responses, but a HEAD reply has no body to store.
+    if method == Method::HEAD {
+        site.count(Event::Miss);
+        let request = Request::from_parts(parts, body);
+        return Ok(mark(inner.call(request).await?, "MISS"));
+    }
+    let mut parts = parts;
+    let mut leader = None;
+    // A layer nested inside another one that already leads this request's flight must not wait
+    // for it: that would be waiting for itself. A failed lookup (no generations) cannot tell
+    // whether another process invalidated the URI since a running request started: such requests
+    // coalesce with none. Responses that must be validated on every use are not shared either.
+    let coalesce = observed.generations.is_some()
+        && !cx.request_cc.no_cache
+        && !stale
+            .as_ref()
+            .is_some_and(|s: &CachedResponse| s.rules.no_cache)
+        && !shared.config.coalesce_wait.is_zero()
+        && parts.extensions.get::<Coalesced>().is_none()
+        && !shared.config.uncacheable.contains(&cx.base);
+    if coalesce {
+        let deadline = tokio::time::Instant::now() + shared.config.coalesce_wait;
+        loop {
+            let overtaken = |started: u64| {
+                crate::invalidation::invalidated_since(started, &cx.base, &observed.groups)
+            };
+            let flight_key = format!("layer\u{0}{}", cx.base);
+            // In-process stores: the epoch check is exact, their stamps move with any invalidation.
+            let joined_under = if backend.backend.as_memory().is_some() {
+                None
+            } else {
+                observed.generations.clone()
+            };
+            match flight::join(flight_key, epoch, &joined_under, overtaken) {
+                Role::Leader(lead) => {
+                    // The previous leader may have stored the response since this request looked.
+                    if let Some(cached) = cx.reusable(&parts.headers, &mut observed).await {
+                        lead.finish(Arc::new(()));
+                        site.count(Event::Hit);
+                        return Ok(cx.serve(&cached, "HIT"));
+                    }
+                    leader = Some(lead);
+                    break;
+                }
+                Role::Follower(receiver) => {
+                    let waited = tokio::time::timeout_at(deadline, flight::follow(receiver)).await;
+                    if matches!(waited, Ok(Followed::Pass)) {
+                        break; // the leader's response was its own: ask the origin
+                    }
+                    // Most likely stored now.
+                    if let Some(cached) = cx.reusable(&parts.headers, &mut observed).await {
+                        site.count(Event::Join);
+                        return Ok(cx.serve(&cached, "HIT"));
+                    }
+                    // The leader gave up (cancelled, panicked): take turns as leader, within
+                    // the time this request agreed to wait.
+                    if !matches!(waited, Ok(Followed::Retry))
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if leader.is_some() {
+        parts.extensions.insert(Coalesced);
+    }
+    site.count(Event::Miss);
+    let fetched = fetch(inner, parts, body, &cx, observed, stale).await;
+    if let Some(leader) = leader {
+        match &fetched {
+            Ok((_, true)) => leader.finish(Arc::new(())),
+            _ => leader.pass(),
+        }
+    }
+    fetched.map(|(reply, _)| reply)
+}
+
+/// Marks a request whose misses a `CacheLayer` coalesces, for the layers nested inside it.
+#[derive(Debug, Clone, Copy)]
+struct Coalesced;
+
+impl Context<'_> {
+    fn windows(&self) -> Windows {
+        Windows {
+            stale_while_revalidate_ms: clamp_ttl_ms(self.shared.config.stale_while_revalidate),
+            stale_if_error_ms: clamp_ttl_ms(self.shared.config.stale_if_error),
+        }
+    }
+
+    fn reuse(&self, cached: &CachedResponse) -> Reuse {
+        policy::reuse(
+            cached.age_ms(),
+            cached.ttl_ms,
+            cached.rules,
+            &self.request_cc,
+            self.windows(),
+        )
+    }
+
+    fn may_serve_stale_on_error(&self, cached: &CachedResponse) -> bool {
+        policy::stale_if_error(
+            cached.age_ms(),
+            cached.ttl_ms,
+            cached.rules,
+            &self.request_cc,
+            self.windows(),
+        )
+    }
+
+    /// A stored response that may answer this request without the origin.
+    async fn reusable(
+        &self,
+        headers: &HeaderMap,
+        observed: &mut Observed,
+    ) -> Option<CachedResponse> {
+        let cached = lookup(self, headers, observed).await?;
+        matches!(self.reuse(&cached), Reuse::Fresh | Reuse::StaleAccepted).then_some(cached)
+    }
+
+    /// The reply from a stored response: itself, or `304` when the client's conditions hold.
+    fn serve(&self, cached: &CachedResponse, x_cache: &'static str) -> Response<Body> {
+        let default = self.shared.config.mode == Mode::App;
+        cached.reply_to(
+            ReplyCacheControl::Shared { default },
+            self.conditionals.not_modified(cached),
+            Some(x_cache),
+        )
+    }
+
+    fn heuristic(&self) -> Heuristic {
+        let secs = self.shared.config.ttl.as_secs();
+        match self.shared.config.mode {
+            Mode::App => Heuristic::Ttl(secs),
+            Mode::Proxy => Heuristic::LastModified { cap_secs: secs },
+        }
+    }
+
+    /// The directives this cache follows in a response, and whether `Expires` counts: a
+    /// targeted field (RFC 9213) when configured and present replaces both.
+    fn directives(&self, headers: &HeaderMap) -> (CacheControl, bool) {
+        match &self.shared.config.targeted {
+            Some(field) if headers.contains_key(field) => {
+                (CacheControl::of_field(headers, field), false)
+            }
+            _ => (CacheControl::of(headers), true),
+        }
+    }
+}
+
+/// The stored response for this request (its `Vary` variant), fresh or not; otherwise records
+/// what the lookup observed, to store a new response under.
+async fn lookup(
+    cx: &Context<'_>,
+    request: &HeaderMap,
+    observed: &mut Observed,
+) -> Option<CachedResponse> {
+    let (site, backend, base) = (cx.shared.site, cx.backend, cx.base.as_str());
+    match probe::<UriEntry>(site, backend, base, &observed.groups).await {
+        Probe::Hit(UriEntry::Whole(cached)) => return Some(cached),
+        Probe::Hit(UriEntry::Vary { names, nonce }) => {
+            let variant = keys::variant(base, nonce, &names, request);
+            observed.vary = Some((names, nonce));
+            match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
+                Probe::Hit(cached) => return Some(cached),
+                Probe::Stale { generations, .. } => observed.generations = Some(generations),
+                Probe::Miss(generations) => observed.generations = generations,
+            }
+        }
+        Probe::Stale { generations, .. } => observed.generations = Some(generations),
+        Probe::Miss(generations) => observed.generations = generations,
+    }
+    None
+}
+
+/// The generations of a key's groups now (`None`: the backend failed).
+async fn generations_now(cx: &Context<'_>, groups: &[String]) -> Option<Vec<u64>> {
+    let read = cx.backend.backend.get(&cx.base, groups);
+    cx.backend
+        .guard
+        .run("get", read)
+        .await
+        .ok()
+        .map(|lookup| lookup.generations)
+}
+
+/// After a successful unsafe request, removes the stored responses of its URI and of the
+/// same-host URIs in `Location` and `Content-Location` (RFC 9111 §4.4).
+async fn mutation<S, B>(
+    mut inner: S,
+    parts: Parts,
+    body: B,
+    shared: &Shared,
+    backend: &'static Registered,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<Body>>,
+{
+    let method = parts.method.clone();
+    let target = keys::base(&shared.config, &parts);
+    let response = inner
+        .call(Request::from_parts(clone_parts(&parts), body))
+        .await?;
+    let status = response.status();
+    if method.is_safe() || !(status.is_success() || status.is_redirection()) {
+        return Ok(response);
+    }
+    let mut bases: Vec<String> = target.into_iter().collect();
+    for field in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(uri) = response.headers().get(field).and_then(|v| v.to_str().ok()) {
+            bases.extend(keys::base_of(&shared.config, &parts, uri));
+        }
+    }
+    let keys: Vec<String> = bases
+        .iter()
+        .flat_map(|base| [base.clone(), keys::groups(base)])
+        .collect();
+    if let Err(error) = crate::invalidation::invalidate_keys_in(backend, &keys).await {
+        tracing::warn!(?keys, %error, "could not remove cached responses after a mutation; kept pending");
+    }
+    Ok(response)
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+    }
+    let (mut cloned, ()) = builder.body(()).unwrap_or_default().into_parts();
+    cloned.extensions = parts.extensions.clone();
+    cloned
+}
+
+/// Serves nothing: `only-if-cached` found no stored response that fits (RFC 9111 §5.2.1.7).
+fn gateway_timeout() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = axum::http::StatusCode::GATEWAY_TIMEOUT;
+    response
+}
+
+/// Revalidates `stale` in the background (stale-while-revalidate), at most once per key at a time.
+fn revalidate_in_background<S, B>(
+    inner: S,
+    parts: Parts,
+    body: B,
+    shared: &Arc<Shared>,
+    cx: &Context<'_>,
+    observed: Observed,
+    stale: CachedResponse,
+) where
+    S: tower_service::Service<Request<B>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    {
+        let mut running = shared
+            .revalidating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !running.insert(cx.base.clone()) {
+            return;
+        }
+    }
+    let shared = Arc::clone(shared);
+    let base = cx.base.clone();
+    let backend = cx.backend;
+    let request_cc = cx.request_cc.clone();
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _done = Revalidating(&shared, &base);
+            let cx = Context {
+                shared: &shared,
+                backend,
+                base: base.clone(),
+                request_cc,
+                conditionals: Conditionals {
+                    if_none_match: Vec::new(),
+                    if_modified_since: None,
+                },
+            };
+            let _ = fetch(inner, parts, body, &cx, observed, Some(stale)).await;
+        },
+        span,
+    ));
+}
+
+/// Ends a background revalidation of a key, however its task ends.
+struct Revalidating<'a>(&'a Shared, &'a str);
+
+impl Drop for Revalidating<'_> {
+    fn drop(&mut self) {
+        self.0
+            .revalidating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}
+
+/// Conditional request headers a client may send, replaced by the cache's own when it revalidates.
+const CONDITIONALS: [HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// Asks the origin (conditionally when `stale` has a validator), and stores what it may; `true`
+/// when a response was written to the backend.
+async fn fetch<S, B>(
+    mut inner: S,
+    mut parts: Parts,
+    body: B,
+    cx: &Context<'_>,
+    observed: Observed,
+    stale: Option<CachedResponse>,
+) -> Result<(Response<Body>, bool), S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<Body>>,
+{
+    let mut validating = false;
+    if let Some(stale) = &stale {
+        for name in &CONDITIONALS {
+            parts.headers.remove(name);
+        }
+        let (etag, modified) = stale.validators();
+        if let Some(value) = etag.and_then(|tag| HeaderValue::from_str(tag).ok()) {
+            parts.headers.insert(header::IF_NONE_MATCH, value);
+            validating = true;
+        }
+        if let Some(value) = modified.and_then(|date| HeaderValue::from_str(date).ok()) {
+            parts.headers.insert(header::IF_MODIFIED_SINCE, value);
+            validating = true;
+        }
+    }
+    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
+    // Whether a response that cannot be stored says so of the URI, not of this request.
+    let plain_request = !authorized
+        && stale.is_none()
+        && !CONDITIONALS
+            .iter()
+            .any(|name| parts.headers.contains_key(name));
+    let request_headers = parts.headers.clone();
+    let request_ms = now_ms();
+    let answered = inner.call(Request::from_parts(parts, body)).await;
+    let exchange = Exchange {
+        request_ms,
+        response_ms: now_ms(),
+    };
+    let response = match answered {
+        Ok(response) => response,
+        Err(error) => {
+            return match stale {
+                Some(stale) if cx.may_serve_stale_on_error(&stale) => {
+                    Ok((cx.serve(&stale, "STALE"), false))
+                }
+                _ => Err(error),
+            }
+        }
+    };
+    if let Some(stale) = stale {
+        if validating && response.status() == axum::http::StatusCode::NOT_MODIFIED {
+            let (update, _) = response.into_parts();
+            return Ok(refreshed(
+                cx,
+                observed,
+                &request_headers,
+                &stale,
+                &update.headers,
+                exchange,
+            )
+            .await);
+        }
+        if response.status().is_server_error() && cx.may_serve_stale_on_error(&stale) {
+            return Ok((cx.serve(&stale, "STALE"), false));
+        }
+    }
+    Ok(received(
+        cx,
+        observed,
+        &request_headers,
+        response,
+        authorized,
+        plain_request,
+        exchange,
+    )
+    .await)
+}
+
+/// The stored response, validated by a `304`: its headers updated and stored again.
+async fn refreshed(
+    cx: &Context<'_>,
+    observed: Observed,
+    request_headers: &HeaderMap,
+    stale: &CachedResponse,
+    not_modified: &HeaderMap,
+    exchange: Exchange,
+) -> (Response<Body>, bool) {
+    let provisional = stale.merged(
+        not_modified,
+        Stamp {
+            stored_ms: stale.stored_ms,
+            ttl_ms: stale.ttl_ms,
+            rules: stale.rules,
+        },
+    );
+    let merged_headers = header_map(&provisional);
+    let (cc, expires) = cx.directives(&merged_headers);
+    let lifetime = policy::lifetime_ms(
+        provisional.status,
+        &merged_headers,
+        &cc,
+        expires,
+        exchange.response_ms,
+        cx.heuristic(),
+    )
+    .unwrap_or(0);
+    let initial_age = exchange.initial_age_ms(not_modified);
+    let stamp = Stamp {
+        stored_ms: exchange.response_ms.saturating_sub(initial_age),
+        ttl_ms: lifetime,
+        rules: Rules::of(&cc),
+    };
+    let merged = stale.merged(not_modified, stamp);
+    let stored = match retention_ms(cx, &merged_headers, &cc, lifetime, initial_age) {
+        Some(retention) if !cc.no_store => {
+            save(
+                cx,
+                observed,
+                Vec::new(),
+                request_headers,
+                merged.clone(),
+                retention,
+            )
+            .await
+        }
+        _ => false,
+    };
+    (cx.serve(&merged, "REVALIDATED"), stored)
+}
+
+/// The stored headers of a response as a map (to evaluate them like a received response's).
+fn header_map(cached: &CachedResponse) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(cached.headers.len());
+    for (name, value) in &cached.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// How long to keep a response in the backend: its remaining freshness plus the time it may still
+/// be served stale or revalidated. `None`: not worth storing.
+fn retention_ms(
+    cx: &Context<'_>,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    lifetime_ms: u64,
+    initial_age_ms: u64,
+) -> Option<u64> {
+    let windows = cx.windows();
+    let rules = Rules::of(cc);
+    let validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let mut keep = 0;
+    if !rules.must_revalidate && !rules.no_cache {
+        keep = (rules.stale_while_revalidate.max(rules.stale_if_error))
+            .saturating_mul(1000)
+            .max(windows.stale_while_revalidate_ms)
+            .max(windows.stale_if_error_ms);
+    }
+    if validator {
+        keep = keep.max(KEEP_FOR_REVALIDATION_MS);
+    }
+    let retention = lifetime_ms
+        .saturating_sub(initial_age_ms)
+        .saturating_add(keep);
+    let retention = clamp_ttl_ms(Duration::from_millis(retention));
+    (retention > 0).then_some(retention)
+}
+
+/// Whether a response may be stored by a shared cache (RFC 9111 §3, §3.5), and its lifetime.
+fn storable_lifetime(
+    cx: &Context<'_>,
+    response: &Response<Body>,
+    cc: &CacheControl,
+    expires: bool,
+    authorized: bool,
+    response_ms: u64,
+) -> Option<u64> {
+    let status = response.status().as_u16();
+    let headers = response.headers();
+    let varies_on_everything = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|t| t.split(',').any(|n| n.trim() == "*"))
+    });
+    if status < 200
+        || status == 206
+        || status == 304
+        || cc.no_store
+        || cc.private
+        || headers.contains_key(header::SET_COOKIE)
+        || varies_on_everything
+    {
+        return None;
+    }
+    // Answers to authorized requests only with the origin's leave, and explicit freshness.
+    if authorized
+        && (!(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+            || cc.s_maxage.or(cc.max_age).is_none())
+    {
+        return None;
+    }
+    let lifetime = policy::lifetime_ms(status, headers, cc, expires, response_ms, cx.heuristic());
+    match lifetime {
+        Some(lifetime) => Some(lifetime),
+        // No freshness at all: storable for revalidation if the status allows a heuristic.
+        None if policy::heuristically_cacheable(status) || cc.no_cache => Some(0),
+        None => None,
+    }
+}
+
+/// A response from the origin: stored when it may be, and passed on as received.
+#[allow(clippy::too_many_arguments)]
+async fn received(
+    cx: &Context<'_>,
+    observed: Observed,
+    request_headers: &HeaderMap,
+    mut response: Response<Body>,
+    authorized: bool,
+    plain_request: bool,
+    exchange: Exchange,
+) -> (Response<Body>, bool) {
+    let shared = cx.shared;
+    let header_groups = take_header_groups(shared, &mut response);
+    let uncacheable = |response: Response<Body>| {
+        if plain_request {
+            shared.config.uncacheable.remember(&cx.base);
+        }
+        (mark(response, "MISS"), false)
+    };
+    let (cc, expires) = cx.directives(response.headers());
+    let Some(lifetime) = storable_lifetime(
+        cx,
+        &response,
+        &cc,
+        expires,
+        authorized,
+        exchange.response_ms,
+    ) else {
+        return uncacheable(response);
+    };
+    let initial_age = exchange.initial_age_ms(response.headers());
+    let Some(retention) = retention_ms(cx, response.headers(), &cc, lifetime, initial_age) else {
+        return uncacheable(response);
+    };
+    let stamp = Stamp {
+        stored_ms: exchange.response_ms.saturating_sub(initial_age),
+        ttl_ms: lifetime,
+        rules: Rules::of(&cc),
+    };
+    let status = response.status();
+    let (cached, original) =
+        match CachedResponse::capture(response, stamp, shared.config.max_body).await {
+            Ok(captured) => captured,
+            Err(passthrough) => return uncacheable(passthrough),
+        };
+    let reply = if cx.conditionals.not_modified(&cached) {
+        cx.serve(&cached, "MISS")
+    } else {
+        let mut reply = cached.passthrough(original);
+        *reply.status_mut() = status;
+        mark(reply, "MISS")
+    };
+    let stored = save(
+        cx,
+        observed,
+        header_groups,
+        request_headers,
+        cached,
+        retention,
+    )
+    .await;
+    if stored {
+        shared.config.uncacheable.forget(&cx.base);
+    }
+    (reply, stored)
+}
+
+/// Stores a response (and its `Vary` index) under the generations the lookup saw, unless an
+/// invalidation of its URI or groups ran since.
+async fn save(
+    cx: &Context<'_>,
+    observed: Observed,
+    header_groups: Vec<String>,
+    request_headers: &HeaderMap,
+    cached: CachedResponse,
+    retention_ms: u64,
+) -> bool {
+    let (shared, backend, base) = (cx.shared, cx.backend, cx.base.as_str());
+    let site = shared.site;
+    let _permit = crate::invalidation::store_permit(backend, base).await;
+    if crate::invalidation::invalidated_since(observed.epoch, base, &observed.groups) {
+        return false; // an invalidation of this URI or its groups ran while it was computed
+    }
+    let mut groups = shared.config.groups.clone();
+    groups.extend(header_groups.iter().cloned());
+    let groups = with_tombstone(backend, base, groups);
+    let generations = if groups == observed.groups {
+        observed.generations
+    } else {
+        // New groups from the response header: their generations are read now.
+        match backend
+            .guard
+            .run("get", backend.backend.get(base, &groups))
+            .await
+        {
+            Ok(lookup) => Some(lookup.generations),
+            Err(_) => None,
+        }
+    };
+    let Some(generations) = generations else {
+        return false; // the backend failed during the lookup: store nothing
+    };
+    let policy = Policy::ttl(retention_ms);
+    let names = vary_names(&cached);
+    if shared.config.groups_header.is_some() {
+        let key = keys::groups(base);
+        store(
+            site,
+            backend,
+            &key,
+            &[],
+            Vec::new(),
+            &Arc::new(header_groups),
+            policy,
+        )
+        .await;
+    }
+    if names.is_empty() {
+        let entry = Arc::new(UriEntry::Whole(cached));
+        store(site, backend, base, &groups, generations, &entry, policy).await;
+        return true;
+    }
+    let nonce = match observed.vary {
+        Some((seen, nonce)) if seen == names => nonce,
+        _ => fastrand::u64(..),
+    };
+    let variant = keys::variant(base, nonce, &names, request_headers);
+    let index = Arc::new(UriEntry::Vary { names, nonce });
+    store(
+        site,
+        backend,
+        base,
+        &groups,
+        generations.clone(),
+        &index,
+        policy,
+    )
+    .await;
+    let cached = Arc::new(cached);
+    store(
+        site,
+        backend,
+        &variant,
+        &groups,
+        generations,
+        &cached,
+        policy,
+    )
+    .await;
+    true
+}
+
+async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec<String> {
+    let mut groups = shared.config.groups.clone();
+    if shared.config.groups_header.is_some() {
+        if let Probe::Hit(extra) =
+            probe::<Vec<String>>(shared.site, backend, &keys::groups(base), &[]).await
+        {
+            groups.extend(extra);
+        }
+    }
+    with_tombstone(backend, base, groups)
+}
+
+/// On shared backends, a URI's entries also record its tombstone, which a mutation's removal of
+/// the URI moves: a response fetched before it and stored after it (in any process) is stale.
+fn with_tombstone(backend: &Registered, base: &str, mut groups: Vec<String>) -> Vec<String> {
+    if backend.backend.tombstones() {
+        groups.push(crate::invalidation::tombstone_group(base));
+    }
+    groups
+}
+
+fn take_header_groups(shared: &Shared, response: &mut Response<Body>) -> Vec<String> {
+    let Some(name) = &shared.config.groups_header else {
+        return Vec::new();
+    };
+    let values: Vec<HeaderValue> = response.headers_mut().remove(name).into_iter().collect();
+    let mut groups: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|t| t.split(','))
+        .map(|g| g.trim().to_owned())
+        .filter(|g| !g.is_empty())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+fn vary_names(cached: &CachedResponse) -> Vec<String> {
+    let mut names: Vec<String> = cached
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "vary")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn mark(mut response: Response<Body>, x_cache: &'static str) -> Response<Body> {
+    response.headers_mut().insert(
+        HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(x_cache),
+    );
+    response
+}

@@ -1,0 +1,198 @@
+//! The keys of a layer's entries: a request's base key, its `Vary` variants and side entries.
+//!
+//! A base key is `http:<name>:<target>` with both parts escaped (`:` among the escaped
+//! characters), then `:c:<value>...` for the cookies the page varies on (`%N`: absent). Side
+//! entries append `:v:<hash>` (a `Vary` variant) or `:g` (groups from a response header), which
+//! no base key can end with: every key is addressed by one request shape only.
+
+use axum::{
+    extract::OriginalUri,
+    http::{header, request::Parts, HeaderMap, Request, Uri},
+};
+
+use super::{CacheLayer, Cookies};
+use crate::{
+    http::cache_control::split_list,
+    key::{escape_into, normalize_key, DefaultKey},
+};
+
+/// The base key of a request, or `None` when the request carries a cookie that makes it bypass
+/// the cache.
+pub(super) fn base(config: &CacheLayer, parts: &Parts) -> Option<String> {
+    if config.cookies == Cookies::Bypass && parts.headers.contains_key(header::COOKIE) {
+        return None;
+    }
+    let mut key = String::from("http:");
+    escape_into(&mut key, &config.name);
+    key.push(':');
+    match &config.cache_key {
+        Some(custom) => escape_into(&mut key, &custom(parts)),
+        None => escape_into(&mut key, &default_target(parts)),
+    }
+    if let Cookies::VaryOn(names) = &config.cookies {
+        key.push_str(":c");
+        for name in names {
+            key.push(':');
+            match cookie(&parts.headers, name) {
+                Some(value) => escape_into(&mut key, value),
+                None => key.push_str("%N"),
+            }
+        }
+    }
+    Some(normalize_key(key))
+}
+
+/// The base key of another URI on the request's host (a `Location` after a mutation).
+pub(super) fn base_of(config: &CacheLayer, request: &Parts, uri: &str) -> Option<String> {
+    let path = if uri.starts_with('/') || uri.contains("://") {
+        let uri: Uri = uri.parse().ok()?;
+        if let Some(authority) = uri.authority() {
+            if !authority.as_str().eq_ignore_ascii_case(host(request)) {
+                return None; // another origin's URI is not this cache's to invalidate (§4.4)
+            }
+        }
+        uri.path_and_query()?.as_str().to_owned()
+    } else {
+        // A relative reference: resolved against the request's path.
+        let own = original_uri(request).path();
+        format!("{}{uri}", &own[..own.rfind('/').map_or(0, |at| at + 1)])
+    };
+    let mut builder = Request::builder().uri(path);
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    let (parts, ()) = builder.body(()).ok()?.into_parts();
+    base(config, &parts)
+}
+
+/// The key of the variant of `base` for a request's values of the `Vary` header names.
+pub(super) fn variant(base: &str, nonce: u64, names: &[String], headers: &HeaderMap) -> String {
+    let values: Vec<(&str, Vec<&str>)> = names
+        .iter()
+        .map(|name| (name.as_str(), normalized_values(headers, name)))
+        .collect();
+    let hash = DefaultKey::new()
+        .arg(&nonce)
+        .arg(&values)
+        .finish("vary", "v");
+    normalize_key(format!("{base}:v:{}", hash.as_str()))
+}
+
+/// The key of the groups a response header named for `base`.
+pub(super) fn groups(base: &str) -> String {
+    normalize_key(format!("{base}:g"))
+}
+
+/// A header's values as a list: every field line, split on commas outside quotes, trimmed, so that
+/// `a, b`, `a,b` and two lines `a` / `b` select the same variant (RFC 9110 §5.3).
+fn normalized_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(split_list)
+        .collect()
+}
+
+fn host(parts: &Parts) -> &str {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// The URI as the client sent it, before a `Router::nest` stripped its prefix.
+fn original_uri(parts: &Parts) -> &Uri {
+    parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0)
+}
+
+fn default_target(parts: &Parts) -> String {
+    let uri = original_uri(parts);
+    let mut target = host(parts).to_owned();
+    target.push_str(uri.path_and_query().map_or("/", |p| p.as_str()));
+    target
+}
+
+/// The value of cookie `name` in the request's `Cookie` fields.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::builder().uri(uri);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn keys_differ_by_layer_uri_and_cookie_and_never_end_like_a_side_entry() {
+        let a = CacheLayer::new().name("a");
+        let b = CacheLayer::new().name("b");
+        let host = [("host", "example.com")];
+        let one = base(&a, &parts("/x?y=1", &host)).unwrap();
+        assert_ne!(one, base(&b, &parts("/x?y=1", &host)).unwrap());
+        assert_ne!(one, base(&a, &parts("/x?y=2", &host)).unwrap());
+        // A path that looks like a side entry is escaped.
+        let tricky = base(&a, &parts("/x?y=1:g", &host)).unwrap();
+        assert_ne!(tricky, groups(&one));
+        assert!(base(&a, &parts("/x", &[("cookie", "s=1")])).is_none());
+        let lang = CacheLayer::new().name("a").vary_on_cookies(["lang"]);
+        let fr = base(&lang, &parts("/x", &[("cookie", "lang=fr; s=1")])).unwrap();
+        assert_eq!(
+            fr,
+            base(&lang, &parts("/x", &[("cookie", "s=2; lang=fr")])).unwrap()
+        );
+        assert_ne!(
+            fr,
+            base(&lang, &parts("/x", &[("cookie", "lang=de")])).unwrap()
+        );
+        assert_ne!(fr, base(&lang, &parts("/x", &[])).unwrap());
+    }
+
+    #[test]
+    fn locations_resolve_on_the_same_host_only() {
+        let layer = CacheLayer::new().name("a");
+        let request = parts("/items/1", &[("host", "example.com")]);
+        let target = base(&layer, &parts("/items/2", &[("host", "example.com")]));
+        assert_eq!(base_of(&layer, &request, "/items/2"), target);
+        assert_eq!(base_of(&layer, &request, "2"), target);
+        assert_eq!(
+            base_of(&layer, &request, "http://example.com/items/2"),
+            target
+        );
+        assert_eq!(
+            base_of(&layer, &request, "http://other.example/items/2"),
+            None
+        );
+    }
+
+    #[test]
+    fn vary_values_are_compared_as_lists() {
+        let mut one = HeaderMap::new();
+        one.append("accept", "a, b".parse().unwrap());
+        let mut two = HeaderMap::new();
+        two.append("accept", "a".parse().unwrap());
+        two.append("accept", "b".parse().unwrap());
+        let names = ["accept".to_owned()];
+        assert_eq!(variant("k", 1, &names, &one), variant("k", 1, &names, &two));
+        assert_ne!(variant("k", 1, &names, &one), variant("k", 2, &names, &one));
+    }
+}
