@@ -43,6 +43,8 @@ enum UriEntry {
 struct Observed {
     epoch: u64,
     groups: Vec<String>,
+    /// The groups a response header named, as stored for the URI.
+    header_groups: Vec<String>,
     generations: Option<Vec<u64>>,
     vary: Option<(Vec<String>, u64)>,
 }
@@ -119,10 +121,11 @@ where
     if method != Method::GET && method != Method::HEAD {
         return mutation(inner, parts, body, &shared, backend).await;
     }
-    let Some(base) = keys::base(config, &parts) else {
+    if keys::cookie_bypass(config, &parts) {
         let request = Request::from_parts(parts, body);
         return Ok(mark(inner.call(request).await?, "BYPASS"));
-    };
+    }
+    let base = keys::base(config, &parts);
     let mut request_cc = CacheControl::of(&parts.headers);
     if config.ignore_client_no_cache {
         request_cc.no_cache = false;
@@ -142,9 +145,11 @@ where
     };
     let site = shared.site;
     let epoch = crate::invalidation::invalidation_epoch();
+    let (groups, header_groups) = lookup_groups(&shared, backend, &cx.base).await;
     let mut observed = Observed {
         epoch,
-        groups: lookup_groups(&shared, backend, &cx.base).await,
+        groups,
+        header_groups,
         generations: None,
         vary: None,
     };
@@ -336,7 +341,7 @@ async fn lookup(
     match probe::<UriEntry>(site, backend, base, &observed.groups).await {
         Probe::Hit(UriEntry::Whole(cached)) => return Some(cached),
         Probe::Hit(UriEntry::Vary { names, nonce }) => {
-            let variant = keys::variant(base, nonce, &names, request);
+            let variant = keys::variant(&cx.shared.config, base, nonce, &names, request);
             observed.vary = Some((names, nonce));
             match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
                 Probe::Hit(cached) => return Some(cached),
@@ -382,7 +387,7 @@ where
     if method.is_safe() || !(status.is_success() || status.is_redirection()) {
         return Ok(response);
     }
-    let mut bases: Vec<String> = target.into_iter().collect();
+    let mut bases = vec![target];
     for field in [header::LOCATION, header::CONTENT_LOCATION] {
         if let Some(uri) = response.headers().get(field).and_then(|v| v.to_str().ok()) {
             bases.extend(keys::base_of(&shared.config, &parts, uri));
@@ -605,12 +610,14 @@ async fn refreshed(
         rules: Rules::of(&cc),
     };
     let merged = stale.merged(not_modified, stamp);
+    // The groups the stored response was filed under stay (a 304 names none).
+    let header_groups = observed.header_groups.clone();
     let stored = match retention_ms(cx, &merged_headers, &cc, lifetime, initial_age) {
         Some(retention) if !cc.no_store => {
             save(
                 cx,
                 observed,
-                Vec::new(),
+                header_groups,
                 request_headers,
                 merged.clone(),
                 retention,
@@ -824,7 +831,7 @@ async fn save(
         )
         .await;
     }
-    if names.is_empty() {
+    if names.is_empty() && !keys::always_variants(&shared.config) {
         let entry = Arc::new(UriEntry::Whole(cached));
         store(site, backend, base, &groups, generations, &entry, policy).await;
         return true;
@@ -833,7 +840,7 @@ async fn save(
         Some((seen, nonce)) if seen == names => nonce,
         _ => fastrand::u64(..),
     };
-    let variant = keys::variant(base, nonce, &names, request_headers);
+    let variant = keys::variant(&shared.config, base, nonce, &names, request_headers);
     let index = Arc::new(UriEntry::Vary { names, nonce });
     store(
         site,
@@ -859,16 +866,23 @@ async fn save(
     true
 }
 
-async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec<String> {
+/// The groups a URI's entries are filed under, and of them those a response header named.
+async fn lookup_groups(
+    shared: &Shared,
+    backend: &Registered,
+    base: &str,
+) -> (Vec<String>, Vec<String>) {
     let mut groups = shared.config.groups.clone();
+    let mut from_header = Vec::new();
     if shared.config.groups_header.is_some() {
         if let Probe::Hit(extra) =
             probe::<Vec<String>>(shared.site, backend, &keys::groups(base), &[]).await
         {
-            groups.extend(extra);
+            groups.extend(extra.iter().cloned());
+            from_header = extra;
         }
     }
-    with_tombstone(backend, base, groups)
+    (with_tombstone(backend, base, groups), from_header)
 }
 
 /// On shared backends, a URI's entries also record its tombstone, which a mutation's removal of

@@ -1,9 +1,10 @@
 //! The keys of a layer's entries: a request's base key, its `Vary` variants and side entries.
 //!
 //! A base key is `http:<name>:<target>` with both parts escaped (`:` among the escaped
-//! characters), then `:c:<value>...` for the cookies the page varies on (`%N`: absent). Side
-//! entries append `:v:<hash>` (a `Vary` variant) or `:g` (groups from a response header), which
-//! no base key can end with: every key is addressed by one request shape only.
+//! characters). Side entries append `:v:<hash>` (a variant: the values of the `Vary` headers and
+//! of the cookies the layer varies on) or `:g` (groups from a response header), which no base key
+//! can end with: every key is addressed by one request shape only. Removing a base key removes
+//! every variant of it.
 
 use axum::{
     extract::OriginalUri,
@@ -16,12 +17,13 @@ use crate::{
     key::{escape_into, normalize_key, DefaultKey},
 };
 
-/// The base key of a request, or `None` when the request carries a cookie that makes it bypass
-/// the cache.
-pub(super) fn base(config: &CacheLayer, parts: &Parts) -> Option<String> {
-    if config.cookies == Cookies::Bypass && parts.headers.contains_key(header::COOKIE) {
-        return None;
-    }
+/// Whether the request's cookies make it bypass the cache.
+pub(super) fn cookie_bypass(config: &CacheLayer, parts: &Parts) -> bool {
+    config.cookies == Cookies::Bypass && parts.headers.contains_key(header::COOKIE)
+}
+
+/// The base key of a request.
+pub(super) fn base(config: &CacheLayer, parts: &Parts) -> String {
     let mut key = String::from("http:");
     escape_into(&mut key, &config.name);
     key.push(':');
@@ -29,17 +31,12 @@ pub(super) fn base(config: &CacheLayer, parts: &Parts) -> Option<String> {
         Some(custom) => escape_into(&mut key, &custom(parts)),
         None => escape_into(&mut key, &default_target(parts)),
     }
-    if let Cookies::VaryOn(names) = &config.cookies {
-        key.push_str(":c");
-        for name in names {
-            key.push(':');
-            match cookie(&parts.headers, name) {
-                Some(value) => escape_into(&mut key, value),
-                None => key.push_str("%N"),
-            }
-        }
-    }
-    Some(normalize_key(key))
+    normalize_key(key)
+}
+
+/// Whether the layer's entries are variants even without `Vary` (it varies on cookies).
+pub(super) fn always_variants(config: &CacheLayer) -> bool {
+    matches!(config.cookies, Cookies::VaryOn(_))
 }
 
 /// The base key of another URI on the request's host (a `Location` after a mutation).
@@ -62,18 +59,30 @@ pub(super) fn base_of(config: &CacheLayer, request: &Parts, uri: &str) -> Option
         builder = builder.header(name, value);
     }
     let (parts, ()) = builder.body(()).ok()?.into_parts();
-    base(config, &parts)
+    Some(base(config, &parts))
 }
 
-/// The key of the variant of `base` for a request's values of the `Vary` header names.
-pub(super) fn variant(base: &str, nonce: u64, names: &[String], headers: &HeaderMap) -> String {
+/// The key of the variant of `base` for a request's values of the `Vary` header names and of the
+/// cookies the layer varies on.
+pub(super) fn variant(
+    config: &CacheLayer,
+    base: &str,
+    nonce: u64,
+    names: &[String],
+    headers: &HeaderMap,
+) -> String {
     let values: Vec<(&str, Vec<&str>)> = names
         .iter()
         .map(|name| (name.as_str(), normalized_values(headers, name)))
         .collect();
+    let cookies: Vec<Option<&str>> = match &config.cookies {
+        Cookies::VaryOn(names) => names.iter().map(|name| cookie(headers, name)).collect(),
+        _ => Vec::new(),
+    };
     let hash = DefaultKey::new()
         .arg(&nonce)
         .arg(&values)
+        .arg(&cookies)
         .finish("vary", "v");
     normalize_key(format!("{base}:v:{}", hash.as_str()))
 }
@@ -147,31 +156,30 @@ mod tests {
         let a = CacheLayer::new().name("a");
         let b = CacheLayer::new().name("b");
         let host = [("host", "example.com")];
-        let one = base(&a, &parts("/x?y=1", &host)).unwrap();
-        assert_ne!(one, base(&b, &parts("/x?y=1", &host)).unwrap());
-        assert_ne!(one, base(&a, &parts("/x?y=2", &host)).unwrap());
+        let one = base(&a, &parts("/x?y=1", &host));
+        assert_ne!(one, base(&b, &parts("/x?y=1", &host)));
+        assert_ne!(one, base(&a, &parts("/x?y=2", &host)));
         // A path that looks like a side entry is escaped.
-        let tricky = base(&a, &parts("/x?y=1:g", &host)).unwrap();
+        let tricky = base(&a, &parts("/x?y=1:g", &host));
         assert_ne!(tricky, groups(&one));
-        assert!(base(&a, &parts("/x", &[("cookie", "s=1")])).is_none());
+        assert!(cookie_bypass(&a, &parts("/x", &[("cookie", "s=1")])));
         let lang = CacheLayer::new().name("a").vary_on_cookies(["lang"]);
-        let fr = base(&lang, &parts("/x", &[("cookie", "lang=fr; s=1")])).unwrap();
-        assert_eq!(
-            fr,
-            base(&lang, &parts("/x", &[("cookie", "s=2; lang=fr")])).unwrap()
-        );
-        assert_ne!(
-            fr,
-            base(&lang, &parts("/x", &[("cookie", "lang=de")])).unwrap()
-        );
-        assert_ne!(fr, base(&lang, &parts("/x", &[])).unwrap());
+        assert!(!cookie_bypass(&lang, &parts("/x", &[("cookie", "s=1")])));
+        let variant_for = |cookie: &str| {
+            let request = parts("/x", &[("cookie", cookie)]);
+            variant(&lang, "k", 1, &[], &request.headers)
+        };
+        let fr = variant_for("lang=fr; s=1");
+        assert_eq!(fr, variant_for("s=2; lang=fr"));
+        assert_ne!(fr, variant_for("lang=de"));
+        assert_ne!(fr, variant_for("s=2"));
     }
 
     #[test]
     fn locations_resolve_on_the_same_host_only() {
         let layer = CacheLayer::new().name("a");
         let request = parts("/items/1", &[("host", "example.com")]);
-        let target = base(&layer, &parts("/items/2", &[("host", "example.com")]));
+        let target = Some(base(&layer, &parts("/items/2", &[("host", "example.com")])));
         assert_eq!(base_of(&layer, &request, "/items/2"), target);
         assert_eq!(base_of(&layer, &request, "2"), target);
         assert_eq!(
@@ -192,7 +200,9 @@ mod tests {
         two.append("accept", "a".parse().unwrap());
         two.append("accept", "b".parse().unwrap());
         let names = ["accept".to_owned()];
-        assert_eq!(variant("k", 1, &names, &one), variant("k", 1, &names, &two));
-        assert_ne!(variant("k", 1, &names, &one), variant("k", 2, &names, &one));
+        let layer = CacheLayer::new();
+        let variant = |nonce, headers| variant(&layer, "k", nonce, &names, headers);
+        assert_eq!(variant(1, &one), variant(1, &two));
+        assert_ne!(variant(1, &one), variant(2, &one));
     }
 }
