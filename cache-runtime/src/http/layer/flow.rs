@@ -613,7 +613,10 @@ async fn refreshed(
     // The groups the stored response was filed under stay (a 304 names none).
     let header_groups = observed.header_groups.clone();
     let stored = match retention_ms(cx, &merged_headers, &cc, lifetime, initial_age) {
-        Some(retention) if !cc.no_store => {
+        // A 304 that sets a cookie answers this client only: its merge is not stored.
+        Some(retention)
+            if !cc.no_store && !cc.private && !not_modified.contains_key(header::SET_COOKIE) =>
+        {
             save(
                 cx,
                 observed,
