@@ -25,9 +25,9 @@ use crate::{
     stats::{Event, Policy},
 };
 
-/// How long a stale response with a validator is kept for revalidation (or `max-stale`)
-/// beyond its freshness and stale windows.
-const KEEP_FOR_REVALIDATION_MS: u64 = 3_600_000;
+/// How long a stale response is kept for revalidation (or `max-stale`) beyond its freshness
+/// and stale windows.
+const KEEP_STALE_MS: u64 = 3_600_000;
 
 /// The entry under a URI's key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -666,8 +666,11 @@ fn retention_ms(
             .max(windows.stale_while_revalidate_ms)
             .max(windows.stale_if_error_ms);
     }
-    if validator {
-        keep = keep.max(KEEP_FOR_REVALIDATION_MS);
+    // In front of another origin, stale responses stay for a while as a proxy's do (for
+    // `max-stale` and a request's `stale-if-error`); on the app's own routes only when the origin
+    // gave a validator to revalidate them with.
+    if validator || cx.shared.config.mode == Mode::Proxy {
+        keep = keep.max(KEEP_STALE_MS);
     }
     let retention = lifetime_ms
         .saturating_sub(initial_age_ms)
