@@ -60,10 +60,8 @@ impl CacheControl {
                     "stale-while-revalidate" => first(&mut cc.stale_while_revalidate),
                     "stale-if-error" => first(&mut cc.stale_if_error),
                     "max-stale" => {
-                        cc.max_stale.get_or_insert(match argument {
-                            None => None,
-                            Some(_) => Some(seconds.unwrap_or(0)),
-                        });
+                        cc.max_stale
+                            .get_or_insert(argument.map(|_| seconds.unwrap_or(0)));
                     }
                     "only-if-cached" => cc.only_if_cached = true,
                     _ => {}
