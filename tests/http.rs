@@ -507,11 +507,16 @@ async fn layer_on_redis_with_groups_from_a_response_header() {
         first.header("x-cache-groups").is_none(),
         "the header is internal"
     );
+    // The first answer only records the groups it names: their generations were not read before
+    // it was fetched, so an invalidation of them meanwhile would go unseen. The second is stored.
     let second = server.get("/books/1").await;
-    assert_eq!(second.header("x-cache"), Some("HIT"));
-    assert_eq!(second.body, "book 1");
+    assert_eq!(second.header("x-cache"), Some("MISS"));
+    let third = server.get("/books/1").await;
+    assert_eq!(third.header("x-cache"), Some("HIT"));
+    assert_eq!(third.body, "book 1");
     server.get("/books/2").await;
-    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 2);
+    server.get("/books/2").await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 4);
     assert!(redis.server.cli(&["DBSIZE"]).parse::<u32>().unwrap() >= 2);
 
     // A group named only by the response header reaches the entry...
@@ -522,7 +527,7 @@ async fn layer_on_redis_with_groups_from_a_response_header() {
     cache_runtime::invalidate_group("shelf").await.unwrap();
     assert_eq!(server.get("/books/1").await.header("x-cache"), Some("MISS"));
     assert_eq!(server.get("/books/2").await.header("x-cache"), Some("MISS"));
-    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 5);
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 7);
 }
 
 /// Origin runs of `slow`, per path segment (tests run in parallel: each uses its own).

@@ -1644,3 +1644,440 @@ async fn cached_handler_not_modified_carries_expires() {
         "expected the 304 to carry the Expires of the 200"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions: each of these failed against the first version of the rewrite (found in review).
+// ---------------------------------------------------------------------------------------------
+
+/// T1: a 412 caused by the client's If-Match is stored and served to plain GETs.
+#[tokio::test]
+async fn a_412_answering_if_match_is_not_stored_for_the_uri() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("if-match").is_some() {
+            Answer::new(412, "precondition failed").cache_control("public, max-age=60")
+        } else {
+            Answer::ok("the page").cache_control("public, max-age=60")
+        }
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    let first = get_with(&server, "/doc", &[("if-match", "\"nope\"")]).await;
+    assert_eq!(first.status, 412);
+    let plain = server.get("/doc").await;
+    assert_eq!(
+        plain.status, 200,
+        "a plain GET got the 412 stored for an If-Match request"
+    );
+}
+
+/// T1b: a 416 to a Range request is stored and served to plain GETs.
+#[tokio::test]
+async fn a_416_answering_a_range_is_not_stored_for_the_uri() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("range").is_some() {
+            Answer::new(416, "").cache_control("max-age=60")
+        } else {
+            Answer::ok("the page").cache_control("max-age=60")
+        }
+    });
+    let server = serve(&origin, CacheLayer::new()).await;
+    let first = get_with(&server, "/doc", &[("range", "bytes=999999-")]).await;
+    assert_eq!(first.status, 416);
+    let plain = server.get("/doc").await;
+    assert_eq!(
+        plain.status, 200,
+        "a plain GET got the 416 stored for a Range request"
+    );
+}
+
+static VERSION: AtomicUsize = AtomicUsize::new(1);
+
+/// T2: the groups a response header names are not covered by the epoch check: an
+/// invalidate_group that runs while the origin computes the response is lost.
+#[tokio::test]
+async fn a_header_group_invalidated_during_the_fetch_is_not_lost() {
+    let origin = Origin::new(|_, _| {
+        let v = VERSION.load(Ordering::SeqCst);
+        Answer::ok(format!("v{v}"))
+            .cache_control("max-age=60")
+            .header("x-groups", "probe-t2")
+            .delay(Duration::from_millis(400))
+    });
+    let server = serve(
+        &origin,
+        CacheLayer::new().groups_from_header(HeaderName::from_static("x-groups")),
+    )
+    .await;
+    let server = Arc::new(server);
+    let s = Arc::clone(&server);
+    let first = tokio::spawn(async move { s.get("/t2").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    VERSION.store(2, Ordering::SeqCst);
+    cache_runtime::invalidate_group("probe-t2").await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.body, "v1");
+    let after = server.get("/t2").await;
+    assert_eq!(
+        after.body, "v2",
+        "served a response computed before invalidate_group"
+    );
+}
+
+/// T3: header groups are kept per URI, not per Vary variant; a 304 refiles a variant under the
+/// groups of another variant, so an invalidation of its own group misses it.
+#[tokio::test]
+async fn a_304_keeps_a_variant_under_its_own_groups() {
+    let origin = Origin::new(|seen, _| {
+        let accept = seen.header("accept").unwrap_or("").to_owned();
+        let tag = format!("\"{accept}\"");
+        if seen.header("if-none-match") == Some(tag.as_str()) {
+            return Answer::not_modified()
+                .header("etag", tag)
+                .cache_control("max-age=1");
+        }
+        Answer::ok(format!("body-{accept}"))
+            .cache_control("max-age=1")
+            .header("vary", "accept")
+            .header("etag", tag)
+            .header("x-groups", format!("probe-t3-{accept}"))
+    });
+    let server = serve(
+        &origin,
+        CacheLayer::proxy().groups_from_header(HeaderName::from_static("x-groups")),
+    )
+    .await;
+    // Each variant's first answer only records the groups it names; the second is stored.
+    for accept in ["a", "a", "b", "b"] {
+        let reply = get_with(&server, "/t3", &[("accept", accept)]).await;
+        assert_eq!(reply.body, format!("body-{accept}"));
+    }
+    tokio::time::sleep(STALE).await;
+    // Revalidated (or refetched), whichever the groups now recorded for the URI allow.
+    get_with(&server, "/t3", &[("accept", "a")]).await;
+    cache_runtime::invalidate_group("probe-t3-a").await.unwrap();
+    let before = origin.runs();
+    let a3 = get_with(&server, "/t3", &[("accept", "a")]).await;
+    assert_eq!(
+        origin.runs(),
+        before + 1,
+        "invalidate_group(probe-t3-a) missed variant a ({:?})",
+        a3.header("x-cache")
+    );
+}
+
+/// T4: a 304 naming groups in the groups header: the header reaches the client and is stored.
+#[tokio::test]
+async fn the_groups_header_of_a_304_stays_internal() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("if-none-match") == Some("\"x\"") {
+            return Answer::not_modified()
+                .header("etag", "\"x\"")
+                .header("x-groups", "probe-t4")
+                .cache_control("max-age=60");
+        }
+        Answer::ok("x")
+            .cache_control("max-age=1")
+            .header("etag", "\"x\"")
+            .header("x-groups", "probe-t4")
+    });
+    let server = serve(
+        &origin,
+        CacheLayer::proxy().groups_from_header(HeaderName::from_static("x-groups")),
+    )
+    .await;
+    let first = server.get("/t4").await;
+    assert!(first.header("x-groups").is_none());
+    tokio::time::sleep(STALE).await;
+    let second = server.get("/t4").await;
+    let third = server.get("/t4").await;
+    assert!(
+        second.header("x-groups").is_none() && third.header("x-groups").is_none(),
+        "groups header leaked"
+    );
+}
+
+/// T5: after a 304 without Date (as an axum handler's), the stored Date is never updated:
+/// hits carry the capture-time Date with a small Age.
+#[tokio::test]
+async fn a_304_without_date_refreshes_the_date() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("if-none-match") == Some("\"x\"") {
+            return Answer::not_modified()
+                .header("etag", "\"x\"")
+                .cache_control("max-age=2");
+        }
+        Answer::ok("x")
+            .cache_control("max-age=2")
+            .header("etag", "\"x\"")
+    });
+    let server = serve(&origin, CacheLayer::new()).await;
+    let first = server.get("/t5").await;
+    let d1 = first.header("date").unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let second = server.get("/t5").await;
+    let third = server.get("/t5").await;
+    assert_ne!(
+        third.header("date"),
+        Some(d1.as_str()),
+        "Date not updated by the revalidation"
+    );
+}
+
+/// T6: responses stored with no freshness (max-age=0 + ETag): concurrent requests coalesce, then
+/// every follower goes to the origin anyway, after waiting for the leader.
+#[tokio::test]
+async fn never_fresh_entries_are_not_coalesced() {
+    let origin = Origin::new(|_, _| {
+        Answer::ok("x")
+            .cache_control("max-age=0")
+            .header("etag", "\"x\"")
+            .delay(Duration::from_millis(500))
+    });
+    let server = Arc::new(serve(&origin, CacheLayer::new()).await);
+    server.get("/t6").await; // stored, stale at once
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let s = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move { s.get("/t6").await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "requests were serialized: {took:?}"
+    );
+}
+
+/// T7: a 304 answering an authorized revalidation refreshes the shared entry with its headers.
+#[tokio::test]
+async fn an_authorized_304_does_not_update_the_shared_entry() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("if-none-match") == Some("\"x\"") {
+            let who = seen.header("authorization").unwrap_or("anon").to_owned();
+            return Answer::not_modified()
+                .header("etag", "\"x\"")
+                .header("x-user", who)
+                .cache_control("max-age=60");
+        }
+        Answer::ok("x")
+            .cache_control("max-age=1")
+            .header("etag", "\"x\"")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/t7").await;
+    tokio::time::sleep(STALE).await;
+    let alice = get_with(&server, "/t7", &[("authorization", "Bearer alice")]).await;
+    let anon = server.get("/t7").await;
+    assert_ne!(
+        anon.header("x-user"),
+        Some("Bearer alice"),
+        "alice's 304 headers stored in the shared entry"
+    );
+}
+
+/// T8: a 304 with a different strong ETag than the stored one is merged anyway.
+#[tokio::test]
+async fn a_304_with_another_strong_etag_updates_nothing() {
+    let origin = Origin::new(|seen, run| {
+        if run > 1 && seen.header("if-modified-since").is_some() {
+            return Answer::not_modified()
+                .header("etag", "\"other\"")
+                .cache_control("max-age=60");
+        }
+        Answer::ok("old body")
+            .cache_control("max-age=1")
+            .header("etag", "\"old\"")
+            .header("last-modified", ago(100))
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/t8").await;
+    tokio::time::sleep(STALE).await;
+    let r = server.get("/t8").await;
+    let c = get_with(&server, "/t8", &[("if-none-match", "\"other\"")]).await;
+    assert_ne!(
+        r.header("etag"),
+        Some("\"other\""),
+        "old body served with the 304's different strong ETag"
+    );
+}
+
+/// T9: huge coalesce_wait panics on every request.
+#[tokio::test]
+async fn an_endless_coalesce_wait_does_not_panic() {
+    let origin = Origin::always(
+        Answer::ok("x")
+            .cache_control("max-age=60")
+            .delay(Duration::from_millis(50)),
+    );
+    let server = Arc::new(serve(&origin, CacheLayer::new().coalesce_wait(Duration::MAX)).await);
+    let s = Arc::clone(&server);
+    let r = tokio::spawn(async move { s.get("/t9").await }).await;
+    assert!(r.is_ok());
+}
+
+/// T10: weird dates in Date / Expires / Last-Modified / If-Modified-Since never panic.
+#[tokio::test]
+async fn odd_dates_do_not_panic() {
+    let dates = [
+        "Thu, 31 Feb 9999 23:59:60 GMT",
+        "Sun, 00 Nov 0000 08:49:37 GMT",
+        "Mon, 31 Dec 9999 23:59:59 GMT",
+        "Wed, 31 Dec 1969 23:59:59 GMT",
+        "Sun, 06 Nov 1994 24:61:61 GMT",
+        "Sunday, 06-Nov-69 08:49:37 GMT",
+        "Sun Nov 31 08:49:37 9999",
+        "Sat, 29 Feb 2025 00:00:00 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+    ];
+    for (i, d) in dates.iter().enumerate() {
+        let d = d.to_string();
+        let origin = Origin::always(
+            Answer::ok("x")
+                .header("date", d.clone())
+                .header("expires", d.clone())
+                .header("last-modified", d.clone()),
+        );
+        let server = serve(&origin, CacheLayer::proxy().name(format!("dates{i}"))).await;
+        let a = server.get("/d").await;
+        let b = get_with(&server, "/d", &[("if-modified-since", &d)]).await;
+    }
+}
+
+/// T11: a client's Range + If-Range is revalidated with If-Range stripped: the client gets a 206 of
+/// a changed representation it asked not to get.
+#[tokio::test]
+async fn if_range_requests_pass_through_on_revalidation() {
+    let origin = Origin::new(|seen, run| {
+        let (tag, body) = if run == 1 {
+            ("\"v1\"", "0123456789")
+        } else {
+            ("\"v2\"", "ABCDEFGHIJ")
+        };
+        if seen.header("if-none-match") == Some(tag) {
+            return Answer::not_modified().header("etag", tag);
+        }
+        let range_applies =
+            seen.header("range").is_some() && seen.header("if-range").is_none_or(|t| t == tag);
+        if range_applies {
+            return Answer::new(206, &body[5..])
+                .header("etag", tag)
+                .header("content-range", "bytes 5-9/10")
+                .cache_control("max-age=1");
+        }
+        Answer::ok(body)
+            .header("etag", tag)
+            .cache_control("max-age=1")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    let first = server.get("/f").await;
+    assert_eq!(first.body, "0123456789");
+    tokio::time::sleep(STALE).await;
+    let resume = get_with(
+        &server,
+        "/f",
+        &[("range", "bytes=5-"), ("if-range", "\"v1\"")],
+    )
+    .await;
+    assert!(
+        !(resume.status == 206 && resume.body == "FGHIJ"),
+        "206 of v2 spliced onto a v1 download"
+    );
+}
+
+/// T12: a 304 that adds `Vary: *` is merged and stored, and then served to every request.
+#[tokio::test]
+async fn a_304_adding_vary_star_is_not_stored() {
+    let origin = Origin::new(|seen, run| {
+        if run > 1 && seen.header("if-none-match") == Some("\"x\"") {
+            return Answer::not_modified()
+                .header("etag", "\"x\"")
+                .header("vary", "*")
+                .cache_control("max-age=60");
+        }
+        Answer::ok("x")
+            .cache_control("max-age=1")
+            .header("etag", "\"x\"")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/v").await;
+    tokio::time::sleep(STALE).await;
+    let r = server.get("/v").await;
+    let h = server.get("/v").await;
+    assert_ne!(
+        h.header("x-cache"),
+        Some("HIT"),
+        "a Vary: * response was served from the cache"
+    );
+}
+
+/// T13: App mode keeps a `public` 500 for the default TTL.
+#[tokio::test]
+async fn app_mode_does_not_keep_a_public_500_on_the_default_ttl() {
+    let origin = Origin::always(Answer::new(500, "boom").cache_control("public"));
+    let server = serve(&origin, CacheLayer::new()).await;
+    server.get("/e").await;
+    let h = server.get("/e").await;
+    assert_ne!(
+        h.header("x-cache"),
+        Some("HIT"),
+        "a 500 was stored on a guess"
+    );
+}
+
+/// T14: App mode: after a 304 the entry loses its validator-based retention (ETag is not in the
+/// stored headers), so the next stale use is a full fetch instead of a revalidation.
+#[tokio::test]
+async fn app_mode_keeps_revalidating_after_a_304() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("if-none-match") == Some("\"x\"") {
+            return Answer::not_modified()
+                .header("etag", "\"x\"")
+                .cache_control("max-age=1");
+        }
+        Answer::ok("x")
+            .cache_control("max-age=1")
+            .header("etag", "\"x\"")
+    });
+    let server = serve(&origin, CacheLayer::new()).await;
+    server.get("/r").await;
+    tokio::time::sleep(STALE).await;
+    let r = server.get("/r").await;
+    assert_eq!(r.header("x-cache"), Some("REVALIDATED"));
+    tokio::time::sleep(STALE).await;
+    let r2 = server.get("/r").await;
+    assert_eq!(
+        origin.request(3).header("if-none-match"),
+        Some("\"x\""),
+        "no revalidation after the first 304"
+    );
+}
+
+/// T15: an unsafe request the bypass predicate matches invalidates nothing.
+#[tokio::test]
+async fn a_bypassed_post_still_invalidates() {
+    let origin = Origin::new(|seen, run| {
+        if seen.is_get() {
+            Answer::ok(format!("get{run}")).cache_control("max-age=60")
+        } else {
+            Answer::ok("posted")
+        }
+    });
+    let server = serve(
+        &origin,
+        CacheLayer::new().bypass(|p| p.headers.contains_key("authorization")),
+    )
+    .await;
+    let a = server.get("/doc").await;
+    server
+        .send("POST", "/doc", &[("authorization", "Bearer x")])
+        .await;
+    let b = server.get("/doc").await;
+    assert_ne!(
+        b.header("x-cache"),
+        Some("HIT"),
+        "stale after an authorized POST"
+    );
+}

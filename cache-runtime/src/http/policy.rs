@@ -67,8 +67,8 @@ impl Exchange {
 /// Where a lifetime comes from when the response states none.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Heuristic {
-    /// The app's own routes: the layer's TTL, for `200`, `203` and `204` (or `public`) only: an
-    /// error or redirect of the app is not kept on a guess.
+    /// The app's own routes: the layer's TTL, for `200`, `203` and `204` only: an error or
+    /// redirect of the app is not kept on a guess.
     Ttl(u64),
     /// In front of another origin: 10 % of the time since `Last-Modified` (RFC 9111 §4.2.2),
     /// at most this many seconds.
@@ -106,7 +106,7 @@ pub(crate) fn lifetime_ms(
     }
     match heuristic {
         Heuristic::Ttl(0) => None,
-        Heuristic::Ttl(_) if !(matches!(status, 200 | 203 | 204) || cc.public) => None,
+        Heuristic::Ttl(_) if !matches!(status, 200 | 203 | 204) => None,
         Heuristic::Ttl(secs) => Some(secs.saturating_mul(1000)),
         Heuristic::LastModified { cap_secs } => match date_field(headers, &header::LAST_MODIFIED) {
             Some(Ok(modified)) if modified < date => {

@@ -90,6 +90,9 @@ pub struct ResponseParts {
     /// What the response's directives say about reusing it.
     #[serde(default)]
     pub(crate) rules: Rules,
+    /// The groups a response header named for it (a layer's `groups_from_header`).
+    #[serde(default)]
+    pub(crate) groups: Vec<String>,
     /// The parts of a reply that do not change between hits, built by the first one.
     #[serde(skip)]
     prepared: OnceLock<Prepared>,
@@ -124,6 +127,15 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
+    /// The stamp `cached` has.
+    pub(crate) fn of(cached: &CachedResponse) -> Self {
+        Self {
+            stored_ms: cached.stored_ms,
+            ttl_ms: cached.ttl_ms,
+            rules: cached.rules,
+        }
+    }
+
     /// Produced now, fresh for `ttl_ms`.
     pub(crate) fn now(ttl_ms: u64) -> Self {
         Self {
@@ -155,8 +167,18 @@ impl CachedResponse {
             return Err(Response::from_parts(parts, body));
         }
         let mut headers = Vec::with_capacity(parts.headers.len());
+        // Fields the `Connection` header names are hop-by-hop too (RFC 9110 §7.6.1).
+        let connection: Vec<String> = parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(split_list)
+            .map(str::to_ascii_lowercase)
+            .collect();
         for (name, value) in &parts.headers {
-            if NOT_STORED.contains(&name.as_str()) {
+            if NOT_STORED.contains(&name.as_str()) || connection.iter().any(|c| c == name.as_str())
+            {
                 continue;
             }
             match value.to_str() {
@@ -199,6 +221,7 @@ impl CachedResponse {
             stored_ms: stamp.stored_ms,
             ttl_ms: stamp.ttl_ms,
             rules: stamp.rules,
+            groups: Vec::new(),
             prepared: OnceLock::new(),
         }));
         Ok((cached, parts.headers))
@@ -236,6 +259,26 @@ impl CachedResponse {
             stored_ms: stamp.stored_ms,
             ttl_ms: stamp.ttl_ms,
             rules: stamp.rules,
+            groups: self.groups.clone(),
+            prepared: OnceLock::new(),
+        }))
+    }
+
+    /// This response, filed under `groups` (named by a response header).
+    pub(crate) fn filed_under(self, groups: Vec<String>) -> Self {
+        if self.groups == groups {
+            return self;
+        }
+        Self(Arc::new(ResponseParts {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            etag: self.etag.clone(),
+            generated_etag: self.generated_etag,
+            stored_ms: self.stored_ms,
+            ttl_ms: self.ttl_ms,
+            rules: self.rules,
+            groups,
             prepared: OnceLock::new(),
         }))
     }
@@ -535,6 +578,7 @@ mod tests {
             stored_ms: 0,
             ttl_ms: 0,
             rules: Rules::default(),
+            groups: Vec::new(),
             prepared: OnceLock::new(),
         }));
         let json = serde_json::to_string(&cached).unwrap();

@@ -113,15 +113,18 @@ where
         return inner.call(request).await;
     };
     let (parts, body) = request.into_parts();
-    if config.bypass.as_ref().is_some_and(|bypass| bypass(&parts)) {
-        let request = Request::from_parts(parts, body);
-        return Ok(mark(inner.call(request).await?, "BYPASS"));
-    }
     let method = parts.method.clone();
     if method != Method::GET && method != Method::HEAD {
+        // Bypassed or not, a mutation removes what the cache holds for its URI.
         return mutation(inner, parts, body, &shared, backend).await;
     }
-    if keys::cookie_bypass(config, &parts) {
+    // Ranges and preconditions other than the validators the cache answers itself pass through:
+    // their answers (206, 412, 416...) belong to the request, not to the URI.
+    let bypassed = config.bypass.as_ref().is_some_and(|bypass| bypass(&parts))
+        || PASSED_THROUGH
+            .iter()
+            .any(|name| parts.headers.contains_key(name));
+    if bypassed || keys::cookie_bypass(config, &parts) {
         let request = Request::from_parts(parts, body);
         return Ok(mark(inner.call(request).await?, "BYPASS"));
     }
@@ -191,16 +194,22 @@ where
     // for it: that would be waiting for itself. A failed lookup (no generations) cannot tell
     // whether another process invalidated the URI since a running request started: such requests
     // coalesce with none. Responses that must be validated on every use are not shared either.
+    let rejects_stored = cx.request_cc.no_cache
+        || cx.request_cc.max_age.is_some()
+        || cx.request_cc.min_fresh.is_some();
     let coalesce = observed.generations.is_some()
-        && !cx.request_cc.no_cache
+        && !rejects_stored
         && !stale
             .as_ref()
-            .is_some_and(|s: &CachedResponse| s.rules.no_cache)
+            .is_some_and(|s: &CachedResponse| s.rules.no_cache || s.ttl_ms == 0)
         && !shared.config.coalesce_wait.is_zero()
         && parts.extensions.get::<Coalesced>().is_none()
         && !shared.config.uncacheable.contains(&cx.base);
     if coalesce {
-        let deadline = tokio::time::Instant::now() + shared.config.coalesce_wait;
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(shared.config.coalesce_wait)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         loop {
             let overtaken = |started: u64| {
                 crate::invalidation::invalidated_since(started, &cx.base, &observed.groups)
@@ -380,9 +389,19 @@ where
 {
     let method = parts.method.clone();
     let target = keys::base(&shared.config, &parts);
-    let response = inner
+    // If this request is cancelled while the origin handles it, the mutation may have happened:
+    // its URI is removed anyway (costs a miss at most).
+    let mut cancelled = (!method.is_safe()).then(|| RemoveOnDrop {
+        backend,
+        keys: vec![target.clone(), keys::groups(&target)],
+    });
+    let answered = inner
         .call(Request::from_parts(clone_parts(&parts), body))
-        .await?;
+        .await;
+    if let Some(guard) = cancelled.as_mut() {
+        guard.keys.clear(); // it was not cancelled: the answer decides below
+    }
+    let response = answered?;
     let status = response.status();
     if method.is_safe() || !(status.is_success() || status.is_redirection()) {
         return Ok(response);
@@ -401,6 +420,24 @@ where
         tracing::warn!(?keys, %error, "could not remove cached responses after a mutation; kept pending");
     }
     Ok(response)
+}
+
+/// Removes keys in the background when dropped with some left.
+struct RemoveOnDrop {
+    backend: &'static Registered,
+    keys: Vec<String>,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (backend, keys) = (self.backend, std::mem::take(&mut self.keys));
+        crate::io::spawn(async move {
+            let _ = crate::invalidation::invalidate_keys_in(backend, &keys).await;
+        });
+    }
 }
 
 fn clone_parts(parts: &Parts) -> Parts {
@@ -465,11 +502,15 @@ fn revalidate_in_background<S, B>(
                     if_modified_since: None,
                 },
             };
-            let _ = fetch(inner, parts, body, &cx, observed, Some(stale)).await;
+            let revalidation = fetch(inner, parts, body, &cx, observed, Some(stale));
+            let _ = tokio::time::timeout(BACKGROUND_LIMIT, revalidation).await;
         },
         span,
     ));
 }
+
+/// How long a background revalidation may take before it is given up.
+const BACKGROUND_LIMIT: Duration = Duration::from_secs(60);
 
 /// Ends a background revalidation of a key, however its task ends.
 struct Revalidating<'a>(&'a Shared, &'a str);
@@ -484,10 +525,12 @@ impl Drop for Revalidating<'_> {
     }
 }
 
-/// Conditional request headers a client may send, replaced by the cache's own when it revalidates.
-const CONDITIONALS: [HeaderName; 5] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
+/// The client's validators, replaced by the cache's own when it revalidates.
+const CONDITIONALS: [HeaderName; 2] = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
+
+/// Request headers that make a request pass through the cache untouched.
+const PASSED_THROUGH: [HeaderName; 4] = [
+    header::RANGE,
     header::IF_MATCH,
     header::IF_UNMODIFIED_SINCE,
     header::IF_RANGE,
@@ -549,15 +592,15 @@ where
     if let Some(stale) = stale {
         if validating && response.status() == axum::http::StatusCode::NOT_MODIFIED {
             let (update, _) = response.into_parts();
-            return Ok(refreshed(
+            let refreshed = refreshed(
                 cx,
                 observed,
                 &request_headers,
                 &stale,
-                &update.headers,
+                update.headers,
                 exchange,
-            )
-            .await);
+            );
+            return Ok(refreshed.await);
         }
         if response.status().is_server_error() && cx.may_serve_stale_on_error(&stale) {
             return Ok((cx.serve(&stale, "STALE"), false));
@@ -575,54 +618,70 @@ where
     .await)
 }
 
-/// The stored response, validated by a `304`: its headers updated and stored again.
+/// The stored response, validated by a `304`: its headers updated (RFC 9111 §4.3.4) and stored
+/// again when the merged response may be stored.
 async fn refreshed(
     cx: &Context<'_>,
     observed: Observed,
     request_headers: &HeaderMap,
     stale: &CachedResponse,
-    not_modified: &HeaderMap,
+    mut update: HeaderMap,
     exchange: Exchange,
 ) -> (Response<Body>, bool) {
-    let provisional = stale.merged(
-        not_modified,
-        Stamp {
-            stored_ms: stale.stored_ms,
-            ttl_ms: stale.ttl_ms,
-            rules: stale.rules,
-        },
-    );
+    // A 304 for another representation (a different strong validator) updates nothing.
+    let other_tag = update
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .zip(stale.validators().0)
+        .is_some_and(|(new, old)| !new.starts_with("W/") && !old.starts_with("W/") && new != old);
+    if other_tag {
+        return (cx.serve(stale, "REVALIDATED"), false);
+    }
+    if !update.contains_key(header::DATE) {
+        // Its Date is now (RFC 9110 §6.6.1): the stored one would make it look old.
+        if let Ok(date) = HeaderValue::from_str(&policy::format_date(exchange.response_ms / 1000)) {
+            update.insert(header::DATE, date);
+        }
+    }
+    let named = take_header_groups(cx.shared, &mut update);
+    let header_groups = if named.is_empty() {
+        stale.groups.clone()
+    } else {
+        named
+    };
+    let provisional = stale.merged(&update, Stamp::of(stale));
     let merged_headers = header_map(&provisional);
     let (cc, expires) = cx.directives(&merged_headers);
-    let lifetime = policy::lifetime_ms(
+    let authorized = request_headers.contains_key(header::AUTHORIZATION);
+    let storable = storable_lifetime(
+        cx,
         provisional.status,
         &merged_headers,
         &cc,
         expires,
+        authorized,
         exchange.response_ms,
-        cx.heuristic(),
-    )
-    .unwrap_or(0);
-    let initial_age = exchange.initial_age_ms(not_modified);
+    );
+    let initial_age = exchange.initial_age_ms(&update);
+    let lifetime = storable.unwrap_or(0);
     let stamp = Stamp {
         stored_ms: exchange.response_ms.saturating_sub(initial_age),
         ttl_ms: lifetime,
         rules: Rules::of(&cc),
     };
-    let merged = stale.merged(not_modified, stamp);
-    // The groups the stored response was filed under stay (a 304 names none).
-    let header_groups = observed.header_groups.clone();
-    let stored = match retention_ms(cx, &merged_headers, &cc, lifetime, initial_age) {
-        // A 304 that sets a cookie answers this client only: its merge is not stored.
-        Some(retention)
-            if !cc.no_store && !cc.private && !not_modified.contains_key(header::SET_COOKIE) =>
-        {
+    let merged = stale
+        .merged(&update, stamp)
+        .filed_under(header_groups.clone());
+    let retention = retention_ms(cx, &merged_headers, &cc, lifetime, initial_age);
+    let stored = match (storable, retention) {
+        (Some(_), Some(retention)) => {
+            let entry = merged.clone();
             save(
                 cx,
                 observed,
                 header_groups,
                 request_headers,
-                merged.clone(),
+                entry,
                 retention,
             )
             .await
@@ -634,7 +693,12 @@ async fn refreshed(
 
 /// The stored headers of a response as a map (to evaluate them like a received response's).
 fn header_map(cached: &CachedResponse) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(cached.headers.len());
+    let mut map = HeaderMap::with_capacity(cached.headers.len() + 1);
+    if let (Some(etag), _) = cached.validators() {
+        if let Ok(value) = HeaderValue::from_str(etag) {
+            map.insert(header::ETAG, value);
+        }
+    }
     for (name, value) in &cached.headers {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -666,10 +730,10 @@ fn retention_ms(
             .max(windows.stale_while_revalidate_ms)
             .max(windows.stale_if_error_ms);
     }
-    // In front of another origin, stale responses stay for a while as a proxy's do (for
-    // `max-stale` and a request's `stale-if-error`); on the app's own routes only when the origin
-    // gave a validator to revalidate them with.
-    if validator || cx.shared.config.mode == Mode::Proxy {
+    // Stale responses with a validator stay for a while, to be revalidated. In front of another
+    // origin, others with a lifetime stay as well, as a proxy's do (for `max-stale` and a request's
+    // `stale-if-error`); a response that is never fresh and cannot be revalidated is not kept.
+    if validator || (cx.shared.config.mode == Mode::Proxy && lifetime_ms > 0) {
         keep = keep.max(KEEP_STALE_MS);
     }
     let retention = lifetime_ms
@@ -682,14 +746,13 @@ fn retention_ms(
 /// Whether a response may be stored by a shared cache (RFC 9111 §3, §3.5), and its lifetime.
 fn storable_lifetime(
     cx: &Context<'_>,
-    response: &Response<Body>,
+    status: u16,
+    headers: &HeaderMap,
     cc: &CacheControl,
     expires: bool,
     authorized: bool,
     response_ms: u64,
 ) -> Option<u64> {
-    let status = response.status().as_u16();
-    let headers = response.headers();
     let varies_on_everything = headers.get_all(header::VARY).iter().any(|v| {
         v.to_str()
             .is_ok_and(|t| t.split(',').any(|n| n.trim() == "*"))
@@ -732,7 +795,7 @@ async fn received(
     exchange: Exchange,
 ) -> (Response<Body>, bool) {
     let shared = cx.shared;
-    let header_groups = take_header_groups(shared, &mut response);
+    let header_groups = take_header_groups(shared, response.headers_mut());
     let uncacheable = |response: Response<Body>| {
         if plain_request {
             shared.config.uncacheable.remember(&cx.base);
@@ -742,7 +805,8 @@ async fn received(
     let (cc, expires) = cx.directives(response.headers());
     let Some(lifetime) = storable_lifetime(
         cx,
-        &response,
+        response.status().as_u16(),
+        response.headers(),
         &cc,
         expires,
         authorized,
@@ -765,6 +829,7 @@ async fn received(
             Ok(captured) => captured,
             Err(passthrough) => return uncacheable(passthrough),
         };
+    let cached = cached.filed_under(header_groups.clone());
     let reply = if cx.conditionals.not_modified(&cached) {
         cx.serve(&cached, "MISS")
     } else {
@@ -806,37 +871,24 @@ async fn save(
     let mut groups = shared.config.groups.clone();
     groups.extend(header_groups.iter().cloned());
     let groups = with_tombstone(backend, base, groups);
-    let generations = if groups == observed.groups {
-        observed.generations
-    } else {
-        // New groups from the response header: their generations are read now.
-        match backend
-            .guard
-            .run("get", backend.backend.get(base, &groups))
-            .await
-        {
-            Ok(lookup) => Some(lookup.generations),
-            Err(_) => None,
-        }
-    };
-    let Some(generations) = generations else {
+    let policy = Policy::ttl(retention_ms);
+    // Side entries (the groups a header named, the `Vary` index) outlive the variants they lead to.
+    let side_policy = Policy::ttl(retention_ms.saturating_add(KEEP_STALE_MS));
+    if shared.config.groups_header.is_some() && header_groups != observed.header_groups {
+        let key = keys::groups(base);
+        let named = Arc::new(header_groups);
+        store(site, backend, &key, &[], Vec::new(), &named, side_policy).await;
+    }
+    // The response names groups whose generations were not read before it was fetched: an
+    // invalidation of them during the fetch would go unseen. Only the groups are recorded; the
+    // next request, which reads them first, stores the response.
+    if groups != observed.groups {
+        return false;
+    }
+    let Some(generations) = observed.generations else {
         return false; // the backend failed during the lookup: store nothing
     };
-    let policy = Policy::ttl(retention_ms);
     let names = vary_names(&cached);
-    if shared.config.groups_header.is_some() {
-        let key = keys::groups(base);
-        store(
-            site,
-            backend,
-            &key,
-            &[],
-            Vec::new(),
-            &Arc::new(header_groups),
-            policy,
-        )
-        .await;
-    }
     if names.is_empty() && !keys::always_variants(&shared.config) {
         let entry = Arc::new(UriEntry::Whole(cached));
         store(site, backend, base, &groups, generations, &entry, policy).await;
@@ -855,7 +907,7 @@ async fn save(
         &groups,
         generations.clone(),
         &index,
-        policy,
+        side_policy,
     )
     .await;
     let cached = Arc::new(cached);
@@ -900,11 +952,15 @@ fn with_tombstone(backend: &Registered, base: &str, mut groups: Vec<String>) -> 
     groups
 }
 
-fn take_header_groups(shared: &Shared, response: &mut Response<Body>) -> Vec<String> {
+/// Removes the groups header the layer reads (if any) and returns the groups it named, sorted.
+fn take_header_groups(shared: &Shared, headers: &mut HeaderMap) -> Vec<String> {
     let Some(name) = &shared.config.groups_header else {
         return Vec::new();
     };
-    let values: Vec<HeaderValue> = response.headers_mut().remove(name).into_iter().collect();
+    let values: Vec<HeaderValue> = match headers.entry(name) {
+        axum::http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+        axum::http::header::Entry::Vacant(_) => Vec::new(),
+    };
     let mut groups: Vec<String> = values
         .iter()
         .filter_map(|v| v.to_str().ok())

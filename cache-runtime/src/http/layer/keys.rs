@@ -49,6 +49,8 @@ pub(super) fn base_of(config: &CacheLayer, request: &Parts, uri: &str) -> Option
             }
         }
         uri.path_and_query()?.as_str().to_owned()
+    } else if uri.starts_with('?') {
+        format!("{}{uri}", original_uri(request).path())
     } else {
         // A relative reference: resolved against the request's path.
         let own = original_uri(request).path();
@@ -182,6 +184,11 @@ mod tests {
         let target = Some(base(&layer, &parts("/items/2", &[("host", "example.com")])));
         assert_eq!(base_of(&layer, &request, "/items/2"), target);
         assert_eq!(base_of(&layer, &request, "2"), target);
+        let query = Some(base(
+            &layer,
+            &parts("/items/1?p=2", &[("host", "example.com")]),
+        ));
+        assert_eq!(base_of(&layer, &request, "?p=2"), query);
         assert_eq!(
             base_of(&layer, &request, "http://example.com/items/2"),
             target
