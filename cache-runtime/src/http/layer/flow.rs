@@ -961,30 +961,30 @@ fn take_header_groups(shared: &Shared, headers: &mut HeaderMap) -> Vec<String> {
         axum::http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
         axum::http::header::Entry::Vacant(_) => Vec::new(),
     };
-    let mut groups: Vec<String> = values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|t| t.split(','))
-        .map(|g| g.trim().to_owned())
-        .filter(|g| !g.is_empty())
-        .collect();
-    groups.sort();
-    groups.dedup();
-    groups
+    sorted_list(values.iter().filter_map(|v| v.to_str().ok()))
 }
 
+/// The header names a stored response's `Vary` lists, lower case.
 fn vary_names(cached: &CachedResponse) -> Vec<String> {
-    let mut names: Vec<String> = cached
+    let fields: Vec<String> = cached
         .headers
         .iter()
         .filter(|(n, _)| n == "vary")
-        .flat_map(|(_, v)| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+        .map(|(_, v)| v.to_ascii_lowercase())
         .collect();
-    names.sort();
-    names.dedup();
-    names
+    sorted_list(fields.iter().map(String::as_str))
+}
+
+/// The elements of comma-separated field values, trimmed, sorted, without duplicates or empties.
+fn sorted_list<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut items: Vec<String> = values
+        .flat_map(|text| text.split(','))
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect();
+    items.sort();
+    items.dedup();
+    items
 }
 
 fn mark(mut response: Response<Body>, x_cache: &'static str) -> Response<Body> {
