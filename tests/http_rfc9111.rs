@@ -1079,6 +1079,14 @@ async fn stale_if_error_directive_serves_stale_on_an_origin_500() {
     assert_stale_if_error(&origin, &server).await;
 }
 
+/// RFC 9111 §4.2.4: `proxy()` serves a stale response when the origin fails, by default.
+#[tokio::test]
+async fn proxy_serves_stale_on_an_origin_500_by_default() {
+    let origin = failing_origin("max-age=1");
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    assert_stale_if_error(&origin, &server).await;
+}
+
 /// RFC 5861 §4: the same window from the layer's `stale_if_error` option.
 #[tokio::test]
 async fn stale_if_error_option_serves_stale_on_an_origin_500() {
@@ -1088,11 +1096,13 @@ async fn stale_if_error_option_serves_stale_on_an_origin_500() {
     assert_stale_if_error(&origin, &server).await;
 }
 
-/// RFC 9111 §4.2.4: without a stale-if-error window, the origin's 500 reaches the client.
+/// RFC 9111 §4.2.4: without a stale-if-error window, the origin's 500 reaches the client (`proxy()`
+/// has a default window: turned off here; `new()` has none).
 #[tokio::test]
 async fn without_stale_if_error_an_origin_500_reaches_the_client() {
     let origin = failing_origin("max-age=1");
-    let server = serve(&origin, CacheLayer::proxy()).await;
+    let layer = CacheLayer::proxy().stale_if_error(Duration::ZERO);
+    let server = serve(&origin, layer).await;
     server.get("/sie").await;
     tokio::time::sleep(STALE).await;
     let reply = server.get("/sie").await;
@@ -2080,4 +2090,146 @@ async fn a_bypassed_post_still_invalidates() {
         Some("HIT"),
         "stale after an authorized POST"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Found with the cache-tests suite (scripts/cache-tests.sh); each failed before its fix.
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 9110 §14.2: a single byte range is answered from a stored complete `200` (`206` with
+/// `Content-Range`), without the origin; a range of a stale or absent response goes to the origin
+/// and its `206` is not stored.
+#[tokio::test]
+async fn ranges_are_served_from_a_stored_complete_response() {
+    let origin = Origin::new(|seen, _| {
+        if seen.header("range").is_some() {
+            return Answer::new(206, "FGHIJ")
+                .header("content-range", "bytes 5-9/10")
+                .cache_control("max-age=60");
+        }
+        Answer::ok("ABCDEFGHIJ")
+            .cache_control("max-age=60")
+            .header("etag", "\"r1\"")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    let miss = get_with(&server, "/r", &[("range", "bytes=5-")]).await;
+    assert_eq!((miss.status, miss.body.as_str()), (206, "FGHIJ"));
+    server.get("/r").await;
+    assert_eq!(origin.runs(), 2, "the 206 was not stored");
+    for (range, body, content_range) in [
+        ("bytes=0-3", "ABCD", "bytes 0-3/10"),
+        ("bytes=7-", "HIJ", "bytes 7-9/10"),
+        ("bytes=-2", "IJ", "bytes 8-9/10"),
+    ] {
+        let reply = get_with(&server, "/r", &[("range", range)]).await;
+        assert_eq!((reply.status, reply.body.as_str()), (206, body), "{range}");
+        assert_eq!(reply.header("content-range"), Some(content_range));
+    }
+    let matching = get_with(
+        &server,
+        "/r",
+        &[("range", "bytes=0-0"), ("if-range", "\"r1\"")],
+    )
+    .await;
+    assert_eq!((matching.status, matching.body.as_str()), (206, "A"));
+    assert_eq!(
+        origin.runs(),
+        2,
+        "ranges of the stored response need no origin"
+    );
+    let other = get_with(
+        &server,
+        "/r",
+        &[("range", "bytes=5-"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(other.status, 206);
+    assert_eq!(
+        origin.runs(),
+        3,
+        "an If-Range for another version goes to the origin"
+    );
+}
+
+/// RFC 9213 §2.1: a targeted field that is not a valid Structured Fields Dictionary, or gives a
+/// directive the wrong type, is ignored (`Cache-Control` applies).
+#[tokio::test]
+async fn an_invalid_targeted_field_is_ignored() {
+    for cdn in ["max-age=10000, &&&&&", "max-age=\"10000\""] {
+        let origin = Origin::new(move |_, run| {
+            Answer::ok(format!("run {run}"))
+                .header("cdn-cache-control", cdn)
+                .cache_control("no-store")
+        });
+        let layer = CacheLayer::proxy().targeted(HeaderName::from_static("cdn-cache-control"));
+        let server = serve(&origin, layer).await;
+        server.get("/t").await;
+        server.get("/t").await;
+        assert_eq!(origin.runs(), 2, "CDN-Cache-Control: {cdn} must be ignored");
+    }
+}
+
+/// RFC 9111 §5.1: of an `Age` list (`7200, 0`), the first value counts: stale on arrival.
+#[tokio::test]
+async fn the_first_value_of_an_age_list_counts() {
+    let origin = Origin::new(|_, run| {
+        Answer::ok(format!("run {run}"))
+            .cache_control("max-age=3600")
+            .header("age", "7200, 0")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/a").await;
+    server.get("/a").await;
+    assert_eq!(
+        origin.runs(),
+        2,
+        "a response 7200 s old is stale for max-age=3600"
+    );
+}
+
+/// RFC 9111 §5.2.2.3: `must-understand` lets a cache that understands the status ignore
+/// `no-store`.
+#[tokio::test]
+async fn must_understand_lifts_no_store_for_a_known_status() {
+    let origin = Origin::new(|_, run| {
+        Answer::ok(format!("run {run}")).cache_control("max-age=60, no-store, must-understand")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/m").await;
+    assert_eq!(server.get("/m").await.body, "run 1");
+    assert_eq!(origin.runs(), 1);
+}
+
+/// RFC 9110 §5.6.7: an `Expires` with names in the wrong case is still a date.
+#[tokio::test]
+async fn expires_in_the_wrong_case_is_read() {
+    let origin = Origin::new(|_, run| {
+        Answer::ok(format!("run {run}")).header("expires", "THU, 18 AUG 2050 02:01:18 gmt")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/e").await;
+    server.get("/e").await;
+    assert_eq!(
+        origin.runs(),
+        1,
+        "a far-future Expires makes the response fresh"
+    );
+}
+
+/// RFC 9110 §12.5.4: `Accept-Language` values that differ only in order or case select the same
+/// stored variant.
+#[tokio::test]
+async fn accept_language_is_compared_without_order_or_case() {
+    let origin = Origin::new(|_, run| {
+        Answer::ok(format!("run {run}"))
+            .cache_control("max-age=60")
+            .header("vary", "accept-language")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    get_with(&server, "/l", &[("accept-language", "en, de")]).await;
+    get_with(&server, "/l", &[("accept-language", "de, en")]).await;
+    get_with(&server, "/l", &[("accept-language", "eN, De")]).await;
+    assert_eq!(origin.runs(), 1);
+    get_with(&server, "/l", &[("accept-language", "fr")]).await;
+    assert_eq!(origin.runs(), 2, "another language is another variant");
 }

@@ -18,6 +18,8 @@ pub(crate) struct CacheControl {
     pub(crate) stale_while_revalidate: Option<u64>,
     /// RFC 5861, response and request.
     pub(crate) stale_if_error: Option<u64>,
+    /// `must-understand`: a status this cache understands is stored despite `no-store`.
+    pub(crate) must_understand: bool,
     /// Request: `max-stale` (`Some(None)`: any staleness), `min-fresh`, `only-if-cached`.
     pub(crate) max_stale: Option<Option<u64>>,
     pub(crate) min_fresh: Option<u64>,
@@ -27,14 +29,8 @@ pub(crate) struct CacheControl {
 impl CacheControl {
     /// The directives of the `Cache-Control` fields.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
-        Self::of_field(headers, &CACHE_CONTROL)
-    }
-
-    /// The directives of the fields named `field` (a targeted field such as `CDN-Cache-Control`,
-    /// RFC 9213, uses the same directives).
-    pub(crate) fn of_field(headers: &HeaderMap, field: &HeaderName) -> Self {
         let mut cc = Self::default();
-        for value in headers.get_all(field) {
+        for value in headers.get_all(CACHE_CONTROL) {
             let Ok(text) = value.to_str() else {
                 continue;
             };
@@ -64,11 +60,57 @@ impl CacheControl {
                             .get_or_insert(argument.map(|_| seconds.unwrap_or(0)));
                     }
                     "only-if-cached" => cc.only_if_cached = true,
+                    "must-understand" => cc.must_understand = true,
                     _ => {}
                 }
             }
         }
         cc
+    }
+}
+
+impl CacheControl {
+    /// The directives of a targeted field such as `CDN-Cache-Control` (RFC 9213): a Structured
+    /// Fields Dictionary (RFC 9651). `None` when the field is absent, is not a valid Dictionary, or
+    /// gives a directive a value of the wrong type: the cache then ignores the field.
+    pub(crate) fn of_targeted(headers: &HeaderMap, field: &HeaderName) -> Option<Self> {
+        let lines = headers
+            .get_all(field)
+            .iter()
+            .map(|value| value.to_str().ok())
+            .collect::<Option<Vec<&str>>>()?;
+        if lines.is_empty() {
+            return None;
+        }
+        let dictionary: sfv::Dictionary = sfv::Parser::new(&lines.join(", ")).parse().ok()?;
+        let mut cc = Self::default();
+        for (key, entry) in &dictionary {
+            let sfv::ListEntry::Item(item) = entry else {
+                continue; // an inner list: no directive this cache reads takes one
+            };
+            let flag = || match item.bare_item {
+                sfv::BareItem::Boolean(set) => Some(set),
+                _ => None,
+            };
+            let seconds = || {
+                let value = i64::from(item.bare_item.as_integer()?);
+                let value = u64::try_from(value).ok()?;
+                Some(value.min(crate::backend::MAX_TTL.as_secs()))
+            };
+            match key.as_str() {
+                "no-store" => cc.no_store = flag()?,
+                "no-cache" => cc.no_cache = flag()?,
+                "private" => cc.private = flag()?,
+                "public" => cc.public = flag()?,
+                "must-revalidate" | "proxy-revalidate" => cc.must_revalidate |= flag()?,
+                "max-age" => cc.max_age = Some(seconds()?),
+                "s-maxage" => cc.s_maxage = Some(seconds()?),
+                "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds()?),
+                "stale-if-error" => cc.stale_if_error = Some(seconds()?),
+                _ => {}
+            }
+        }
+        Some(cc)
     }
 }
 
@@ -141,6 +183,28 @@ mod tests {
         let cc = parse(&["max-age=1, stale-while-revalidate=30, proxy-revalidate"]);
         assert_eq!(cc.stale_while_revalidate, Some(30));
         assert!(cc.must_revalidate);
+    }
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        let field = HeaderName::from_static("cdn-cache-control");
+        let targeted = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(&field, value.parse().unwrap());
+            CacheControl::of_targeted(&headers, &field)
+        };
+        let cc = targeted("max-age=60, stale-if-error=5, must-revalidate").unwrap();
+        assert_eq!((cc.max_age, cc.stale_if_error), (Some(60), Some(5)));
+        assert!(cc.must_revalidate);
+        assert!(targeted("no-store").unwrap().no_store);
+        assert_eq!(targeted("max-age=10000, &&&&&"), None, "not a dictionary");
+        assert_eq!(
+            targeted("max-age=\"10000\""),
+            None,
+            "a string where an integer goes"
+        );
+        assert_eq!(targeted("max-age=-1"), None);
+        assert!(CacheControl::of_targeted(&HeaderMap::new(), &field).is_none());
     }
 
     #[test]

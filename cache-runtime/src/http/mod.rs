@@ -17,10 +17,11 @@ mod conditional;
 mod handler;
 mod layer;
 mod policy;
+mod range;
 mod response;
 
 pub use axum::response::{IntoResponse, Response};
-pub use layer::{CacheLayer, CacheService};
+pub use layer::{CacheLayer, CacheService, DEFAULT_PROXY_STALE_IF_ERROR};
 
 /// Default limit on the size of a cached body (8 MiB).
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;

@@ -20,15 +20,38 @@ pub(crate) fn heuristically_cacheable(status: u16) -> bool {
 /// seconds since the Unix epoch. `Err(())` when present but not a date.
 pub(crate) fn date_field(headers: &HeaderMap, name: &HeaderName) -> Option<Result<u64, ()>> {
     let value = headers.get(name)?;
-    Some(
-        value
-            .to_str()
-            .ok()
-            .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
-            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|since| since.as_secs())
-            .ok_or(()),
-    )
+    Some(value.to_str().ok().and_then(parse_date).ok_or(()))
+}
+
+/// An HTTP date in seconds since the Unix epoch. Names in the wrong case (`THU`, `aug`, `gmt`),
+/// which some senders produce, are read as well (RFC 9110 §5.6.7 asks recipients to be lenient).
+pub(crate) fn parse_date(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let seconds = |text: &str| {
+        let time = httpdate::parse_http_date(text).ok()?;
+        Some(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+    };
+    seconds(text).or_else(|| seconds(&canonical_case(text)))
+}
+
+/// `Thu`, `Aug`, `GMT`: day and month names capitalised, the zone in capitals.
+fn canonical_case(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word_start = true;
+    for ch in text.chars() {
+        if ch.is_ascii_alphabetic() {
+            out.push(if word_start {
+                ch.to_ascii_uppercase()
+            } else {
+                ch.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            out.push(ch);
+            word_start = true;
+        }
+    }
+    out.replace("Gmt", "GMT")
 }
 
 /// `secs` since the Unix epoch as an IMF-fixdate.
@@ -53,10 +76,11 @@ impl Exchange {
             Some(Ok(date)) => (self.response_ms / 1000).saturating_sub(date) * 1000,
             _ => 0,
         };
+        // One delta-seconds; of a list (`7200, 0`) the first counts, the oldest claim.
         let age_value = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|text| delta_seconds(text.trim()))
+            .and_then(|text| delta_seconds(text.split(',').next().unwrap_or("").trim()))
             .unwrap_or(0);
         let delay = self.response_ms.saturating_sub(self.request_ms);
         let corrected = age_value.saturating_mul(1000).saturating_add(delay);

@@ -82,9 +82,8 @@ impl Conditionals {
         let modified = cached
             .header("last-modified")
             .or_else(|| cached.header("date"))
-            .and_then(|text| httpdate::parse_http_date(text.trim()).ok())
-            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok());
-        modified.is_some_and(|modified| modified.as_secs() <= since)
+            .and_then(|text| policy::parse_date(&text));
+        modified.is_some_and(|modified| modified <= since)
     }
 }
 
@@ -118,12 +117,14 @@ where
         // Bypassed or not, a mutation removes what the cache holds for its URI.
         return mutation(inner, parts, body, &shared, backend).await;
     }
-    // Ranges and preconditions other than the validators the cache answers itself pass through:
-    // their answers (206, 412, 416...) belong to the request, not to the URI.
+    // Preconditions other than the validators the cache answers itself pass through: their
+    // answers (412...) belong to the request, not to the URI. So does an `If-Range` alone.
+    let range = parts.headers.get(header::RANGE).cloned();
     let bypassed = config.bypass.as_ref().is_some_and(|bypass| bypass(&parts))
         || PASSED_THROUGH
             .iter()
-            .any(|name| parts.headers.contains_key(name));
+            .any(|name| parts.headers.contains_key(name))
+        || (range.is_none() && parts.headers.contains_key(header::IF_RANGE));
     if bypassed || keys::cookie_bypass(config, &parts) {
         let request = Request::from_parts(parts, body);
         return Ok(mark(inner.call(request).await?, "BYPASS"));
@@ -156,8 +157,19 @@ where
         generations: None,
         vary: None,
     };
+    let found = lookup(&cx, &parts.headers, &mut observed).await;
+    if let Some(range) = range {
+        // A range is served from a stored complete response that may answer the request as it
+        // is; anything else goes to the origin, and its answer (206, 416...) is not stored.
+        if let Some(reply) = found.and_then(|cached| cx.serve_range(&cached, &range, &parts)) {
+            site.count(Event::Hit);
+            return Ok(reply);
+        }
+        let request = Request::from_parts(parts, body);
+        return Ok(mark(inner.call(request).await?, "MISS"));
+    }
     let mut stale = None;
-    if let Some(cached) = lookup(&cx, &parts.headers, &mut observed).await {
+    if let Some(cached) = found {
         match cx.reuse(&cached) {
             Reuse::Fresh | Reuse::StaleAccepted => {
                 site.count(Event::Hit);
@@ -319,6 +331,42 @@ impl Context<'_> {
         )
     }
 
+    /// A `206` for a single byte range of a stored complete `200` that may answer the request
+    /// without the origin, when its `If-Range` (if any) names that very response.
+    fn serve_range(
+        &self,
+        cached: &CachedResponse,
+        range: &HeaderValue,
+        parts: &Parts,
+    ) -> Option<Response<Body>> {
+        let servable = matches!(self.reuse(cached), Reuse::Fresh | Reuse::StaleAccepted);
+        if !servable || cached.status != 200 {
+            return None;
+        }
+        if let Some(if_range) = parts.headers.get(header::IF_RANGE) {
+            let if_range = if_range.to_str().ok()?.trim();
+            let same_tag = cached.validators().0 == Some(if_range) && !if_range.starts_with("W/");
+            let same_date = cached.header("last-modified").as_deref() == Some(if_range);
+            if !(same_tag || same_date) {
+                return None;
+            }
+        }
+        let len = cached.body.len() as u64;
+        let (first, last) = crate::http::range::single_range(range.to_str().ok()?, len)?;
+        let mut reply = self.serve(cached, "HIT");
+        if reply.status() == axum::http::StatusCode::OK {
+            let content_range =
+                HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).ok()?;
+            *reply.status_mut() = axum::http::StatusCode::PARTIAL_CONTENT;
+            reply
+                .headers_mut()
+                .insert(header::CONTENT_RANGE, content_range);
+            let (first, last) = (usize::try_from(first).ok()?, usize::try_from(last).ok()?);
+            *reply.body_mut() = Body::from(cached.body.slice(first..=last));
+        }
+        Some(reply)
+    }
+
     fn heuristic(&self) -> Heuristic {
         let secs = self.shared.config.ttl.as_secs();
         match self.shared.config.mode {
@@ -330,11 +378,10 @@ impl Context<'_> {
     /// The directives this cache follows in a response, and whether `Expires` counts: a
     /// targeted field (RFC 9213) when configured and present replaces both.
     fn directives(&self, headers: &HeaderMap) -> (CacheControl, bool) {
-        match &self.shared.config.targeted {
-            Some(field) if headers.contains_key(field) => {
-                (CacheControl::of_field(headers, field), false)
-            }
-            _ => (CacheControl::of(headers), true),
+        let targeted = self.shared.config.targeted.as_ref();
+        match targeted.and_then(|field| CacheControl::of_targeted(headers, field)) {
+            Some(cc) => (cc, false),
+            None => (CacheControl::of(headers), true),
         }
     }
 }
@@ -529,12 +576,7 @@ impl Drop for Revalidating<'_> {
 const CONDITIONALS: [HeaderName; 2] = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
 
 /// Request headers that make a request pass through the cache untouched.
-const PASSED_THROUGH: [HeaderName; 4] = [
-    header::RANGE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
+const PASSED_THROUGH: [HeaderName; 2] = [header::IF_MATCH, header::IF_UNMODIFIED_SINCE];
 
 /// Asks the origin (conditionally when `stale` has a validator), and stores what it may; `true`
 /// when a response was written to the backend.
@@ -757,10 +799,12 @@ fn storable_lifetime(
         v.to_str()
             .is_ok_and(|t| t.split(',').any(|n| n.trim() == "*"))
     });
+    // `must-understand` lifts `no-store` for a status this cache understands: all it stores.
+    let no_store = cc.no_store && !cc.must_understand;
     if status < 200
         || status == 206
         || status == 304
-        || cc.no_store
+        || no_store
         || cc.private
         || headers.contains_key(header::SET_COOKIE)
         || varies_on_everything

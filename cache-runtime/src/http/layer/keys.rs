@@ -73,7 +73,7 @@ pub(super) fn variant(
     names: &[String],
     headers: &HeaderMap,
 ) -> String {
-    let values: Vec<(&str, Vec<&str>)> = names
+    let values: Vec<(&str, Vec<String>)> = names
         .iter()
         .map(|name| (name.as_str(), normalized_values(headers, name)))
         .collect();
@@ -96,13 +96,20 @@ pub(super) fn groups(base: &str) -> String {
 
 /// A header's values as a list: every field line, split on commas outside quotes, trimmed, so that
 /// `a, b`, `a,b` and two lines `a` / `b` select the same variant (RFC 9110 §5.3).
-fn normalized_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
-    headers
+/// `Accept-Language` tags are compared without case and order (`en, DE` = `de, en`).
+fn normalized_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    let mut values: Vec<String> = headers
         .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(split_list)
-        .collect()
+        .map(str::to_owned)
+        .collect();
+    if name == "accept-language" {
+        values.iter_mut().for_each(|tag| tag.make_ascii_lowercase());
+        values.sort();
+    }
+    values
 }
 
 fn host(parts: &Parts) -> &str {
@@ -199,6 +206,10 @@ mod tests {
         );
     }
 
+    fn keys_variant(layer: &CacheLayer, names: &[String], headers: &HeaderMap) -> String {
+        variant(layer, "k", 1, names, headers)
+    }
+
     #[test]
     fn vary_values_are_compared_as_lists() {
         let mut one = HeaderMap::new();
@@ -211,5 +222,12 @@ mod tests {
         let variant = |nonce, headers| variant(&layer, "k", nonce, &names, headers);
         assert_eq!(variant(1, &one), variant(1, &two));
         assert_ne!(variant(1, &one), variant(2, &one));
+        let languages = ["accept-language".to_owned()];
+        let mut en_de = HeaderMap::new();
+        en_de.append("accept-language", "en, DE".parse().unwrap());
+        let mut de_en = HeaderMap::new();
+        de_en.append("accept-language", "de,en".parse().unwrap());
+        let key = |headers| keys_variant(&layer, &languages, headers);
+        assert_eq!(key(&en_de), key(&de_en));
     }
 }

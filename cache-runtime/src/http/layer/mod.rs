@@ -155,7 +155,10 @@ impl CacheLayer {
     /// A layer in front of another origin (a caching reverse proxy), as an RFC 9111 shared cache:
     /// only responses with explicit freshness (`s-maxage`, `max-age`, `Expires`) or a
     /// `Last-Modified` to compute heuristic freshness from (RFC 9111 §4.2.2) are reused, the
-    /// rest are revalidated or passed through. [`ttl`](Self::ttl) caps the heuristic.
+    /// rest are revalidated or passed through. [`ttl`](Self::ttl) caps the heuristic. When the
+    /// origin fails (a 5xx, or no answer), a stale response is served for up to
+    /// [`DEFAULT_PROXY_STALE_IF_ERROR`] past its freshness, unless it forbids it
+    /// (`must-revalidate`, `no-cache`...); [`stale_if_error`](Self::stale_if_error) changes that.
     #[track_caller]
     pub fn proxy() -> Self {
         Self::at(std::panic::Location::caller(), Mode::Proxy)
@@ -180,7 +183,10 @@ impl CacheLayer {
             }),
             mode,
             stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
+            stale_if_error: match mode {
+                Mode::App => Duration::ZERO,
+                Mode::Proxy => DEFAULT_PROXY_STALE_IF_ERROR,
+            },
             targeted: None,
             cookies: match mode {
                 Mode::App => Cookies::Bypass,
@@ -320,6 +326,10 @@ impl CacheLayer {
         self.reconfigured()
     }
 }
+
+/// How long past its freshness [`CacheLayer::proxy`] serves a stale response when the origin fails
+/// (RFC 9111 §4.2.4 allows a cache that cannot reach the origin to).
+pub const DEFAULT_PROXY_STALE_IF_ERROR: Duration = Duration::from_secs(60);
 
 /// Default of [`CacheLayer::coalesce_wait`].
 pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(10);
