@@ -2233,3 +2233,16 @@ async fn accept_language_is_compared_without_order_or_case() {
     get_with(&server, "/l", &[("accept-language", "fr")]).await;
     assert_eq!(origin.runs(), 2, "another language is another variant");
 }
+
+/// RFC 9111 §5.2.2.3: with `must-understand`, a status the cache does not know is not stored.
+#[tokio::test]
+async fn must_understand_keeps_an_unknown_status_unstored() {
+    let origin = Origin::new(|_, run| {
+        Answer::new(599, format!("run {run}"))
+            .cache_control("max-age=60, no-store, must-understand")
+    });
+    let server = serve(&origin, CacheLayer::proxy()).await;
+    server.get("/m").await;
+    server.get("/m").await;
+    assert_eq!(origin.runs(), 2);
+}

@@ -16,6 +16,14 @@ pub(crate) fn heuristically_cacheable(status: u16) -> bool {
     )
 }
 
+/// Statuses defined by RFC 9110 and the registry (whose caching rules this cache knows).
+pub(crate) fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200..=208 | 226 | 300..=308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508 | 510 | 511
+    )
+}
+
 /// The first `name` field as an HTTP date (IMF-fixdate, RFC 850 or asctime, RFC 9110 §5.6.7), in
 /// seconds since the Unix epoch. `Err(())` when present but not a date.
 pub(crate) fn date_field(headers: &HeaderMap, name: &HeaderName) -> Option<Result<u64, ()>> {

@@ -799,7 +799,11 @@ fn storable_lifetime(
         v.to_str()
             .is_ok_and(|t| t.split(',').any(|n| n.trim() == "*"))
     });
-    // `must-understand` lifts `no-store` for a status this cache understands: all it stores.
+    // `must-understand`: stored only with a status whose caching rules this cache knows, and then
+    // despite `no-store` (RFC 9111 §5.2.2.3).
+    if cc.must_understand && !policy::understood(status) {
+        return None;
+    }
     let no_store = cc.no_store && !cc.must_understand;
     if status < 200
         || status == 206
