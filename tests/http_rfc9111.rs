@@ -1039,7 +1039,7 @@ async fn stale_while_revalidate_directive_serves_stale_and_revalidates_in_the_ba
 #[tokio::test]
 async fn stale_while_revalidate_option_serves_stale_and_revalidates_in_the_background() {
     let origin = swr_origin("max-age=1");
-    let layer = CacheLayer::proxy().stale_while_revalidate(Duration::from_secs(30));
+    let layer = CacheLayer::proxy().stale(Duration::from_secs(30));
     let server = serve(&origin, layer).await;
     assert_stale_while_revalidate(&origin, &server).await;
 }

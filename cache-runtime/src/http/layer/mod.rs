@@ -236,8 +236,9 @@ impl CacheLayer {
 
     /// Serves a stale response for up to this long past its freshness while one request
     /// revalidates it in the background (as the `stale-while-revalidate` response directive,
-    /// RFC 5861, which wins when larger). Never for `must-revalidate` or `no-cache` responses.
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+    /// RFC 5861, which wins when larger); `#[cached(stale = ..)]` on handlers is the same idea.
+    /// Never for `must-revalidate` or `no-cache` responses.
+    pub fn stale(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = window;
         self.reconfigured()
     }
