@@ -1823,7 +1823,7 @@ async fn a_304_without_date_refreshes_the_date() {
     let first = server.get("/t5").await;
     let d1 = first.header("date").unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(3_100)).await;
-    let second = server.get("/t5").await;
+    server.get("/t5").await;
     let third = server.get("/t5").await;
     assert_ne!(
         third.header("date"),
@@ -1878,7 +1878,7 @@ async fn an_authorized_304_does_not_update_the_shared_entry() {
     let server = serve(&origin, CacheLayer::proxy()).await;
     server.get("/t7").await;
     tokio::time::sleep(STALE).await;
-    let alice = get_with(&server, "/t7", &[("authorization", "Bearer alice")]).await;
+    get_with(&server, "/t7", &[("authorization", "Bearer alice")]).await;
     let anon = server.get("/t7").await;
     assert_ne!(
         anon.header("x-user"),
@@ -1905,7 +1905,7 @@ async fn a_304_with_another_strong_etag_updates_nothing() {
     server.get("/t8").await;
     tokio::time::sleep(STALE).await;
     let r = server.get("/t8").await;
-    let c = get_with(&server, "/t8", &[("if-none-match", "\"other\"")]).await;
+    get_with(&server, "/t8", &[("if-none-match", "\"other\"")]).await;
     assert_ne!(
         r.header("etag"),
         Some("\"other\""),
@@ -1951,8 +1951,8 @@ async fn odd_dates_do_not_panic() {
                 .header("last-modified", d.clone()),
         );
         let server = serve(&origin, CacheLayer::proxy().name(format!("dates{i}"))).await;
-        let a = server.get("/d").await;
-        let b = get_with(&server, "/d", &[("if-modified-since", &d)]).await;
+        server.get("/d").await;
+        get_with(&server, "/d", &[("if-modified-since", &d)]).await;
     }
 }
 
@@ -2014,7 +2014,7 @@ async fn a_304_adding_vary_star_is_not_stored() {
     let server = serve(&origin, CacheLayer::proxy()).await;
     server.get("/v").await;
     tokio::time::sleep(STALE).await;
-    let r = server.get("/v").await;
+    server.get("/v").await;
     let h = server.get("/v").await;
     assert_ne!(
         h.header("x-cache"),
@@ -2057,7 +2057,7 @@ async fn app_mode_keeps_revalidating_after_a_304() {
     let r = server.get("/r").await;
     assert_eq!(r.header("x-cache"), Some("REVALIDATED"));
     tokio::time::sleep(STALE).await;
-    let r2 = server.get("/r").await;
+    server.get("/r").await;
     assert_eq!(
         origin.request(3).header("if-none-match"),
         Some("\"x\""),
@@ -2080,7 +2080,7 @@ async fn a_bypassed_post_still_invalidates() {
         CacheLayer::new().bypass(|p| p.headers.contains_key("authorization")),
     )
     .await;
-    let a = server.get("/doc").await;
+    server.get("/doc").await;
     server
         .send("POST", "/doc", &[("authorization", "Bearer x")])
         .await;
