@@ -28,6 +28,7 @@ mod envelope;
 mod error;
 mod flight;
 mod guard;
+mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 mod invalidation;
@@ -43,6 +44,7 @@ pub use backend::{Backend, FileBackend, Lookup, MemoryBackend, RedisBackend, Tie
 pub use cache_macros::{cache_invalidate, cached};
 pub use error::{BackendError, CacheError};
 pub use guard::{COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};
+pub use handle::Cache;
 pub use invalidation::{invalidate_group, invalidate_key};
 pub use registry::{backend, register, register_arc, unregister};
 pub use stats::{stats, stats_prometheus, FnStats, Latency, Policy};

@@ -328,15 +328,7 @@ where
         return run_in_place(body).await;
     }
     let key = normalize_key(key);
-    let groups = if !backend.backend.tombstones() {
-        groups
-    } else {
-        // Shared backends: the key's tombstone guards against a value computed before a key
-        // invalidation made elsewhere being stored after it.
-        let mut all = groups;
-        all.push(invalidation::tombstone_group(&key));
-        all
-    };
+    let groups = groups_for(backend, &key, groups);
     let mut flight_key = None;
     loop {
         let epoch = invalidation::invalidation_epoch();
@@ -843,6 +835,16 @@ where
 fn decode_failure(site: &Site, key: &str, reason: &dyn std::fmt::Display) {
     site.count(Event::DecodeFailure);
     tracing::debug!(key, %reason, "cached entry unusable; recomputing");
+}
+
+/// The groups an entry of `key` is filed under in `backend`: on shared backends also the key's
+/// tombstone, which guards against a value computed before a key invalidation made elsewhere
+/// being stored after it.
+pub(crate) fn groups_for(backend: &Registered, key: &str, mut groups: Vec<String>) -> Vec<String> {
+    if backend.backend.tombstones() {
+        groups.push(invalidation::tombstone_group(key));
+    }
+    groups
 }
 
 /// Stores `value` under `key`, fresh for `policy.ttl_ms` and kept for its stale windows too.
