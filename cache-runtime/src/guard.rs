@@ -38,23 +38,81 @@ pub(crate) fn timeout_from_env() -> Duration {
         .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
 }
 
+/// How a registered backend is protected: the timeout of each operation and the breaker's
+/// thresholds. The default reads `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after
+/// [`FAILURES_TO_OPEN`] consecutive failures and cools down for [`COOL_DOWN`].
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_runtime::{MemoryBackend, Protection};
+///
+/// cache_runtime::register_with(
+///     "sessions",
+///     MemoryBackend::default(),
+///     Protection::default()
+///         .timeout(Duration::from_millis(100))
+///         .breaker(5, Duration::from_secs(2)),
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protection {
+    timeout: Duration,
+    failures_to_open: u32,
+    cool_down: Duration,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            timeout: timeout_from_env(),
+            failures_to_open: FAILURES_TO_OPEN,
+            cool_down: COOL_DOWN,
+        }
+    }
+}
+
+impl Protection {
+    /// Every operation on the backend gives up after `timeout` (the call then runs as a miss).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The breaker opens after `failures` consecutive failures (at least 1) and then lets one
+    /// trial through every `cool_down`.
+    pub fn breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.failures_to_open = failures.max(1);
+        self.cool_down = cool_down;
+        self
+    }
+}
+
 /// Timeout plus breaker for one named backend.
 #[derive(Debug)]
 pub(crate) struct Guard {
     name: String,
     timeout: Duration,
+    failures_to_open: u32,
+    cool_down_ms: u64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
 }
 
 impl Guard {
-    pub(crate) fn new(name: &str, timeout: Duration) -> Self {
+    pub(crate) fn new(name: &str, protection: Protection) -> Self {
         Self {
             name: name.to_owned(),
-            timeout,
+            timeout: protection.timeout,
+            failures_to_open: protection.failures_to_open,
+            cool_down_ms: u64::try_from(protection.cool_down.as_millis()).unwrap_or(u64::MAX),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The timeout of one operation.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs `operation` unless the breaker is open, within the timeout, and records the outcome.
@@ -89,7 +147,7 @@ impl Guard {
 
     /// Whether an operation may run now. While open, lets exactly one trial through per cool-down.
     fn admit(&self) -> bool {
-        if self.failures.load(Ordering::Relaxed) < FAILURES_TO_OPEN {
+        if self.failures.load(Ordering::Relaxed) < self.failures_to_open {
             return true;
         }
         let now = now_ms();
@@ -99,7 +157,7 @@ impl Guard {
                 .open_until_ms
                 .compare_exchange(
                     open_until,
-                    now + COOL_DOWN.as_millis() as u64,
+                    now.saturating_add(self.cool_down_ms),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
@@ -107,21 +165,24 @@ impl Guard {
     }
 
     fn succeeded(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) >= FAILURES_TO_OPEN {
+        if self.failures.swap(0, Ordering::Relaxed) >= self.failures_to_open {
             tracing::info!(backend = %self.name, "cache backend recovered; breaker closed");
         }
     }
 
     fn failed(&self, operation: &'static str, error: &BackendError) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < FAILURES_TO_OPEN {
+        if failures < self.failures_to_open {
             tracing::warn!(backend = %self.name, operation, %error, "cache backend operation failed");
-        } else if failures == FAILURES_TO_OPEN {
-            self.open_until_ms
-                .store(now_ms() + COOL_DOWN.as_millis() as u64, Ordering::Relaxed);
+        } else if failures == self.failures_to_open {
+            self.open_until_ms.store(
+                now_ms().saturating_add(self.cool_down_ms),
+                Ordering::Relaxed,
+            );
             tracing::warn!(
                 backend = %self.name, operation, %error,
-                "cache backend failing; breaker open, skipping it for {COOL_DOWN:?} at a time"
+                "cache backend failing; breaker open, skipping it for {} ms at a time",
+                self.cool_down_ms
             );
         } else {
             tracing::debug!(backend = %self.name, operation, %error, "cache backend still failing");
@@ -139,7 +200,10 @@ mod tests {
 
     #[tokio::test]
     async fn opens_after_repeated_failures_and_recovers_after_cool_down() {
-        let guard = Guard::new("t", Duration::from_millis(50));
+        let guard = Guard::new(
+            "t",
+            Protection::default().timeout(Duration::from_millis(50)),
+        );
         for _ in 0..FAILURES_TO_OPEN {
             assert!(guard.run("get", async { fail() }).await.is_err());
         }
@@ -151,8 +215,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn thresholds_come_from_the_protection() {
+        let protection = Protection::default().breaker(1, Duration::from_millis(100));
+        let guard = Guard::new("t", protection);
+        assert!(guard.run("get", async { fail() }).await.is_err());
+        let skipped = guard.run("get", async { Ok(()) }).await;
+        assert!(
+            matches!(skipped, Err(BackendError::Unavailable)),
+            "open after one failure"
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            guard.run("get", async { Ok(()) }).await.is_ok(),
+            "tried after 100 ms"
+        );
+    }
+
+    #[tokio::test]
     async fn slow_operations_time_out() {
-        let guard = Guard::new("t", Duration::from_millis(20));
+        let guard = Guard::new(
+            "t",
+            Protection::default().timeout(Duration::from_millis(20)),
+        );
         let started = std::time::Instant::now();
         let result = guard
             .run("get", async {

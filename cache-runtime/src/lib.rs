@@ -43,10 +43,10 @@ pub use async_trait::async_trait;
 pub use backend::{Backend, FileBackend, Lookup, MemoryBackend, RedisBackend, TieredBackend};
 pub use cache_macros::{cache_invalidate, cached};
 pub use error::{BackendError, CacheError};
-pub use guard::{COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};
+pub use guard::{Protection, COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};
 pub use handle::Cache;
 pub use invalidation::{invalidate_group, invalidate_key};
-pub use registry::{backend, register, register_arc, unregister};
+pub use registry::{backend, register, register_arc, register_arc_with, register_with, unregister};
 pub use stats::{stats, stats_prometheus, FnStats, Latency, Policy};
 
 /// An error that cannot happen: the error type of bodies that always succeed.

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
-    guard::{timeout_from_env, Guard},
+    guard::{Guard, Protection},
     invalidation::BackendInvalidation,
     stats::Site,
 };
@@ -60,17 +60,31 @@ pub fn register(name: impl Into<String>, backend: impl Backend) {
 
 /// [`register`] for a backend already behind an `Arc` (to keep a handle on it).
 pub fn register_arc(name: impl Into<String>, backend: Arc<dyn Backend>) {
+    register_arc_with(name, backend, Protection::default());
+}
+
+/// [`register`] with a timeout and breaker of its own instead of the environment's defaults.
+pub fn register_with(name: impl Into<String>, backend: impl Backend, protection: Protection) {
+    register_arc_with(name, Arc::new(backend), protection);
+}
+
+/// [`register_with`] for a backend already behind an `Arc`.
+pub fn register_arc_with(
+    name: impl Into<String>,
+    backend: Arc<dyn Backend>,
+    protection: Protection,
+) {
     let name = name.into();
-    let entry = leak(&name, backend);
+    let entry = leak(&name, backend, protection);
     let _writer = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     update(|table| {
         table.insert(name, entry);
     });
 }
 
-fn leak(name: &str, backend: Arc<dyn Backend>) -> &'static Registered {
+fn leak(name: &str, backend: Arc<dyn Backend>, protection: Protection) -> &'static Registered {
     Box::leak(Box::new(Registered {
-        guard: Guard::new(name, timeout_from_env()),
+        guard: Guard::new(name, protection),
         name: name.to_owned(),
         backend,
         invalidation: BackendInvalidation::default(),
@@ -109,7 +123,7 @@ pub(crate) fn resolve(name: &str) -> Option<&'static Registered> {
     if let Some(found) = TABLE.load().get(name) {
         return Some(*found);
     }
-    let entry = leak(name, built_in(name)?);
+    let entry = leak(name, built_in(name)?, Protection::default());
     update(|table| {
         table.insert(name.to_owned(), entry);
     });
