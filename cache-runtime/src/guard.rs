@@ -30,14 +30,6 @@ pub const COOL_DOWN: Duration = Duration::from_secs(1);
 /// Default timeout of one backend operation; `CACHE_BACKEND_TIMEOUT_MS` overrides it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The timeout from `CACHE_BACKEND_TIMEOUT_MS`, or [`DEFAULT_TIMEOUT`].
-pub(crate) fn timeout_from_env() -> Duration {
-    std::env::var("CACHE_BACKEND_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
-}
-
 /// How a registered backend is protected: the timeout of each operation and the breaker's
 /// thresholds. The default reads `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after
 /// [`FAILURES_TO_OPEN`] consecutive failures and cools down for [`COOL_DOWN`].
@@ -64,7 +56,7 @@ pub struct Protection {
 impl Default for Protection {
     fn default() -> Self {
         Self {
-            timeout: timeout_from_env(),
+            timeout: crate::config::backend_timeout(),
             failures_to_open: FAILURES_TO_OPEN,
             cool_down: COOL_DOWN,
         }

@@ -325,11 +325,11 @@ async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
 
 fn every_backend() -> Vec<&'static Registered> {
     // Configured built-ins count even before first use, so an admin process reaches them.
-    let configured = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
-    if configured("REDIS_URL") || configured("REDIS_CLUSTER_NODES") {
+    let (redis, file) = crate::config::configured_backends();
+    if redis {
         registry::resolve("redis");
     }
-    if configured("CACHE_DIR") {
+    if file {
         registry::resolve("file");
     }
     registry::all()

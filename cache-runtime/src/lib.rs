@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod config;
 mod envelope;
 mod error;
 mod flight;

@@ -4,7 +4,7 @@ use std::{
     cell::Cell,
     future::Future,
     marker::PhantomData,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,25 +32,7 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 /// before it computes itself; `CACHE_FOLLOW_TIMEOUT_MS` overrides it.
 pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn follow_timeout() -> Duration {
-    static LIMIT: OnceLock<Duration> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("CACHE_FOLLOW_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .map_or(DEFAULT_FOLLOW_TIMEOUT, Duration::from_millis)
-    })
-}
-
-pub(crate) fn max_value_bytes() -> u64 {
-    static LIMIT: OnceLock<u64> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("CACHE_MAX_VALUE_BYTES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MAX_VALUE_BYTES)
-    })
-}
+pub(crate) use crate::config::{follow_timeout, max_value_bytes};
 
 /// Spawns a leader's computation (a fn pointer chosen where its bounds are known).
 type SpawnLeader<T, E, F> = fn(Lead, F, Leader, Errors<E>) -> JoinHandle<Result<Arc<T>, E>>;

@@ -75,9 +75,7 @@ impl FileBackend {
 
     /// The built-in `"file"` backend: `CACHE_DIR`, or a `cache` folder in the OS temp dir.
     pub fn from_env() -> Self {
-        let root = std::env::var_os("CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("cache"));
+        let root = crate::config::cache_dir().unwrap_or_else(|| std::env::temp_dir().join("cache"));
         Self::new(root)
     }
 

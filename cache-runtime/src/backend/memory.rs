@@ -130,7 +130,7 @@ fn expiry(ttl: Duration) -> Clock {
 fn shard_count(max_bytes: u64) -> usize {
     let default = std::thread::available_parallelism().map_or(4, |n| n.get() * 4);
     // A shard admits HOT_SHARE of its weight; an entry weighs its value plus overhead and key.
-    let heaviest = crate::memo::max_value_bytes().saturating_add(ENTRY_OVERHEAD + 4096);
+    let heaviest = crate::config::max_value_bytes().saturating_add(ENTRY_OVERHEAD + 4096);
     let fitting = ((max_bytes as f64 * HOT_SHARE) as u64 / heaviest).max(1);
     // quick_cache rounds the count up to a power of two: round down here so shards stay large.
     let fitting = usize::try_from(fitting).unwrap_or(usize::MAX);
@@ -224,16 +224,8 @@ impl MemoryBackend {
     /// The built-in `"memory"` backend: limits from `CACHE_MEMORY_MAX_ENTRIES` and
     /// `CACHE_MEMORY_MAX_BYTES` when set, else the defaults.
     pub fn from_env() -> Self {
-        let read = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
-        Self::with_limits(
-            read("CACHE_MEMORY_MAX_ENTRIES", DEFAULT_MAX_ENTRIES),
-            read("CACHE_MEMORY_MAX_BYTES", DEFAULT_MAX_BYTES),
-        )
+        let (entries, bytes) = crate::config::memory_limits(DEFAULT_MAX_ENTRIES, DEFAULT_MAX_BYTES);
+        Self::with_limits(entries, bytes)
     }
 
     /// Bounds the table of invalidated groups to about `groups` (default: the entry bound, at

@@ -210,18 +210,16 @@ impl RedisBackend {
     /// (comma-separated URLs), else `REDIS_URL` (default [`DEFAULT_URL`]); the prefix is
     /// `CACHE_REDIS_PREFIX` (default [`DEFAULT_PREFIX`]).
     pub fn from_env() -> Result<Self, BackendError> {
-        let backend = match std::env::var("REDIS_CLUSTER_NODES") {
-            Ok(nodes) if !nodes.trim().is_empty() => {
-                let nodes: Vec<&str> = nodes.split(',').map(str::trim).collect();
-                Self::cluster(&nodes)?
-            }
-            _ => {
-                Self::open(&std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned()))?
+        let backend = match crate::config::redis_cluster_nodes() {
+            Some(nodes) => Self::cluster(&nodes.iter().map(String::as_str).collect::<Vec<_>>())?,
+            None => {
+                let url = crate::config::redis_url();
+                Self::open(url.as_deref().unwrap_or(DEFAULT_URL))?
             }
         };
-        Ok(match std::env::var("CACHE_REDIS_PREFIX") {
-            Ok(prefix) => backend.with_prefix(&prefix),
-            Err(_) => backend,
+        Ok(match crate::config::redis_prefix() {
+            Some(prefix) => backend.with_prefix(&prefix),
+            None => backend,
         })
     }
 
@@ -338,7 +336,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A reply slower than this fails the command and replaces the connection: below the runtime's
 /// per-operation timeout, so a silently dead connection is noticed and replaced, not waited on.
 fn response_timeout() -> Duration {
-    (crate::guard::timeout_from_env() * 4 / 5).max(Duration::from_millis(10))
+    (crate::config::backend_timeout() * 4 / 5).max(Duration::from_millis(10))
 }
 
 /// A generation's first value: random, far from both 0 and the top of Redis's integer range, so a
