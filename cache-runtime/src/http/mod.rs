@@ -21,7 +21,7 @@ mod range;
 mod response;
 
 pub use axum::response::{IntoResponse, Response};
-pub use layer::{CacheLayer, CacheService, DEFAULT_PROXY_STALE_IF_ERROR};
+pub use layer::{CacheLayer, CacheService, DEFAULT_PROXY_STALE_IF_UNREACHABLE};
 
 /// Default limit on the size of a cached body (8 MiB).
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;

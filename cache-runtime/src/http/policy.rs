@@ -194,6 +194,8 @@ pub(crate) enum Reuse {
 pub(crate) struct Windows {
     pub(crate) stale_while_revalidate_ms: u64,
     pub(crate) stale_if_error_ms: u64,
+    /// Past freshness, how long a response stands in for an origin that cannot be reached.
+    pub(crate) unreachable_ms: u64,
 }
 
 /// Whether a stored response `age_ms` old with `lifetime_ms` of freshness may answer a request
@@ -240,21 +242,34 @@ pub(crate) fn reuse(
     Reuse::Revalidate
 }
 
-/// Whether a stale response may stand in for an origin that failed (RFC 5861 §4; a request's own
-/// `stale-if-error` counts as well).
+/// Whether a stale response may stand in for an origin that failed: within a `stale-if-error`
+/// window (RFC 5861 §4: the response's, the request's or the layer's), or, when the origin could
+/// not be reached (`unreachable`), within the layer's window for that (RFC 9111 §4.2.4) if the
+/// response was ever fresh. Never against the response's `must-revalidate` / `no-cache` or the
+/// request's `no-cache`, `min-fresh` or a `max-age` it is older than.
 pub(crate) fn stale_if_error(
     age_ms: u64,
     lifetime_ms: u64,
     rules: Rules,
     request: &CacheControl,
     windows: Windows,
+    unreachable: bool,
 ) -> bool {
-    if rules.must_revalidate || rules.no_cache {
+    if rules.must_revalidate || rules.no_cache || request.no_cache || request.min_fresh.is_some() {
         return false;
     }
-    let window = (rules.stale_if_error.saturating_mul(1000))
+    if request
+        .max_age
+        .is_some_and(|max| age_ms > max.saturating_mul(1000))
+    {
+        return false;
+    }
+    let mut window = (rules.stale_if_error.saturating_mul(1000))
         .max(windows.stale_if_error_ms)
         .max(request.stale_if_error.unwrap_or(0).saturating_mul(1000));
+    if unreachable && lifetime_ms > 0 {
+        window = window.max(windows.unreachable_ms);
+    }
     age_ms.saturating_sub(lifetime_ms) < window
 }
 
@@ -378,14 +393,52 @@ mod tests {
             10_000,
             rules,
             &req("stale-if-error=5"),
-            w
+            w,
+            false
         ));
         assert!(!stale_if_error(
             11_000,
             10_000,
             strict,
             &req("stale-if-error=5"),
-            w
+            w,
+            false
+        ));
+        let unreachable = Windows {
+            unreachable_ms: 60_000,
+            ..w
+        };
+        assert!(stale_if_error(
+            11_000,
+            10_000,
+            rules,
+            &none,
+            unreachable,
+            true
+        ));
+        assert!(
+            !stale_if_error(11_000, 10_000, rules, &none, unreachable, false),
+            "a 503 answered"
+        );
+        assert!(
+            !stale_if_error(1_000, 0, rules, &none, unreachable, true),
+            "never fresh"
+        );
+        assert!(!stale_if_error(
+            11_000,
+            10_000,
+            rules,
+            &req("no-cache"),
+            unreachable,
+            true
+        ));
+        assert!(!stale_if_error(
+            11_000,
+            10_000,
+            rules,
+            &req("max-age=5"),
+            unreachable,
+            true
         ));
     }
 }

@@ -167,15 +167,7 @@ impl CachedResponse {
             return Err(Response::from_parts(parts, body));
         }
         let mut headers = Vec::with_capacity(parts.headers.len());
-        // Fields the `Connection` header names are hop-by-hop too (RFC 9110 §7.6.1).
-        let connection: Vec<String> = parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(split_list)
-            .map(str::to_ascii_lowercase)
-            .collect();
+        let connection = connection_fields(&parts.headers);
         for (name, value) in &parts.headers {
             if NOT_STORED.contains(&name.as_str()) || connection.iter().any(|c| c == name.as_str())
             {
@@ -230,8 +222,12 @@ impl CachedResponse {
     /// This response updated with the header fields of a `304 Not Modified` that validated it
     /// (RFC 9111 §3.2, §4.3.4), with a new age and lifetime.
     pub(crate) fn merged(&self, update: &HeaderMap, stamp: Stamp) -> Self {
+        let connection = connection_fields(update);
         let updated = |name: &str| {
-            update.contains_key(name) && !NOT_STORED.contains(&name) && !NOT_UPDATED.contains(&name)
+            update.contains_key(name)
+                && !NOT_STORED.contains(&name)
+                && !NOT_UPDATED.contains(&name)
+                && !connection.iter().any(|c| c == name)
         };
         let mut headers: Vec<(String, String)> = self
             .headers
@@ -447,6 +443,17 @@ impl CachedResponse {
     }
 }
 
+/// The fields a `Connection` header names: hop-by-hop too (RFC 9110 §7.6.1), never stored.
+fn connection_fields(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_list)
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
 /// Collects `body` if it has at most `limit` bytes and no trailers. Otherwise returns a body that
 /// replays what was read and streams the rest, so nothing is lost.
 async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, Body> {
@@ -565,6 +572,25 @@ mod tests {
         let bytes = passed.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(bytes.len(), 1000);
         assert_eq!(bytes[999], b'j');
+    }
+
+    #[tokio::test]
+    async fn a_304_merge_keeps_connection_fields_out() {
+        let (cached, _) =
+            CachedResponse::capture(response(Body::from("x")), Stamp::now(60_000), 1024)
+                .await
+                .unwrap();
+        let mut update = HeaderMap::new();
+        update.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        update.insert("x-hop", HeaderValue::from_static("secret"));
+        update.insert("x-kept", HeaderValue::from_static("yes"));
+        let merged = cached.merged(&update, Stamp::now(60_000));
+        assert!(
+            merged.header("x-hop").is_none(),
+            "named by Connection: hop-by-hop"
+        );
+        assert!(merged.header("connection").is_none());
+        assert_eq!(merged.header("x-kept").as_deref(), Some("yes"));
     }
 
     #[test]

@@ -43,8 +43,7 @@ enum UriEntry {
 struct Observed {
     epoch: u64,
     groups: Vec<String>,
-    /// The groups a response header named, as stored for the URI.
-    header_groups: Vec<String>,
+
     generations: Option<Vec<u64>>,
     vary: Option<(Vec<String>, u64)>,
 }
@@ -120,11 +119,14 @@ where
     // Preconditions other than the validators the cache answers itself pass through: their
     // answers (412...) belong to the request, not to the URI. So does an `If-Range` alone.
     let range = parts.headers.get(header::RANGE).cloned();
+    // Several Range lines are one multi-range request: passed through.
+    let multi_range = parts.headers.get_all(header::RANGE).iter().nth(1).is_some();
     let bypassed = config.bypass.as_ref().is_some_and(|bypass| bypass(&parts))
         || PASSED_THROUGH
             .iter()
             .any(|name| parts.headers.contains_key(name))
-        || (range.is_none() && parts.headers.contains_key(header::IF_RANGE));
+        || (range.is_none() && parts.headers.contains_key(header::IF_RANGE))
+        || multi_range;
     if bypassed || keys::cookie_bypass(config, &parts) {
         let request = Request::from_parts(parts, body);
         return Ok(mark(inner.call(request).await?, "BYPASS"));
@@ -149,11 +151,9 @@ where
     };
     let site = shared.site;
     let epoch = crate::invalidation::invalidation_epoch();
-    let (groups, header_groups) = lookup_groups(&shared, backend, &cx.base).await;
     let mut observed = Observed {
         epoch,
-        groups,
-        header_groups,
+        groups: lookup_groups(&shared, backend, &cx.base).await,
         generations: None,
         vary: None,
     };
@@ -164,6 +164,9 @@ where
         if let Some(reply) = found.and_then(|cached| cx.serve_range(&cached, &range, &parts)) {
             site.count(Event::Hit);
             return Ok(reply);
+        }
+        if cx.request_cc.only_if_cached {
+            return Ok(mark(gateway_timeout(), "MISS"));
         }
         let request = Request::from_parts(parts, body);
         return Ok(mark(inner.call(request).await?, "MISS"));
@@ -288,6 +291,7 @@ impl Context<'_> {
         Windows {
             stale_while_revalidate_ms: clamp_ttl_ms(self.shared.config.stale_while_revalidate),
             stale_if_error_ms: clamp_ttl_ms(self.shared.config.stale_if_error),
+            unreachable_ms: clamp_ttl_ms(self.shared.config.stale_if_unreachable),
         }
     }
 
@@ -301,13 +305,16 @@ impl Context<'_> {
         )
     }
 
-    fn may_serve_stale_on_error(&self, cached: &CachedResponse) -> bool {
+    /// Whether `cached` may stand in for an origin that failed (`unreachable`: it gave no answer
+    /// of its own).
+    fn may_serve_stale_on_error(&self, cached: &CachedResponse, unreachable: bool) -> bool {
         policy::stale_if_error(
             cached.age_ms(),
             cached.ttl_ms,
             cached.rules,
             &self.request_cc,
             self.windows(),
+            unreachable,
         )
     }
 
@@ -346,7 +353,17 @@ impl Context<'_> {
         if let Some(if_range) = parts.headers.get(header::IF_RANGE) {
             let if_range = if_range.to_str().ok()?.trim();
             let same_tag = cached.validators().0 == Some(if_range) && !if_range.starts_with("W/");
-            let same_date = cached.header("last-modified").as_deref() == Some(if_range);
+            // A date validates only when strong: the response was dated a second or more after it
+            // was last modified (RFC 9110 §8.8.2.2, §13.1.5).
+            let modified = cached.header("last-modified");
+            let strong_date = modified.as_deref().and_then(policy::parse_date).zip(
+                cached
+                    .header("date")
+                    .as_deref()
+                    .and_then(policy::parse_date),
+            );
+            let same_date = modified.as_deref() == Some(if_range)
+                && strong_date.is_some_and(|(modified, date)| date > modified);
             if !(same_tag || same_date) {
                 return None;
             }
@@ -531,16 +548,16 @@ fn revalidate_in_background<S, B>(
             return;
         }
     }
-    let shared = Arc::clone(shared);
-    let base = cx.base.clone();
+    // Made before the spawn: a task dropped before it first runs still ends the revalidation.
+    let done = Revalidating(Arc::clone(shared), cx.base.clone());
     let backend = cx.backend;
     let request_cc = cx.request_cc.clone();
     let span = tracing::Span::current();
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let _done = Revalidating(&shared, &base);
+            let (shared, base) = (&done.0, &done.1);
             let cx = Context {
-                shared: &shared,
+                shared,
                 backend,
                 base: base.clone(),
                 request_cc,
@@ -560,15 +577,15 @@ fn revalidate_in_background<S, B>(
 const BACKGROUND_LIMIT: Duration = Duration::from_secs(60);
 
 /// Ends a background revalidation of a key, however its task ends.
-struct Revalidating<'a>(&'a Shared, &'a str);
+struct Revalidating(Arc<Shared>, String);
 
-impl Drop for Revalidating<'_> {
+impl Drop for Revalidating {
     fn drop(&mut self) {
         self.0
             .revalidating
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(self.1);
+            .remove(&self.1);
     }
 }
 
@@ -624,13 +641,14 @@ where
         Ok(response) => response,
         Err(error) => {
             return match stale {
-                Some(stale) if cx.may_serve_stale_on_error(&stale) => {
+                Some(stale) if cx.may_serve_stale_on_error(&stale, true) => {
                     Ok((cx.serve(&stale, "STALE"), false))
                 }
                 _ => Err(error),
             }
         }
     };
+    let replacing = stale.is_some();
     if let Some(stale) = stale {
         if validating && response.status() == axum::http::StatusCode::NOT_MODIFIED {
             let (update, _) = response.into_parts();
@@ -642,13 +660,19 @@ where
                 update.headers,
                 exchange,
             );
-            return Ok(refreshed.await);
+            let (reply, stored) = refreshed.await;
+            if !stored {
+                forget_stale(cx).await;
+            }
+            return Ok((reply, stored));
         }
-        if response.status().is_server_error() && cx.may_serve_stale_on_error(&stale) {
+        let status = response.status();
+        let unreachable = matches!(status.as_u16(), 502 | 504);
+        if status.is_server_error() && cx.may_serve_stale_on_error(&stale, unreachable) {
             return Ok((cx.serve(&stale, "STALE"), false));
         }
     }
-    Ok(received(
+    let (reply, stored) = received(
         cx,
         observed,
         &request_headers,
@@ -657,7 +681,20 @@ where
         plain_request,
         exchange,
     )
-    .await)
+    .await;
+    if replacing && !stored {
+        forget_stale(cx).await;
+    }
+    Ok((reply, stored))
+}
+
+/// Removes the stored response a revalidation replaced with one that is not stored (`no-store`,
+/// `private`, ...): it must not be served stale afterwards.
+async fn forget_stale(cx: &Context<'_>) {
+    let keys = [cx.base.clone()];
+    if let Err(error) = crate::invalidation::invalidate_keys_in(cx.backend, &keys).await {
+        tracing::warn!(key = cx.base, %error, "could not remove a replaced response; kept pending");
+    }
 }
 
 /// The stored response, validated by a `304`: its headers updated (RFC 9111 §4.3.4) and stored
@@ -670,12 +707,13 @@ async fn refreshed(
     mut update: HeaderMap,
     exchange: Exchange,
 ) -> (Response<Body>, bool) {
-    // A 304 for another representation (a different strong validator) updates nothing.
+    // A 304 naming another validator than the stored one is for another representation: it
+    // updates nothing (RFC 9111 §4.3.4).
     let other_tag = update
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
         .zip(stale.validators().0)
-        .is_some_and(|(new, old)| !new.starts_with("W/") && !old.starts_with("W/") && new != old);
+        .is_some_and(|(new, old)| new.trim() != old.trim());
     if other_tag {
         return (cx.serve(stale, "REVALIDATED"), false);
     }
@@ -771,6 +809,9 @@ fn retention_ms(
             .saturating_mul(1000)
             .max(windows.stale_while_revalidate_ms)
             .max(windows.stale_if_error_ms);
+        if lifetime_ms > 0 {
+            keep = keep.max(windows.unreachable_ms);
+        }
     }
     // Stale responses with a validator stay for a while, to be revalidated. In front of another
     // origin, others with a lifetime stay as well, as a proxy's do (for `max-stale` and a request's
@@ -922,7 +963,8 @@ async fn save(
     let policy = Policy::ttl(retention_ms);
     // Side entries (the groups a header named, the `Vary` index) outlive the variants they lead to.
     let side_policy = Policy::ttl(retention_ms.saturating_add(KEEP_STALE_MS));
-    if shared.config.groups_header.is_some() && header_groups != observed.header_groups {
+    // Written with every store, so that it lives as long as the entries it serves.
+    if shared.config.groups_header.is_some() {
         let key = keys::groups(base);
         let named = Arc::new(header_groups);
         store(site, backend, &key, &[], Vec::new(), &named, side_policy).await;
@@ -972,23 +1014,18 @@ async fn save(
     true
 }
 
-/// The groups a URI's entries are filed under, and of them those a response header named.
-async fn lookup_groups(
-    shared: &Shared,
-    backend: &Registered,
-    base: &str,
-) -> (Vec<String>, Vec<String>) {
+/// The groups a URI's entries are filed under: the layer's, those a response header named (as
+/// recorded for the URI), and the URI's tombstone on shared backends.
+async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec<String> {
     let mut groups = shared.config.groups.clone();
-    let mut from_header = Vec::new();
     if shared.config.groups_header.is_some() {
         if let Probe::Hit(extra) =
             probe::<Vec<String>>(shared.site, backend, &keys::groups(base), &[]).await
         {
-            groups.extend(extra.iter().cloned());
-            from_header = extra;
+            groups.extend(extra);
         }
     }
-    (with_tombstone(backend, base, groups), from_header)
+    with_tombstone(backend, base, groups)
 }
 
 /// On shared backends, a URI's entries also record its tombstone, which a mutation's removal of

@@ -8,7 +8,7 @@
 
 use axum::{
     extract::OriginalUri,
-    http::{header, request::Parts, HeaderMap, Request, Uri},
+    http::{header, request::Parts, HeaderMap, HeaderValue, Request, Uri},
 };
 
 use super::{CacheLayer, Cookies};
@@ -77,7 +77,7 @@ pub(super) fn variant(
         .iter()
         .map(|name| (name.as_str(), normalized_values(headers, name)))
         .collect();
-    let cookies: Vec<Option<&str>> = match &config.cookies {
+    let cookies: Vec<Option<String>> = match &config.cookies {
         Cookies::VaryOn(names) => names.iter().map(|name| cookie(headers, name)).collect(),
         _ => Vec::new(),
     };
@@ -96,20 +96,33 @@ pub(super) fn groups(base: &str) -> String {
 
 /// A header's values as a list: every field line, split on commas outside quotes, trimmed, so that
 /// `a, b`, `a,b` and two lines `a` / `b` select the same variant (RFC 9110 §5.3).
-/// `Accept-Language` tags are compared without case and order (`en, DE` = `de, en`).
+/// `Accept-Language` tags are compared without case (`en, DE` = `EN, de`); their order stays (a
+/// server may break ties between equal weights by it).
 fn normalized_values(headers: &HeaderMap, name: &str) -> Vec<String> {
-    let mut values: Vec<String> = headers
-        .get_all(name)
+    let lines: Vec<String> = headers.get_all(name).iter().map(visible).collect();
+    let mut values: Vec<String> = lines
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(split_list)
+        .flat_map(|line| split_list(line))
         .map(str::to_owned)
         .collect();
     if name == "accept-language" {
         values.iter_mut().for_each(|tag| tag.make_ascii_lowercase());
-        values.sort();
     }
     values
+}
+
+/// A field value as text, every byte kept: bytes outside visible ASCII (which `to_str` refuses)
+/// are written `\xNN` and a backslash `\\`, so that distinct values stay distinct.
+fn visible(value: &HeaderValue) -> String {
+    let mut text = String::with_capacity(value.len());
+    for &byte in value.as_bytes() {
+        match byte {
+            b'\\' => text.push_str("\\\\"),
+            b' '..=b'~' | b'\t' => text.push(char::from(byte)),
+            _ => text.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    text
 }
 
 fn host(parts: &Parts) -> &str {
@@ -137,15 +150,19 @@ fn default_target(parts: &Parts) -> String {
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let lines: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
+        .map(visible)
+        .collect();
+    let found = lines
+        .iter()
         .flat_map(|text| text.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(n, _)| n.trim() == name)
-        .map(|(_, v)| v.trim())
+        .map(|(_, v)| v.trim().to_owned());
+    found
 }
 
 #[cfg(test)]
@@ -228,6 +245,23 @@ mod tests {
         let mut de_en = HeaderMap::new();
         de_en.append("accept-language", "de,en".parse().unwrap());
         let key = |headers| keys_variant(&layer, &languages, headers);
-        assert_eq!(key(&en_de), key(&de_en));
+        assert_ne!(key(&en_de), key(&de_en), "order is kept");
+        let mut upper = HeaderMap::new();
+        upper.append("accept-language", "EN, de".parse().unwrap());
+        assert_eq!(key(&en_de), key(&upper), "case is not");
+        let names = ["x-tenant".to_owned()];
+        let tenant = |bytes: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.append("x-tenant", HeaderValue::from_bytes(bytes).unwrap());
+            keys_variant(&layer, &names, &headers)
+        };
+        let cafe = tenant("café".as_bytes());
+        assert_ne!(
+            cafe,
+            tenant("naïve".as_bytes()),
+            "non-ASCII values stay distinct"
+        );
+        assert_ne!(cafe, keys_variant(&layer, &names, &HeaderMap::new()));
+        assert_ne!(tenant(b"\\xc3"), tenant(&[0xc3]));
     }
 }

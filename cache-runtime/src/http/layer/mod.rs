@@ -76,6 +76,7 @@ pub struct CacheLayer {
     mode: Mode,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    stale_if_unreachable: Duration,
     targeted: Option<HeaderName>,
     cookies: Cookies,
     cache_key: Option<KeyFn>,
@@ -126,6 +127,7 @@ impl std::fmt::Debug for CacheLayer {
             .field("groups", &self.groups)
             .field("stale_while_revalidate", &self.stale_while_revalidate)
             .field("stale_if_error", &self.stale_if_error)
+            .field("stale_if_unreachable", &self.stale_if_unreachable)
             .field("targeted", &self.targeted)
             .field("cookies", &self.cookies)
             .field("cache_key", &self.cache_key.is_some())
@@ -156,9 +158,10 @@ impl CacheLayer {
     /// only responses with explicit freshness (`s-maxage`, `max-age`, `Expires`) or a
     /// `Last-Modified` to compute heuristic freshness from (RFC 9111 §4.2.2) are reused, the
     /// rest are revalidated or passed through. [`ttl`](Self::ttl) caps the heuristic. When the
-    /// origin fails (a 5xx, or no answer), a stale response is served for up to
-    /// [`DEFAULT_PROXY_STALE_IF_ERROR`] past its freshness, unless it forbids it
-    /// (`must-revalidate`, `no-cache`...); [`stale_if_error`](Self::stale_if_error) changes that.
+    /// origin cannot be reached (an error of the inner service, a `502` or `504`), a response that
+    /// was fresh once is served stale for up to [`DEFAULT_PROXY_STALE_IF_UNREACHABLE`] past its
+    /// freshness, unless it or the request forbids it; see
+    /// [`stale_if_unreachable`](Self::stale_if_unreachable).
     #[track_caller]
     pub fn proxy() -> Self {
         Self::at(std::panic::Location::caller(), Mode::Proxy)
@@ -183,9 +186,10 @@ impl CacheLayer {
             }),
             mode,
             stale_while_revalidate: Duration::ZERO,
-            stale_if_error: match mode {
+            stale_if_error: Duration::ZERO,
+            stale_if_unreachable: match mode {
                 Mode::App => Duration::ZERO,
-                Mode::Proxy => DEFAULT_PROXY_STALE_IF_ERROR,
+                Mode::Proxy => DEFAULT_PROXY_STALE_IF_UNREACHABLE,
             },
             targeted: None,
             cookies: match mode {
@@ -247,6 +251,16 @@ impl CacheLayer {
     /// (a 5xx or an error of the inner service; as the `stale-if-error` directive, RFC 5861).
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = window;
+        self.reconfigured()
+    }
+
+    /// Serves a stale response that was fresh once for up to this long past its freshness when the
+    /// origin cannot be reached: the inner service fails, or answers `502` / `504` (a proxy's
+    /// way of saying so). Never for `must-revalidate` or `no-cache` responses, nor against a
+    /// request's `no-cache`, `min-fresh` or `max-age`. Default: zero for [`new`](Self::new),
+    /// [`DEFAULT_PROXY_STALE_IF_UNREACHABLE`] for [`proxy`](Self::proxy).
+    pub fn stale_if_unreachable(mut self, window: Duration) -> Self {
+        self.stale_if_unreachable = window;
         self.reconfigured()
     }
 
@@ -328,9 +342,9 @@ impl CacheLayer {
     }
 }
 
-/// How long past its freshness [`CacheLayer::proxy`] serves a stale response when the origin fails
-/// (RFC 9111 §4.2.4 allows a cache that cannot reach the origin to).
-pub const DEFAULT_PROXY_STALE_IF_ERROR: Duration = Duration::from_secs(60);
+/// How long past its freshness [`CacheLayer::proxy`] serves a stale response when the origin cannot
+/// be reached (RFC 9111 §4.2.4 allows a disconnected cache to).
+pub const DEFAULT_PROXY_STALE_IF_UNREACHABLE: Duration = Duration::from_secs(60);
 
 /// Default of [`CacheLayer::coalesce_wait`].
 pub const DEFAULT_COALESCE_WAIT: Duration = Duration::from_secs(10);
