@@ -3,6 +3,16 @@
 
 use std::{path::PathBuf, sync::OnceLock, time::Duration};
 
+/// Default timeout of one backend operation; `CACHE_BACKEND_TIMEOUT_MS` overrides it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Default limit on the serialized size of one stored value; `CACHE_MAX_VALUE_BYTES` overrides it.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Default bound on how long a caller waits for another caller's computation of the same key
+/// before it computes itself; `CACHE_FOLLOW_TIMEOUT_MS` overrides it.
+pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A number from `name`, if it is set and parses (surrounding spaces allowed).
 fn number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok()?.trim().parse().ok()
@@ -15,24 +25,21 @@ fn text(name: &str) -> Option<String> {
 
 /// `CACHE_BACKEND_TIMEOUT_MS`: the default timeout of one backend operation.
 pub(crate) fn backend_timeout() -> Duration {
-    number("CACHE_BACKEND_TIMEOUT_MS").map_or(crate::guard::DEFAULT_TIMEOUT, Duration::from_millis)
+    number("CACHE_BACKEND_TIMEOUT_MS").map_or(DEFAULT_TIMEOUT, Duration::from_millis)
 }
 
 /// `CACHE_FOLLOW_TIMEOUT_MS`: how long a caller waits for another caller's computation (read once).
 pub(crate) fn follow_timeout() -> Duration {
     static LIMIT: OnceLock<Duration> = OnceLock::new();
     *LIMIT.get_or_init(|| {
-        number("CACHE_FOLLOW_TIMEOUT_MS")
-            .map_or(crate::memo::DEFAULT_FOLLOW_TIMEOUT, Duration::from_millis)
+        number("CACHE_FOLLOW_TIMEOUT_MS").map_or(DEFAULT_FOLLOW_TIMEOUT, Duration::from_millis)
     })
 }
 
 /// `CACHE_MAX_VALUE_BYTES`: the largest serialized value stored (read once).
 pub(crate) fn max_value_bytes() -> u64 {
     static LIMIT: OnceLock<u64> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        number("CACHE_MAX_VALUE_BYTES").unwrap_or(crate::memo::DEFAULT_MAX_VALUE_BYTES)
-    })
+    *LIMIT.get_or_init(|| number("CACHE_MAX_VALUE_BYTES").unwrap_or(DEFAULT_MAX_VALUE_BYTES))
 }
 
 /// `CACHE_MEMORY_MAX_ENTRIES` and `CACHE_MEMORY_MAX_BYTES`, each with its default.

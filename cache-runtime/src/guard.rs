@@ -27,8 +27,7 @@ fn now_ms() -> u64 {
 pub const FAILURES_TO_OPEN: u32 = 3;
 /// How long an open breaker skips the backend before a trial.
 pub const COOL_DOWN: Duration = Duration::from_secs(1);
-/// Default timeout of one backend operation; `CACHE_BACKEND_TIMEOUT_MS` overrides it.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+pub use crate::config::DEFAULT_TIMEOUT;
 
 /// How a registered backend is protected: the timeout of each operation and the breaker's
 /// thresholds. The default reads `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after

@@ -17,7 +17,6 @@ use crate::{
     invalidation,
     key::{normalize_key, KeyBuf},
     memo::{self, Body, Errors, Probe},
-    registry,
     stats::{Policy, Site},
     CacheError,
 };
@@ -174,7 +173,7 @@ where
         if let Some(value) = memo::fresh_hit::<T>(self.site, &key_buf(key)) {
             return Some(value);
         }
-        let backend = registry::resolve_for(self.site)?;
+        let backend = self.site.resolve()?;
         let key = normalize_key(key.to_owned());
         let groups = memo::groups_for(backend, &key, self.groups.as_ref().clone());
         match memo::probe::<T>(self.site, backend, &key, &groups).await {
@@ -186,7 +185,7 @@ where
     /// Stores `value` under `key` for the TTL (write-through after an update). A concurrent
     /// invalidation of the key or of one of the groups wins: the value is then not kept.
     pub async fn insert(&self, key: &str, value: T) {
-        let Some(backend) = registry::resolve_for(self.site) else {
+        let Some(backend) = self.site.resolve() else {
             return;
         };
         if self.policy.ttl_ms == 0 {

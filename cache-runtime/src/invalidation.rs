@@ -20,17 +20,14 @@
 //!   invalidations for one backend, this process stops using that backend until it restarts.
 
 use std::{
-    collections::HashMap,
     hash::BuildHasher,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Mutex,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio::sync::RwLockReadGuard;
 
+pub(crate) use crate::target::{tombstone_group, Target};
 use crate::{
     key::normalize_key,
     registry::{self, Registered},
@@ -43,41 +40,11 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 const SLOTS: usize = 1 << 16;
 /// The sequence number of the latest invalidation of each slot.
 static SLOT_EPOCHS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-/// Store barriers per backend.
-const GATE_SHARDS: usize = 64;
 /// Foreground attempts of one invalidation on one backend before it is left pending.
 const ATTEMPTS: usize = 2;
 /// Pause between the foreground attempts, and between background retries.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 const BACKGROUND_RETRY_EVERY: Duration = Duration::from_millis(100);
-/// Pending invalidations kept per backend. Beyond, this process gives the backend up for good (it
-/// could no longer apply what it dropped before serving from it again).
-const MAX_PENDING: usize = 100_000;
-
-/// How a key's *tombstone* group is named: every memoized call on a shared backend belongs to the
-/// tombstone group of its key, and a key invalidation moves it, so a value computed before the
-/// invalidation (in any process) and stored after it is stale.
-const TOMBSTONE: &str = "\u{0}t:";
-
-/// The tombstone group of `key`.
-pub(crate) fn tombstone_group(key: &str) -> String {
-    let mut group = String::with_capacity(TOMBSTONE.len() + key.len());
-    group.push_str(TOMBSTONE);
-    group.push_str(key);
-    group
-}
-
-/// The key a tombstone group stands for, if `group` is one.
-pub(crate) fn tombstone_key_of(group: &str) -> Option<&str> {
-    group.strip_prefix(TOMBSTONE)
-}
-
-/// What an invalidation is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Target {
-    Key(String),
-    Group(String),
-}
 
 fn slot(target: &Target) -> usize {
     match target {
@@ -119,76 +86,6 @@ pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> boo
 fn record(target: &Target) {
     let seq = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
     SLOT_EPOCHS[slot(target)].fetch_max(seq, Ordering::SeqCst);
-}
-
-/// Per-backend state of invalidation: store barriers and pending invalidations.
-#[derive(Debug)]
-pub(crate) struct BackendInvalidation {
-    gates: [RwLock<()>; GATE_SHARDS],
-    /// Each pending target with the sequence number of its latest failure.
-    pending: Mutex<HashMap<Target, u64>>,
-    pending_count: AtomicUsize,
-    /// Set when more than [`MAX_PENDING`] were pending: the backend stays blocked in this process.
-    given_up: AtomicBool,
-    flusher_running: AtomicBool,
-}
-
-impl Default for BackendInvalidation {
-    fn default() -> Self {
-        Self {
-            gates: std::array::from_fn(|_| RwLock::new(())),
-            pending: Mutex::new(HashMap::new()),
-            pending_count: AtomicUsize::new(0),
-            given_up: AtomicBool::new(false),
-            flusher_running: AtomicBool::new(false),
-        }
-    }
-}
-
-impl BackendInvalidation {
-    /// Whether the backend missed an invalidation not yet applied: then it is neither read nor
-    /// written by this process.
-    pub(crate) fn blocked(&self) -> bool {
-        self.pending_count.load(Ordering::Acquire) > 0 || self.given_up.load(Ordering::Acquire)
-    }
-
-    fn gate(&self, key: &str) -> &RwLock<()> {
-        let hash = foldhash::fast::FixedState::with_seed(0x6a7e).hash_one(key);
-        &self.gates[(hash as usize) % GATE_SHARDS]
-    }
-
-    fn keep(&self, target: Target) {
-        static FAILURES: AtomicU64 = AtomicU64::new(0);
-        let seq = FAILURES.fetch_add(1, Ordering::Relaxed);
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING && !pending.contains_key(&target) {
-            if !self.given_up.swap(true, Ordering::AcqRel) {
-                tracing::error!(
-                    limit = MAX_PENDING,
-                    "too many invalidations pending for a failing cache backend; this process no \
-                     longer uses it (restart to use it again)"
-                );
-            }
-            return;
-        }
-        pending.insert(target, seq);
-        self.pending_count.store(pending.len(), Ordering::Release);
-    }
-
-    /// Drops `target` once applied, unless it failed again after `seq` (then a newer invalidation
-    /// still needs applying).
-    fn forget(&self, target: &Target, seq: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.get(target) == Some(&seq) {
-            pending.remove(target);
-        }
-        self.pending_count.store(pending.len(), Ordering::Release);
-    }
-
-    fn snapshot(&self) -> Vec<(Target, u64)> {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.iter().map(|(t, seq)| (t.clone(), *seq)).collect()
-    }
 }
 
 /// Held by a store from its [`invalidated_since`] check to the end of its write.

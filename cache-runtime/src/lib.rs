@@ -36,9 +36,11 @@ mod invalidation;
 mod io;
 pub mod key;
 mod memo;
+mod pending;
 mod registry;
 mod shape;
 mod stats;
+mod target;
 
 pub use async_trait::async_trait;
 pub use backend::{Backend, FileBackend, Lookup, MemoryBackend, RedisBackend, TieredBackend};

@@ -18,19 +18,12 @@ use crate::{
     flight::{self, Followed, Leader, Role},
     invalidation,
     key::{fingerprint, normalize_key, KeyBuf, UNKEYABLE},
-    registry::{self, Registered},
+    registry::Registered,
     stats::{Event, Policy, Site},
 };
 
-/// Default limit on the serialized size of one stored value; `CACHE_MAX_VALUE_BYTES` overrides it.
-pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
-
 /// How often a caller waiting for another process's computation looks for its result.
 const LOCK_POLL: Duration = Duration::from_millis(20);
-
-/// Default bound on how long a caller waits for another caller's computation of the same key
-/// before it computes itself; `CACHE_FOLLOW_TIMEOUT_MS` overrides it.
-pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) use crate::config::{follow_timeout, max_value_bytes};
 
@@ -233,7 +226,7 @@ where
 /// The hot path: a fresh typed value in an in-process backend, found before anything else of the
 /// call is built (groups, body, span, flight, timers on untimed calls).
 pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
-    let memory = registry::resolve_for(site)?.backend.as_memory()?;
+    let memory = site.resolve()?.backend.as_memory()?;
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }
@@ -289,7 +282,7 @@ where
 {
     site.register();
     let outcome = |name: &'static str| span.record("outcome", name);
-    let Some(backend) = registry::resolve_for(site) else {
+    let Some(backend) = site.resolve() else {
         tracing::debug!(
             backend = site.backend,
             "unknown cache backend; running uncached"

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicPtr, AtomicU64, Ordering},
         Arc, LazyLock, Mutex,
     },
 };
@@ -17,8 +17,7 @@ use arc_swap::ArcSwap;
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     guard::{Guard, Protection},
-    invalidation::BackendInvalidation,
-    stats::Site,
+    pending::BackendInvalidation,
 };
 
 /// A backend with its name and its fail-open guard.
@@ -130,23 +129,26 @@ pub(crate) fn resolve(name: &str) -> Option<&'static Registered> {
     Some(entry)
 }
 
-/// [`resolve`] for a memoized function, cached in its site until the registry changes: two atomic
+/// [`resolve`] of `name`, cached in `slot` (a stats site's) until the registry changes: two atomic
 /// loads on the hot path.
-pub(crate) fn resolve_for(site: &Site) -> Option<&'static Registered> {
+pub(crate) fn resolve_cached(
+    slot: &AtomicPtr<Resolved>,
+    name: &str,
+) -> Option<&'static Registered> {
     let version = VERSION.load(Ordering::Acquire);
-    let cached = site.resolved.load(Ordering::Acquire);
+    let cached = slot.load(Ordering::Acquire);
     // SAFETY: `resolved` only ever holds null or a pointer leaked below, never freed.
     if let Some(resolved) = unsafe { cached.as_ref() } {
         if resolved.version == version {
             return resolved.registered;
         }
     }
-    let registered = resolve(site.backend);
+    let registered = resolve(name);
     let fresh = Box::leak(Box::new(Resolved {
         version,
         registered,
     }));
-    site.resolved.store(fresh, Ordering::Release);
+    slot.store(fresh, Ordering::Release);
     registered
 }
 

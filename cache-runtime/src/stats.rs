@@ -167,7 +167,7 @@ pub struct Site {
     pub(crate) backend: &'static str,
     pub(crate) policy: Policy,
     pub(crate) fingerprint: OnceLock<(std::any::TypeId, u64)>,
-    /// The backend this site's name resolves to, cached (see `registry::resolve_for`).
+    /// The backend this site's name resolves to, cached (see [`Site::resolve`]).
     pub(crate) resolved: AtomicPtr<crate::registry::Resolved>,
     registered: AtomicBool,
     counters: [Stripe; STRIPES],
@@ -222,6 +222,10 @@ pub(crate) fn sample_timing() -> bool {
 pub const SAMPLE_EVERY: u32 = 8;
 
 impl Site {
+    /// The backend this site's backend name resolves to now.
+    pub(crate) fn resolve(&self) -> Option<&'static crate::registry::Registered> {
+        crate::registry::resolve_cached(&self.resolved, self.backend)
+    }
     /// Describes a memoized function.
     pub const fn new(
         module: &'static str,

@@ -38,8 +38,8 @@ use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::C
 use super::{Backend, Lookup};
 use crate::BackendError;
 use crate::{
-    invalidation::tombstone_key_of,
     io::{PerRuntime, RuntimeSlot},
+    target::tombstone_key_of,
 };
 
 /// Default Redis URL when `REDIS_URL` is not set.
@@ -567,7 +567,7 @@ mod tests {
         let backend = RedisBackend::open(DEFAULT_URL).unwrap().with_prefix("app:");
         assert_eq!(backend.entry_key("users"), "app:k:users");
         assert_eq!(backend.group_key("users"), "app:g:users");
-        let tombstone = crate::invalidation::tombstone_group("users");
+        let tombstone = crate::target::tombstone_group("users");
         assert_eq!(backend.group_key(&tombstone), "app:t:users");
     }
 

@@ -116,8 +116,8 @@ impl TieredBackend {
     }
 
     /// Applies an invalidation to the local tier (at once, before Redis is reached).
-    pub(crate) fn invalidate_locally(&self, target: &crate::invalidation::Target) {
-        use crate::invalidation::Target;
+    pub(crate) fn invalidate_locally(&self, target: &crate::target::Target) {
+        use crate::target::Target;
         match target {
             Target::Key(key) => forget_key(&self.local, key),
             Target::Group(group) => self.local.bump_group(group),
