@@ -203,3 +203,26 @@ async fn stale_values_are_served_while_one_call_refreshes() {
     assert_eq!(runs.count(), 1);
     assert_eq!(cache.get("s").await, Some(2), "refreshed");
 }
+
+#[tokio::test]
+async fn a_computation_running_during_an_insert_does_not_overwrite_it() {
+    let cache: Cache<u64> = Cache::new("write-through", MINUTE);
+    let slow_old = cache.get_or_insert_with("w", || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        1 // computed from data the update below replaced
+    });
+    let update = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cache.insert("w", 2).await;
+    };
+    let (old, ()) = tokio::join!(slow_old, update);
+    assert_eq!(
+        old, 1,
+        "the running computation returns its own value to its caller"
+    );
+    assert_eq!(
+        cache.get("w").await,
+        Some(2),
+        "but the inserted value stays"
+    );
+}

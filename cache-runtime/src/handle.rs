@@ -182,8 +182,11 @@ where
         }
     }
 
-    /// Stores `value` under `key` for the TTL (write-through after an update). A concurrent
-    /// invalidation of the key or of one of the groups wins: the value is then not kept.
+    /// Stores `value` under `key` for the TTL (write-through after an update). Computations of the
+    /// key already running in this process do not overwrite it afterwards (their values predate
+    /// it); an invalidation of the key or of one of the groups that runs meanwhile wins, and the
+    /// value is not kept. Across processes, a computation running elsewhere can still store an older
+    /// value after it: use [`invalidate`](Self::invalidate) when that matters.
     pub async fn insert(&self, key: &str, value: T) {
         let Some(backend) = self.site.resolve() else {
             return;
@@ -191,8 +194,10 @@ where
         if self.policy.ttl_ms == 0 {
             return;
         }
-        let epoch = invalidation::invalidation_epoch();
         let key = normalize_key(key.to_owned());
+        // Computations of this key that started before this value must not store theirs after it.
+        invalidation::record(&invalidation::Target::Key(key.clone()));
+        let epoch = invalidation::invalidation_epoch();
         let groups = memo::groups_for(backend, &key, self.groups.as_ref().clone());
         // The generations read now: an invalidation after this read makes the entry stale.
         let read = backend.backend.get(&key, &groups);

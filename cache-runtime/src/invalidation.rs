@@ -83,7 +83,9 @@ pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> boo
 }
 
 /// Marks `target` invalidated now, before any backend is touched.
-fn record(target: &Target) {
+/// Marks `target` as invalidated in this process now: computations of it that started before do
+/// not store their values (see [`invalidated_since`]).
+pub(crate) fn record(target: &Target) {
     let seq = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
     SLOT_EPOCHS[slot(target)].fetch_max(seq, Ordering::SeqCst);
 }
