@@ -1,7 +1,7 @@
 //! The tour of cache-runtime: every caching scenario on its own route.
 //!
 //! ```text
-//! cargo run --example axum_app          # serves on 127.0.0.1:3000 (PORT to change)
+//! cargo run --example axum_app          # serves on 127.0.0.1:3000 (PORT to change; 0: any free port)
 //! curl -s localhost:3000/               # lists the routes
 //! ```
 //!
@@ -398,21 +398,46 @@ pub fn app() -> Router {
 
 #[allow(dead_code)] // the integration test includes this file and uses `app` only
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let port: u16 = match std::env::var("PORT") {
+        Err(_) => 3000,
+        Ok(port) => match port.trim().parse() {
+            Ok(port) => port,
+            Err(_) => {
+                eprintln!("axum_app: PORT={port} is not a port number (0-65535)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!(
+                "axum_app: port {port} is already in use on 127.0.0.1 (another axum_app still \
+                 running?); set PORT to use another one, e.g. PORT=3001"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("axum_app: cannot listen on 127.0.0.1:{port}: {error} (set PORT to use another port)");
+            return ExitCode::FAILURE;
+        }
+    };
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     configure_redis(&url).await;
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind the port (set PORT to use another)");
+    let port = listener.local_addr().map_or(port, |address| address.port());
     tracing::info!("listening on http://127.0.0.1:{port}/ (GET / lists the routes)");
-    axum::serve(listener, app()).await.expect("server");
+    match axum::serve(listener, app()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("axum_app: the server stopped: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

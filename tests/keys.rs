@@ -379,7 +379,8 @@ async fn invalidating_a_key_that_cannot_be_built_is_an_error() {
     assert_eq!(
         result.unwrap_err().to_string(),
         "cannot invalidate the default key of `default_keyed`: a value in it failed to serialize, \
-         so the key cannot be built"
+         so the key cannot be built (check the Serialize impls of the values it names; maps need \
+         string keys)"
     );
 }
 

@@ -273,5 +273,7 @@ async fn invalidation_reports_a_failing_backend() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("redis-unreachable"), "{error}");
+    // ... and what to check.
+    assert!(error.to_string().contains("REDIS_URL"), "{error}");
     cache_runtime::unregister("redis-unreachable");
 }

@@ -21,7 +21,7 @@
 //!
 //! See the crate README for the attribute reference, the backends and their configuration.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod backend;
 mod config;

@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 
 use crate::{__private::NotCached, Never};
 
-/// Selects a shape for the return type `R` (see the [module docs](self)). `RESULT`: a `Result`
+/// Selects a shape for the return type `R` (see the module docs). `RESULT`: a `Result`
 /// caches only `Ok`; `OPTION`: an `Option` caches only `Some`.
 pub struct ShapeProbe<R, const RESULT: bool, const OPTION: bool>(PhantomData<fn() -> R>);
 

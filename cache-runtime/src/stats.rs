@@ -20,7 +20,8 @@ pub struct Latency {
     pub count: u64,
     /// Sum of all observations, in nanoseconds.
     pub sum_ns: u64,
-    /// `(upper bound in µs, observations at or below it)`, cumulative, for [`LATENCY_BUCKETS_US`].
+    /// `(upper bound in µs, observations at or below it)`, cumulative; the bounds are
+    /// 50, 250, 1 000, 5 000, 25 000, 100 000 and 500 000 µs (slower calls count only in `count`).
     pub buckets: Vec<(u64, u64)>,
 }
 

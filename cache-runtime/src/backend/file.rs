@@ -85,6 +85,18 @@ impl FileBackend {
     }
 
     /// Deletes expired entries and abandoned temp files; returns how many files it removed.
+    ///
+    /// Writes start a sweep at most every 10 minutes by themselves; call this for a folder that is
+    /// mostly read, from a periodic job for example.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::BackendError> {
+    /// let folder = std::env::temp_dir().join("cache-runtime-doc-sweep");
+    /// let backend = cache_runtime::FileBackend::new(&folder);
+    /// let removed = backend.sweep().await?;
+    /// println!("{removed} expired files removed from {}", backend.root().display());
+    /// # Ok(()) }
+    /// ```
     pub async fn sweep(&self) -> Result<usize, BackendError> {
         let root = self.root.clone();
         blocking(move || sweep_folder(&root)).await

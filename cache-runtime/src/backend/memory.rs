@@ -7,7 +7,7 @@
 //! drops expired entries nobody reads.
 //!
 //! Group invalidation keeps a bounded table of invalidated groups, whose oldest half is retired
-//! when it fills up without making any valid entry stale (see [`Generations`] for the proof). The
+//! when it fills up without making any valid entry stale (the private `Generations` type has the proof). The
 //! "generations" this backend reports (in [`Lookup`] too) are stamps of one counter: a value stored
 //! under them is valid while none of its groups was invalidated after the stamp.
 

@@ -235,6 +235,21 @@ impl RedisBackend {
     }
 
     /// Connects now (it otherwise happens on first use) and checks the server answers `PING`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use cache_runtime::RedisBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_runtime::BackendError> {
+    /// // Fail fast at start-up rather than running every cached fn uncached.
+    /// let backend = RedisBackend::from_env()?;
+    /// match tokio::time::timeout(Duration::from_secs(1), backend.ping()).await {
+    ///     Ok(Ok(())) => cache_runtime::register("redis", backend),
+    ///     Ok(Err(error)) => eprintln!("{error}"), // names what to check
+    ///     Err(_) => eprintln!("Redis at {} did not answer within 1 s", backend.url()),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn ping(&self) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
         let pong = conn.query::<String>(&redis::cmd("PING")).await;

@@ -85,6 +85,22 @@ impl TieredBackend {
     }
 
     /// Local entries live at most `ttl` (and never longer than their value is fresh).
+    ///
+    /// This bounds how long a process can serve a value from its local tier when an invalidation
+    /// announcement does not reach it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::{MemoryBackend, RedisBackend, TieredBackend};
+    /// # fn main() -> Result<(), cache_runtime::BackendError> {
+    /// let tiered = TieredBackend::new(
+    ///     RedisBackend::open("redis://127.0.0.1:6379")?, // nothing connects until first use
+    ///     MemoryBackend::with_limits(1_000, 8 << 20),
+    /// )
+    /// .with_local_ttl(Duration::from_secs(5));
+    /// cache_runtime::register("tiered", tiered);
+    /// # Ok(()) }
+    /// ```
     pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
         self.local_ttl = ttl;
         self

@@ -54,7 +54,7 @@ mod keys;
 /// - Concurrent misses on one URI are coalesced: one request goes to the origin, the others wait
 ///   for it (at most [`coalesce_wait`](Self::coalesce_wait)) and are answered from what it stored.
 ///   A URI whose response turns out not to be storable is remembered for a while
-///   ([`UNCACHEABLE_MEMORY`]) so that its requests stop waiting for one another.
+///   (30 s) so that its requests stop waiting for one another.
 ///
 /// ```
 /// use std::time::Duration;
@@ -162,6 +162,24 @@ impl CacheLayer {
     /// was fresh once is served stale for up to [`DEFAULT_PROXY_STALE_IF_UNREACHABLE`] past its
     /// freshness, unless it or the request forbids it; see
     /// [`stale_if_unreachable`](Self::stale_if_unreachable).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{http::HeaderName, routing::get, Router};
+    /// use cache_runtime::http::CacheLayer;
+    ///
+    /// // In front of an origin (here a stand-in route): honour CDN-Cache-Control, cap heuristic
+    /// // freshness at an hour, and share entries between the proxy's instances on Redis.
+    /// let proxy: Router = Router::new()
+    ///     .fallback(get(|| async { "from the origin" }))
+    ///     .layer(
+    ///         CacheLayer::proxy()
+    ///             .name("edge")
+    ///             .backend("redis")
+    ///             .targeted(HeaderName::from_static("cdn-cache-control"))
+    ///             .ttl(Duration::from_secs(3600)),
+    ///     );
+    /// ```
     #[track_caller]
     pub fn proxy() -> Self {
         Self::at(std::panic::Location::caller(), Mode::Proxy)
@@ -225,6 +243,12 @@ impl CacheLayer {
     /// Without it, a layer's name is the executable's name and the source location of the
     /// [`new`](Self::new) / [`proxy`](Self::proxy) call: unique per layer in a program, the same in
     /// every process of one build, but it changes when that line moves.
+    ///
+    /// ```
+    /// use cache_runtime::http::CacheLayer;
+    /// // The same entries for every binary and build that names its layer "catalog".
+    /// let layer = CacheLayer::new().name("catalog").backend("redis");
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self.reconfigured()
@@ -242,6 +266,17 @@ impl CacheLayer {
     /// revalidates it in the background (as the `stale-while-revalidate` response directive,
     /// RFC 5861, which wins when larger); `#[cached(stale = ..)]` on handlers is the same idea.
     /// Never for `must-revalidate` or `no-cache` responses.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_runtime::http::CacheLayer;
+    /// // Fresh for 30 s, then answered at once for 5 more minutes while one request refreshes it,
+    /// // and for an hour when the origin fails.
+    /// let layer = CacheLayer::new()
+    ///     .ttl(Duration::from_secs(30))
+    ///     .stale(Duration::from_secs(300))
+    ///     .stale_if_error(Duration::from_secs(3600));
+    /// ```
     pub fn stale(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = window;
         self.reconfigured()
@@ -274,6 +309,13 @@ impl CacheLayer {
 
     /// Requests with a `Cookie` are cached, keyed on the values of these cookies only (by
     /// default such requests bypass the cache: a cookie may change the page).
+    ///
+    /// ```
+    /// use cache_runtime::http::CacheLayer;
+    /// // Pages depend on the `lang` and `theme` cookies only; a session cookie does not split
+    /// // entries.
+    /// let layer = CacheLayer::new().vary_on_cookies(["lang", "theme"]);
+    /// ```
     pub fn vary_on_cookies<I, N>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = N>,
@@ -295,6 +337,21 @@ impl CacheLayer {
     /// Keys requests with `key` instead of their host, path and query (for example to drop
     /// `utm_*` parameters). Requests with the same key share entries (the method, the layer's
     /// name and `Vary` are added).
+    ///
+    /// ```
+    /// use cache_runtime::http::CacheLayer;
+    /// // Drop tracking parameters, so `/news?utm_source=x` and `/news` share one entry.
+    /// let layer = CacheLayer::new().cache_key(|parts| {
+    ///     let query: Vec<&str> = parts
+    ///         .uri
+    ///         .query()
+    ///         .unwrap_or("")
+    ///         .split('&')
+    ///         .filter(|pair| !pair.is_empty() && !pair.starts_with("utm_"))
+    ///         .collect();
+    ///     format!("{}?{}", parts.uri.path(), query.join("&"))
+    /// });
+    /// ```
     pub fn cache_key(mut self, key: impl Fn(&Parts) -> String + Send + Sync + 'static) -> Self {
         self.cache_key = Some(Arc::new(key));
         self.reconfigured()
@@ -302,6 +359,14 @@ impl CacheLayer {
 
     /// Requests for which `bypass` returns `true` go to the inner service untouched
     /// (`X-Cache: BYPASS`).
+    ///
+    /// ```
+    /// use cache_runtime::http::CacheLayer;
+    /// // Never cache the admin pages, nor requests that ask for a preview.
+    /// let layer = CacheLayer::new().bypass(|parts| {
+    ///     parts.uri.path().starts_with("/admin/") || parts.headers.contains_key("x-preview")
+    /// });
+    /// ```
     pub fn bypass(mut self, bypass: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
         self.bypass = Some(Arc::new(bypass));
         self.reconfigured()
@@ -323,6 +388,16 @@ impl CacheLayer {
 
     /// Also takes groups from this response header (comma-separated), which is removed from the
     /// response. Costs one more backend read per lookup.
+    ///
+    /// ```
+    /// use axum::{http::HeaderName, routing::get, Router};
+    /// use cache_runtime::http::CacheLayer;
+    ///
+    /// // The handler tags its response; `invalidate_group("product:7")` then drops it.
+    /// let app: Router = Router::new()
+    ///     .route("/products/7", get(|| async { ([("x-cache-groups", "products, product:7")], "...") }))
+    ///     .layer(CacheLayer::new().groups_from_header(HeaderName::from_static("x-cache-groups")));
+    /// ```
     pub fn groups_from_header(mut self, name: HeaderName) -> Self {
         self.groups_header = Some(name);
         self.reconfigured()
@@ -335,7 +410,7 @@ impl CacheLayer {
     }
 
     /// How long a request waits for a concurrent request of the same URI that went to the origin,
-    /// before it goes there itself (default [`DEFAULT_COALESCE_WAIT`]; zero turns coalescing off).
+    /// before it goes there itself (default 10 s; zero turns coalescing off).
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.coalesce_wait = wait;
         self.reconfigured()
