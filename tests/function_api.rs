@@ -68,7 +68,7 @@ async fn exercise(cache: Cache<Price>, prefix: &str) {
     assert_eq!(runs.count(), 1);
 
     // Write-through, then invalidation by key (this handle, and the global fn with the string).
-    cache.insert(&key, price(300)).await;
+    cache.insert(&key, price(300)).await.unwrap();
     assert_eq!(cache.get(&key).await, Some(price(300)));
     cache.invalidate(&key).await.unwrap();
     assert_eq!(
@@ -76,7 +76,7 @@ async fn exercise(cache: Cache<Price>, prefix: &str) {
         None,
         "invalidated through the handle"
     );
-    cache.insert(&key, price(400)).await;
+    cache.insert(&key, price(400)).await.unwrap();
     cache_runtime::invalidate_key(&key).await.unwrap();
     assert_eq!(cache.get(&key).await, None, "invalidated by its key string");
 
@@ -123,7 +123,7 @@ async fn redis_cache_shares_computations_and_follows_invalidations() {
         .group("fn-redis-group");
     exercise(cache.clone(), "fn-redis").await;
     // Another handle on the same backend (another process would be the same) reads the entry.
-    cache.insert("fn-redis:shared", price(800)).await;
+    cache.insert("fn-redis:shared", price(800)).await.unwrap();
     let other: Cache<Price> = Cache::new("prices-redis-other", MINUTE)
         .backend(redis.name)
         .group("fn-redis-group");
@@ -164,7 +164,7 @@ async fn a_zero_ttl_stores_nothing() {
             })
             .await;
     }
-    cache.insert("k", 2).await;
+    cache.insert("k", 2).await.unwrap();
     assert_eq!(runs.count(), 3);
     assert_eq!(cache.get("k").await, None);
 }
@@ -173,7 +173,7 @@ async fn a_zero_ttl_stores_nothing() {
 async fn stale_values_are_served_while_one_call_refreshes() {
     let cache: Cache<u64> =
         Cache::new("stale-served", Duration::from_millis(100)).stale(Duration::from_secs(30));
-    cache.insert("s", 1).await;
+    cache.insert("s", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     let runs = Runs::default();
     let refresh = |value| {
@@ -213,7 +213,7 @@ async fn a_computation_running_during_an_insert_does_not_overwrite_it() {
     });
     let update = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        cache.insert("w", 2).await;
+        cache.insert("w", 2).await.unwrap();
     };
     let (old, ()) = tokio::join!(slow_old, update);
     assert_eq!(

@@ -24,15 +24,27 @@ pub(crate) struct CacheArgs {
     pub(crate) lock_ms: u64,
     /// `spawn = false`: the body always runs in the caller's task.
     pub(crate) spawn: bool,
+    /// `force_refresh = <expr>`: a bool over the arguments; when true the call recomputes.
+    pub(crate) force_refresh: Option<Expr>,
+    /// `cache_if = path`: `fn(&V) -> bool` deciding whether a value is stored.
+    pub(crate) cache_if: Option<Expr>,
+    /// `skip = [a, b]`: arguments left out of the default key.
+    pub(crate) skip: Vec<syn::Ident>,
 }
 
 /// Lock TTL when `lock` is given without a duration.
 const DEFAULT_LOCK_MS: u64 = 5_000;
 
-const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, http, visibility";
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, skip, http, visibility";
 
 impl CacheArgs {
+    /// The arguments of the attribute being expanded.
     pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        Self::parse_at(tokens, Span::call_site())
+    }
+
+    /// The arguments of an attribute at `attr` (errors about the attribute as a whole go there).
+    pub(crate) fn parse_at(tokens: proc_macro2::TokenStream, attr: Span) -> syn::Result<Self> {
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
         let mut ttl_ms = None;
         let mut backend = None;
@@ -47,6 +59,9 @@ impl CacheArgs {
         let mut stale_if_error_ms = None;
         let mut lock_ms = None;
         let mut spawn = None;
+        let mut force_refresh = None;
+        let mut cache_if = None;
+        let mut skip: Option<Vec<syn::Ident>> = None;
         for meta in metas {
             let ident = meta
                 .path()
@@ -107,6 +122,19 @@ impl CacheArgs {
                 "cache_none" => set_once(&mut cache_none, &ident, flag(&meta)?)?,
                 "cache_err" => set_once(&mut cache_err, &ident, flag(&meta)?)?,
                 "spawn" => set_once(&mut spawn, &ident, flag(&meta)?)?,
+                "force_refresh" => set_once(&mut force_refresh, &ident, value_of(&meta)?.clone())?,
+                "cache_if" => {
+                    let keep = value_of(&meta)?;
+                    if matches!(keep, Expr::Lit(_)) {
+                        return Err(syn::Error::new(
+                            keep.span(),
+                            "`cache_if` takes a function `fn(&V) -> bool` (a path or a closure), \
+                             e.g. `cache_if = is_complete`",
+                        ));
+                    }
+                    set_once(&mut cache_if, &ident, keep.clone())?
+                }
+                "skip" => set_once(&mut skip, &ident, skip_list(value_of(&meta)?)?)?,
                 "http" => set_once(&mut http, &ident, flag(&meta)?)?,
                 "visibility" => {
                     let lit = string_value(value_of(&meta)?, "visibility")?;
@@ -128,7 +156,7 @@ impl CacheArgs {
         }
         let ttl_ms = ttl_ms.ok_or_else(|| {
             syn::Error::new(
-                Span::call_site(),
+                attr,
                 "missing `ttl`: say how long results live, e.g. `ttl = 60` (seconds) or `ttl = \"5m\"`",
             )
         })?;
@@ -144,7 +172,27 @@ impl CacheArgs {
             }
             (false, None) => None,
         };
+        if let (Some(_), Some(first)) = (&key, skip.as_ref().and_then(|s| s.first())) {
+            return Err(syn::Error::new(
+                first.span(),
+                "`skip` leaves arguments out of the default key; with `key = \"...\"` the \
+                 template already says what is in the key: drop `skip`",
+            ));
+        }
+        if http.is_some() {
+            for (given, name) in [(&force_refresh, "force_refresh"), (&cache_if, "cache_if")] {
+                if let Some(expr) = given {
+                    return Err(syn::Error::new(
+                        expr.span(),
+                        format!("`{name}` is not supported on `http` handlers"),
+                    ));
+                }
+            }
+        }
         Ok(Self {
+            force_refresh,
+            cache_if,
+            skip: skip.unwrap_or_default(),
             http,
             stale_ms: stale_ms.unwrap_or(0),
             stale_if_error_ms: stale_if_error_ms.unwrap_or(0),
@@ -159,6 +207,41 @@ impl CacheArgs {
             cache_err: cache_err.unwrap_or(false),
         })
     }
+}
+
+/// `skip = [a, b]` (or `skip = a`): argument names, each once.
+fn skip_list(expr: &Expr) -> syn::Result<Vec<syn::Ident>> {
+    let elems: Vec<&Expr> = match expr {
+        Expr::Array(array) => array.elems.iter().collect(),
+        single => vec![single],
+    };
+    let mut names: Vec<syn::Ident> = Vec::new();
+    for elem in elems {
+        let name = match elem {
+            Expr::Path(p) if p.qself.is_none() && p.attrs.is_empty() => p.path.get_ident().cloned(),
+            _ => None,
+        };
+        let Some(name) = name else {
+            return Err(syn::Error::new(
+                elem.span(),
+                "`skip` takes argument names: `skip = [db, client]`",
+            ));
+        };
+        if names.contains(&name) {
+            return Err(syn::Error::new(
+                name.span(),
+                format!("`{name}` is skipped twice"),
+            ));
+        }
+        names.push(name);
+    }
+    if names.is_empty() {
+        return Err(syn::Error::new(
+            expr.span(),
+            "`skip` needs at least one argument name",
+        ));
+    }
+    Ok(names)
 }
 
 fn set_once<T>(slot: &mut Option<T>, ident: &syn::Ident, value: T) -> syn::Result<()> {
@@ -264,6 +347,53 @@ fn parse_duration(expr: &Expr, what: &str) -> syn::Result<u64> {
     Ok(ms)
 }
 
+/// Everything `#[cached_impl(...)]` said.
+pub(crate) struct ImplArgs {
+    /// `companions = false`: no `<fn>_key`, `<fn>_invalidate`... for the impl's methods.
+    pub(crate) companions: bool,
+    /// `vis = "pub(crate)"`: the companions' visibility (default: `pub` in trait impls, the
+    /// method's own in inherent impls).
+    pub(crate) vis: Option<syn::Visibility>,
+}
+
+impl ImplArgs {
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+        let mut companions = None;
+        let mut vis = None;
+        for meta in metas {
+            let ident = meta.path().get_ident().cloned();
+            match ident.as_ref().map(ToString::to_string).as_deref() {
+                Some("companions") => {
+                    let ident = ident.expect("matched");
+                    set_once(&mut companions, &ident, flag(&meta)?)?
+                }
+                Some("vis") => {
+                    let ident = ident.expect("matched");
+                    let lit = string_value(value_of(&meta)?, "vis")?;
+                    let parsed: syn::Visibility = lit.parse().map_err(|_| {
+                        syn::Error::new(
+                            lit.span(),
+                            "`vis` is a visibility: \"pub\", \"pub(crate)\", \"pub(super)\"...",
+                        )
+                    })?;
+                    set_once(&mut vis, &ident, parsed)?
+                }
+                _ => {
+                    return Err(syn::Error::new(
+                        meta.path().span(),
+                        "unknown argument; expected one of: companions, vis",
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            companions: companions.unwrap_or(true),
+            vis,
+        })
+    }
+}
+
 /// Everything `#[cache_invalidate(...)]` said.
 pub(crate) struct InvalidateArgs {
     pub(crate) keys: Vec<Template>,
@@ -273,6 +403,11 @@ pub(crate) struct InvalidateArgs {
 
 impl InvalidateArgs {
     pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> syn::Result<Self> {
+        Self::parse_at(tokens, Span::call_site())
+    }
+
+    /// The arguments of an attribute at `attr` (errors about the attribute as a whole go there).
+    pub(crate) fn parse_at(tokens: proc_macro2::TokenStream, attr: Span) -> syn::Result<Self> {
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
         let mut keys = Vec::new();
         let mut groups = Vec::new();
@@ -302,7 +437,7 @@ impl InvalidateArgs {
         }
         if keys.is_empty() && groups.is_empty() {
             return Err(syn::Error::new(
-                Span::call_site(),
+                attr,
                 "#[cache_invalidate] needs at least one `key = \"...\"` or `group = \"...\"`",
             ));
         }

@@ -14,9 +14,20 @@ pub(crate) struct KeyArg {
 /// The checked signature.
 pub(crate) struct Checked {
     pub(crate) has_receiver: bool,
+    /// The receiver as the refresh companion takes it (no attributes, no `mut` on `self`).
+    pub(crate) receiver: Option<syn::Receiver>,
     pub(crate) key_args: Vec<KeyArg>,
     /// Inputs without the receiver and without `mut`, for the generated helper fns.
     pub(crate) helper_inputs: Vec<PatType>,
+    /// One plain name per helper input, for companions that pass the arguments on: the argument's
+    /// own name when its pattern is a plain name, else `__cache_argN`.
+    pub(crate) forward: Vec<syn::Ident>,
+    /// Type and const parameters (lifetimes aside), in order: generic fns key each instantiation
+    /// apart.
+    pub(crate) type_params: Vec<syn::Ident>,
+    pub(crate) const_params: Vec<syn::Ident>,
+    /// Names bound by `State<..>` arguments, which never enter a key.
+    pub(crate) state_names: Vec<syn::Ident>,
     /// No receiver, no lifetime parameter, and no reference or lifetime in any argument type: the
     /// body may be `'static` and can then run in a task of its own. (Whether it is `Send` is left to
     /// the type system; lifetimes cannot be, so they are decided here.)
@@ -24,12 +35,33 @@ pub(crate) struct Checked {
 }
 
 impl Checked {
-    /// Every name a template may use.
+    /// Every name a template may use as a value: the arguments' bindings and const parameters.
     pub(crate) fn names(&self) -> Vec<String> {
         self.key_args
             .iter()
             .flat_map(|a| a.names.iter().map(ToString::to_string))
+            .chain(self.const_params.iter().map(ToString::to_string))
             .collect()
+    }
+
+    /// Type parameters a template may name (`{T}` renders `std::any::type_name::<T>()`), unless an
+    /// argument has the same name.
+    pub(crate) fn template_types(&self) -> Vec<String> {
+        let names = self.names();
+        self.type_params
+            .iter()
+            .map(ToString::to_string)
+            .filter(|t| !names.contains(t))
+            .collect()
+    }
+
+    /// Type and const parameters as a turbofish (`::<T, N>`), or nothing.
+    pub(crate) fn turbofish(&self) -> proc_macro2::TokenStream {
+        if self.type_params.is_empty() && self.const_params.is_empty() {
+            return proc_macro2::TokenStream::new();
+        }
+        let params = self.type_params.iter().chain(&self.const_params);
+        quote::quote!(::<#(#params),*>)
     }
 }
 
@@ -42,23 +74,37 @@ pub(crate) struct Needs {
     pub(crate) value: bool,
 }
 
+/// What makes a fn generic, for messages.
+const GENERIC_HANDLER: &str = "generic `http` handlers are not supported: axum needs one concrete \
+     handler per route; cache a non-generic handler that calls the generic code";
+
 pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
+    let boxed = match &sig.output {
+        ReturnType::Type(_, ty) if sig.asyncness.is_none() => boxed_future(ty),
+        _ => None,
+    };
+    if let Some(future) = boxed {
+        return Err(syn::Error::new(
+            future,
+            "this fn returns a boxed future: #[async_trait] rewrote it before the cache attribute \
+             ran. On an `#[async_trait]` impl, put `#[cache_runtime::cached_impl]` on the impl \
+             block, above `#[async_trait]`, so that the cache attributes run first",
+        ));
+    }
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
             sig.fn_token.span(),
             "#[cached] works on `async fn` only: add `async`",
         ));
     }
+    let mut type_params = Vec::new();
+    let mut const_params = Vec::new();
     for param in &sig.generics.params {
         match param {
             GenericParam::Lifetime(_) => {}
-            other => {
-                return Err(syn::Error::new(
-                    other.span(),
-                    "#[cached] fns cannot have type or const parameters: each instantiation would \
-                     need its own key and value type; cache a non-generic wrapper instead",
-                ))
-            }
+            other if needs.handler => return Err(syn::Error::new(other.span(), GENERIC_HANDLER)),
+            GenericParam::Type(t) => type_params.push(t.ident.clone()),
+            GenericParam::Const(c) => const_params.push(c.ident.clone()),
         }
     }
     // What is cached of the return value (its shape) is decided by its type, in the generated
@@ -75,11 +121,17 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
             if !needs.handler {
                 reject_impl_trait(ty, "return type")?;
             }
+            if needs.value && !needs.handler {
+                reject_borrowed(ty)?;
+            }
         }
     }
     let mut has_receiver = false;
+    let mut receiver = None;
     let mut key_args = Vec::new();
     let mut helper_inputs = Vec::new();
+    let mut forward = Vec::new();
+    let mut state_names = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(receiver) if needs.handler => {
@@ -88,18 +140,31 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
                     "`http` handlers cannot take `self`: axum handlers are free functions",
                 ))
             }
-            FnArg::Receiver(_) => has_receiver = true,
+            FnArg::Receiver(r) => {
+                has_receiver = true;
+                let mut r = r.clone();
+                r.attrs.clear();
+                if r.reference.is_none() {
+                    r.mutability = None;
+                }
+                receiver = Some(r);
+            }
             FnArg::Typed(arg) => {
                 reject_impl_trait(&arg.ty, "argument type")?;
                 let mut helper = arg.clone();
                 helper.attrs.clear();
                 StripMut.visit_pat_mut(&mut helper.pat);
+                forward.push(match &*helper.pat {
+                    Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+                    _ => quote::format_ident!("__cache_arg{}", helper_inputs.len()),
+                });
                 helper_inputs.push(helper);
-                if is_state(&arg.ty) {
-                    continue;
-                }
                 let mut names = Vec::new();
                 bound_names(&arg.pat, &mut names);
+                if is_state(&arg.ty) {
+                    state_names.extend(names);
+                    continue;
+                }
                 key_args.push(KeyArg {
                     names,
                     span: arg.pat.span(),
@@ -107,15 +172,98 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
             }
         }
     }
+    // Type parameters may be borrowed types unless they are declared `'static` (autoref
+    // specialization cannot see lifetimes, so a body of a non-`'static` type would be picked for a
+    // task of its own and then fail to borrow-check).
     let may_be_static = !has_receiver
         && sig.generics.lifetimes().next().is_none()
-        && helper_inputs.iter().all(|input| !borrows(&input.ty));
+        && helper_inputs.iter().all(|input| !borrows(&input.ty))
+        && type_params
+            .iter()
+            .all(|t| declared_static(&sig.generics, t));
     Ok(Checked {
         has_receiver,
+        receiver,
         key_args,
         helper_inputs,
+        forward,
         may_be_static,
+        type_params,
+        const_params,
+        state_names,
     })
+}
+
+/// Whether type parameter `param` is bounded by `'static`, in its declaration or a where clause.
+fn declared_static(generics: &syn::Generics, param: &syn::Ident) -> bool {
+    let is_static = |bound: &syn::TypeParamBound| matches!(bound, syn::TypeParamBound::Lifetime(l) if l.ident == "static");
+    let declared = generics
+        .type_params()
+        .any(|t| &t.ident == param && t.bounds.iter().any(is_static));
+    let in_where = generics
+        .where_clause
+        .iter()
+        .flat_map(|w| &w.predicates)
+        .any(|p| {
+            matches!(p, syn::WherePredicate::Type(t)
+            if matches!(&t.bounded_ty, Type::Path(path) if path.path.is_ident(param))
+                && t.bounds.iter().any(is_static))
+        });
+    declared || in_where
+}
+
+/// A cached value must be owned: a reference or a lifetime other than `'static` in the return type
+/// is an error on it.
+fn reject_borrowed(ty: &Type) -> syn::Result<()> {
+    struct Find(Option<proc_macro2::Span>);
+    impl syn::visit::Visit<'_> for Find {
+        fn visit_type_reference(&mut self, node: &syn::TypeReference) {
+            self.0.get_or_insert(node.span());
+        }
+        fn visit_lifetime(&mut self, node: &syn::Lifetime) {
+            if node.ident != "static" {
+                self.0.get_or_insert(node.span());
+            }
+        }
+    }
+    let mut find = Find(None);
+    syn::visit::Visit::visit_type(&mut find, ty);
+    match find.0 {
+        Some(span) => Err(syn::Error::new(
+            span,
+            "#[cached] values are stored and handed to later calls: the return type cannot borrow \
+             (no references, no lifetimes but `'static`); return an owned value (`String`, \
+             `Vec<T>`, `Arc<T>`)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `Pin<Box<dyn Future<..> ..>>` (what `#[async_trait]` makes of an `async fn`): the span of the
+/// future type.
+fn boxed_future(ty: &Type) -> Option<proc_macro2::Span> {
+    let last = |ty: &Type| match ty {
+        Type::Path(p) => p.path.segments.last().cloned(),
+        _ => None,
+    };
+    let only_arg = |segment: &syn::PathSegment| match &segment.arguments {
+        syn::PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+            syn::GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let pin = last(ty).filter(|s| s.ident == "Pin")?;
+    let boxed = only_arg(&pin)?;
+    let boxed_segment = last(&boxed).filter(|s| s.ident == "Box")?;
+    let Type::TraitObject(object) = only_arg(&boxed_segment)? else {
+        return None;
+    };
+    object
+        .bounds
+        .iter()
+        .any(|b| matches!(b, syn::TypeParamBound::Trait(t) if t.path.segments.last().is_some_and(|s| s.ident == "Future")))
+        .then(|| object.span())
 }
 
 /// `State<..>` (axum's application state) never enters a key. Only the generic form counts, so a
@@ -136,6 +284,11 @@ fn reject_impl_trait(ty: &Type, what: &str) -> syn::Result<()> {
     let mut find = Find(None);
     syn::visit::Visit::visit_type(&mut find, ty);
     match find.0 {
+        Some(span) if what == "argument type" => Err(syn::Error::new(
+            span,
+            "#[cached] needs a named argument type, not `impl Trait` (an anonymous type parameter \
+             that the key could not name): write a type parameter, `fn f<T: Trait>(x: T)`",
+        )),
         Some(span) => Err(syn::Error::new(
             span,
             format!("#[cached] needs a concrete {what}, not `impl Trait`"),

@@ -25,10 +25,28 @@ impl Template {
         Ok(Self { literal, parts })
     }
 
-    /// Checks that every value names one of `known` (the function's argument bindings).
-    pub(crate) fn check_names(&self, known: &[String], what: &str) -> syn::Result<()> {
+    /// Checks that every value names one of `known` (the function's argument bindings and const
+    /// parameters) or, without fields, one of `types` (type parameters).
+    pub(crate) fn check_names(
+        &self,
+        known: &[String],
+        types: &[String],
+        what: &str,
+    ) -> syn::Result<()> {
         for part in &self.parts {
-            if let Part::Value(root, _) = part {
+            if let Part::Value(root, fields) = part {
+                if types.iter().any(|t| t == root) {
+                    if let Some(field) = fields.first() {
+                        return Err(syn::Error::new(
+                            self.literal.span(),
+                            format!(
+                                "{what} template: `{{{root}}}` is a type parameter (its type name); \
+                                 it has no field `{field}`"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
                 if !known.iter().any(|k| k == root) {
                     let listed = if known.is_empty() {
                         "the function has no usable arguments".to_owned()
@@ -47,13 +65,30 @@ impl Template {
         Ok(())
     }
 
+    /// Every argument (or const parameter) name the template uses.
+    pub(crate) fn roots(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Value(root, _) => Some(root.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
     /// An expression building the rendered key (a `KeyBuf`). Each value is escaped for what
-    /// follows it (`cache_runtime::key::Follow`), which keeps rendering injective.
-    pub(crate) fn render(&self, runtime: &TokenStream) -> TokenStream {
+    /// follows it (`cache_runtime::key::Follow`), which keeps rendering injective. A value naming
+    /// one of `types` renders that type parameter's `std::any::type_name`.
+    pub(crate) fn render(&self, runtime: &TokenStream, types: &[String]) -> TokenStream {
         let span = self.literal.span();
         let pushes = self.parts.iter().enumerate().map(|(at, part)| match part {
             Part::Text(text) => {
                 quote_spanned!(span=> #runtime::__private::push_text(&mut __cache_text, #text);)
+            }
+            Part::Value(root, _) if types.contains(root) => {
+                let ty = format_ident!("{}", root, span = span);
+                let follow = follow(self.parts.get(at + 1), runtime, span);
+                quote_spanned!(span=>
+                    (&#runtime::__private::KeyValueProbe(::std::any::type_name::<#ty>()))
+                        .push_to(&mut __cache_text, #follow);
+                )
             }
             Part::Value(root, fields) => {
                 let root = format_ident!("{}", root, span = span);

@@ -14,9 +14,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     backend::clamp_ttl_ms,
-    invalidation,
-    key::{normalize_key, KeyBuf},
-    memo::{self, Body, Errors, Probe},
+    control,
+    key::KeyBuf,
+    memo::{self, Body, Errors},
     stats::{Policy, Site},
     CacheError,
 };
@@ -36,6 +36,8 @@ use crate::{
 ///     .await;
 /// assert_eq!(price, 1999);
 /// assert_eq!(prices.get("price:42").await, Some(1999));
+/// prices.insert("price:42", 1899).await?; // write-through after an update
+/// assert_eq!(prices.get("price:42").await, Some(1899));
 /// prices.invalidate("price:42").await?; // or cache_runtime::invalidate_group("prices")
 /// assert_eq!(prices.get("price:42").await, None);
 /// # Ok(()) }
@@ -173,53 +175,22 @@ where
         if let Some(value) = memo::fresh_hit::<T>(self.site, &key_buf(key)) {
             return Some(value);
         }
-        let backend = self.site.resolve()?;
-        let key = normalize_key(key.to_owned());
-        let groups = memo::groups_for(backend, &key, self.groups.as_ref().clone());
-        match memo::probe::<T>(self.site, backend, &key, &groups).await {
-            Probe::Hit(value) => Some(value),
-            Probe::Stale { .. } | Probe::Miss(_) => None,
-        }
+        let groups = self.groups.as_ref().clone();
+        control::peek(self.site, key_buf(key), groups).await
     }
 
-    /// Stores `value` under `key` for the TTL (write-through after an update). Computations of the
-    /// key already running in this process do not overwrite it afterwards (their values predate
-    /// it); an invalidation of the key or of one of the groups that runs meanwhile wins, and the
-    /// value is not kept. Across processes, a computation running elsewhere can still store an older
-    /// value after it: use [`invalidate`](Self::invalidate) when that matters.
-    pub async fn insert(&self, key: &str, value: T) {
-        let Some(backend) = self.site.resolve() else {
-            return;
-        };
+    /// Stores `value` under `key` for the TTL (write-through after an update). The old entry is
+    /// invalidated first, in every process sharing the backend, so a computation that started
+    /// before (anywhere) does not overwrite the value afterwards; an invalidation of the key or of
+    /// one of the groups that runs meanwhile wins, and the value is then not kept. `Err` when that
+    /// first invalidation fails (nothing is stored then).
+    pub async fn insert(&self, key: &str, value: T) -> Result<(), CacheError> {
         if self.policy.ttl_ms == 0 {
-            return;
+            return Ok(());
         }
-        let key = normalize_key(key.to_owned());
-        // Computations of this key that started before this value must not store theirs after it.
-        invalidation::record(&invalidation::Target::Key(key.clone()));
-        let epoch = invalidation::invalidation_epoch();
-        let groups = memo::groups_for(backend, &key, self.groups.as_ref().clone());
-        // The generations read now: an invalidation after this read makes the entry stale.
-        let read = backend.backend.get(&key, &groups);
-        let Ok(lookup) = backend.guard.run("get", read).await else {
-            return; // the backend failed: nothing is stored
-        };
-        let _permit = invalidation::store_permit(backend, &key).await;
-        if invalidation::invalidated_since(epoch, &key, &groups) {
-            return;
-        }
-        let value = Arc::new(value);
-        let generations = lookup.generations;
-        memo::store(
-            self.site,
-            backend,
-            &key,
-            &groups,
-            generations,
-            &value,
-            self.policy,
-        )
-        .await;
+        let groups = self.groups.as_ref().clone();
+        let value = Ok::<T, Infallible>(value);
+        control::prime(self.site, key_buf(key), groups, value, key).await
     }
 
     /// Removes the entry under `key` from this cache's backend, in this process and in every

@@ -484,7 +484,7 @@ impl DefaultKey {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",
     label = "this argument is part of the default key",
-    note = "derive or implement `Serialize` for it, or give the attribute a `key = \"...\"` template that leaves it out"
+    note = "derive or implement `Serialize` for it, leave it out of the default key with `skip = [name]`, or give the attribute a `key = \"...\"` template that leaves it out"
 )]
 pub trait KeyArg {
     /// Writes the value as compact JSON.

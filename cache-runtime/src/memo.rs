@@ -895,3 +895,127 @@ fn oversized(site: &Site, key: &str) {
 pub async fn invalidate_entry(backend: &str, key: String) -> Result<(), crate::CacheError> {
     crate::invalidation::invalidate_key_in(backend, key).await
 }
+
+// Support for per-call control (`control.rs`): refresh, prime and `cache_if`. Additive: the call
+// path above does not use these.
+
+impl<E> Errors<E> {
+    /// Errors shared as `sharing` says, of which only those `is_failure` accepts let a stale value
+    /// stand in (`cache_if`: a rejected value is no failure).
+    pub(crate) fn failing_when(
+        sharing: Option<ErrorSharing<E>>,
+        is_failure: fn(&E) -> bool,
+    ) -> Self {
+        Self {
+            sharing,
+            is_failure,
+        }
+    }
+}
+
+/// The group generations a value for `key` is stored under now, as a lookup reads them (for a
+/// value about to be computed or already known: refresh and prime).
+pub(crate) async fn current_generations(
+    site: &Site,
+    backend: &Registered,
+    key: &str,
+    groups: &[String],
+) -> Result<Vec<u64>, crate::BackendError> {
+    /// Never stored: a typed lookup of it is a miss that carries the generations.
+    #[derive(Clone)]
+    struct NoValue;
+    if let Some(memory) = backend.backend.as_memory() {
+        return Ok(match memory.get_typed::<NoValue>(key, groups) {
+            TypedLookup::Miss(generations) | TypedLookup::Stale(_, generations, _) => generations,
+            TypedLookup::Hit(NoValue) => unreachable!("no entry holds a `NoValue`"),
+        });
+    }
+    if backend.invalidation.blocked() {
+        return Err(crate::BackendError::Unavailable);
+    }
+    match backend
+        .guard
+        .run("get", backend.backend.get(key, groups))
+        .await
+    {
+        Ok(lookup) => Ok(lookup.generations),
+        Err(error) => {
+            site.count(Event::BackendError);
+            Err(error)
+        }
+    }
+}
+
+/// Stores `value` as a leader does: under the store barrier of `key`, unless an invalidation of
+/// `key` or of one of `groups` was recorded after `epoch`; a key invalidation that passed its
+/// barrier during the write removes what was written. Returns whether the value was written.
+pub(crate) async fn store_checked<T>(
+    site: &'static Site,
+    backend: &'static Registered,
+    key: &str,
+    groups: &[String],
+    generations: Vec<u64>,
+    epoch: u64,
+    value: &Arc<T>,
+) -> bool
+where
+    T: Serialize + Send + Sync + 'static,
+{
+    let _permit = invalidation::store_permit(backend, key).await;
+    if invalidation::invalidated_since(epoch, key, groups) {
+        return false;
+    }
+    store(site, backend, key, groups, generations, value, site.policy).await;
+    if invalidation::invalidated_since(epoch, key, &[]) {
+        let removed = backend.backend.delete(key);
+        let _ = backend.guard.run_always("delete", removed).await;
+        return false;
+    }
+    true
+}
+
+/// Runs `body` as the leader of the flight `leader` heads (a refresh, see `control.rs`): its `Ok`
+/// value is stored and handed to the followers as a miss's leader does, without the
+/// cross-process lock and without serving a stale value.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn lead<T, E, F>(
+    site: &'static Site,
+    backend: &'static Registered,
+    key: String,
+    groups: Vec<String>,
+    generations: Vec<u64>,
+    epoch: u64,
+    flight_key: String,
+    leader: Leader,
+    body: Body<T, E, F>,
+    errors: Errors<E>,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    let lead = Lead {
+        site,
+        backend,
+        key,
+        groups,
+        generations: Some(generations),
+        epoch,
+        lock_token: None,
+        flight_key,
+        chain: flight::current_chain(),
+    };
+    let result = match body {
+        Body::Spawn(future, spawn) if tokio_available() => {
+            match spawn(lead, future, leader, errors).await {
+                Ok(result) => result,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(join) => panic!("cache computation task was cancelled: {join}"),
+            }
+        }
+        Body::Spawn(future, _) | Body::Local(future) => {
+            run_leader(lead, future, leader, errors).await
+        }
+    };
+    result.map(Arc::unwrap_or_clone)
+}

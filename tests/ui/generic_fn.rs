@@ -1,3 +1,4 @@
+//! A type parameter that is not `Serialize` cannot enter the default key: an error on the argument.
 use cache_runtime::cached;
 
 #[cached(ttl = 60)]
