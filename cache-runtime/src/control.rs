@@ -326,12 +326,7 @@ pub fn fn_item_prefix(fn_type_name: &str, function: &str) -> String {
         }
     }
     let parent = parent_end.map_or(fn_type_name, |end| &fn_type_name[..end]);
-    let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
-    prefix.push_str(parent);
-    prefix.push_str("::");
-    prefix.push_str(function);
-    prefix.push(':');
-    prefix
+    crate::key::fn_prefix(parent, function)
 }
 
 #[cfg(test)]

@@ -407,6 +407,11 @@ pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
         .strip_suffix(generated)
         .and_then(|rest| rest.strip_suffix("::"))
         .unwrap_or(parent);
+    fn_prefix(parent, function)
+}
+
+/// `"{parent}::{function}:"`, the head of a default key.
+pub(crate) fn fn_prefix(parent: &str, function: &str) -> String {
     let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
     prefix.push_str(parent);
     prefix.push_str("::");
