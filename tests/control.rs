@@ -274,10 +274,13 @@ async fn a_refresh_overtaken_by_an_invalidation_is_not_stored() {
     assert_eq!(slow_peek(2, "x").await, None);
 }
 
-/// A memory store, used through the serialized path, whose lookups wait while `hold` is set.
+/// A memory store, used through the serialized path, whose lookup waits while `hold` is set, once
+/// the `skip` lookups before it have passed (a prime reads generations twice: before and after
+/// its own invalidation of the key; the second read is the one held).
 struct HeldLookups {
     inner: MemoryBackend,
     hold: AtomicBool,
+    skip: AtomicUsize,
     held: Notify,
     resume: Notify,
 }
@@ -285,9 +288,15 @@ struct HeldLookups {
 #[async_trait]
 impl Backend for HeldLookups {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        if self.hold.swap(false, Ordering::SeqCst) {
-            self.held.notify_one();
-            self.resume.notified().await;
+        if self.hold.load(Ordering::SeqCst) {
+            let skipped = self
+                .skip
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !skipped && self.hold.swap(false, Ordering::SeqCst) {
+                self.held.notify_one();
+                self.resume.notified().await;
+            }
         }
         self.inner.get(key, groups).await
     }
@@ -325,6 +334,7 @@ async fn a_prime_racing_an_invalidation_does_not_resurrect_its_value() {
     let backend = Arc::new(HeldLookups {
         inner: MemoryBackend::default(),
         hold: AtomicBool::new(false),
+        skip: AtomicUsize::new(0),
         held: Notify::new(),
         resume: Notify::new(),
     });
@@ -332,6 +342,7 @@ async fn a_prime_racing_an_invalidation_does_not_resurrect_its_value() {
 
     // The prime has invalidated the old entry and reads the generations to store under; an
     // invalidation of the key lands meanwhile and wins.
+    backend.skip.store(1, Ordering::SeqCst);
     backend.hold.store(true, Ordering::SeqCst);
     let prime = tokio::spawn(held_prime(1, 500));
     backend.held.notified().await;
@@ -343,6 +354,7 @@ async fn a_prime_racing_an_invalidation_does_not_resurrect_its_value() {
     assert_eq!(HELD_RUNS.load(Ordering::SeqCst), 1);
 
     // The same with a group invalidation.
+    backend.skip.store(1, Ordering::SeqCst);
     backend.hold.store(true, Ordering::SeqCst);
     let prime = tokio::spawn(held_prime(2, 500));
     backend.held.notified().await;

@@ -178,7 +178,17 @@ where
             let result = body.run_in_place().await;
             if let Ok(value) = &result {
                 let value = Arc::new(value.clone());
-                memo::store_checked(site, backend, &key, &groups, generations, epoch, &value).await;
+                memo::store_checked(
+                    site,
+                    backend,
+                    &key,
+                    &groups,
+                    generations,
+                    epoch,
+                    epoch,
+                    &value,
+                )
+                .await;
             }
             result
         }
@@ -228,24 +238,58 @@ where
         return Err(crate::__private::unkeyable(target));
     }
     let key = normalize_key(key.into_string());
+    let backend = site
+        .resolve()
+        .ok_or_else(|| CacheError::UnknownBackend(site.backend.to_owned()))?;
+    let groups = with_tombstone(backend, &key, groups);
+
+    // Group invalidations that run while the key is invalidated below must still win: in this
+    // process by the epoch read now, in others by the generations read now.
+    let groups_epoch = invalidation::invalidation_epoch();
+    let before = generations_of(site, backend, &key, &groups).await;
     invalidation::invalidate_key_in(site.backend, key.clone()).await?;
     let Ok(value) = value else {
         return Ok(()); // not cached: the old entry is gone, which is all there is to do
     };
-    let backend = site
-        .resolve()
-        .ok_or_else(|| CacheError::UnknownBackend(site.backend.to_owned()))?;
     let epoch = invalidation::invalidation_epoch();
-    let groups = with_tombstone(backend, &key, groups);
-    let generations = memo::current_generations(site, backend, &key, &groups)
+    let generations = generations_of(site, backend, &key, &groups).await?;
+    // The key's own tombstone (last, on shared backends) moved with the invalidation above.
+    let own = usize::from(backend.backend.tombstones());
+    let unchanged = |before: &Vec<u64>| {
+        let compared = generations.len().saturating_sub(own);
+        before.len() == generations.len() && before[..compared] == generations[..compared]
+    };
+    if !before.as_ref().is_ok_and(unchanged) {
+        return Ok(()); // a group was invalidated meanwhile: the value is not kept
+    }
+    let value = Arc::new(value);
+    memo::store_checked(
+        site,
+        backend,
+        &key,
+        &groups,
+        generations,
+        epoch,
+        groups_epoch,
+        &value,
+    )
+    .await;
+    Ok(())
+}
+
+/// The generations of `groups` now, for a store under `key`.
+async fn generations_of(
+    site: &'static Site,
+    backend: &'static Registered,
+    key: &str,
+    groups: &[String],
+) -> Result<Vec<u64>, CacheError> {
+    memo::current_generations(site, backend, key, groups)
         .await
         .map_err(|source| CacheError::Backend {
             backend: backend.name.clone(),
             source,
-        })?;
-    let value = Arc::new(value);
-    memo::store_checked(site, backend, &key, &groups, generations, epoch, &value).await;
-    Ok(())
+        })
 }
 
 /// Why a value of a fn with `cache_if` is not stored.

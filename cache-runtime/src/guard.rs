@@ -29,6 +29,9 @@ pub const FAILURES_TO_OPEN: u32 = 3;
 pub const COOL_DOWN: Duration = Duration::from_secs(1);
 pub use crate::config::DEFAULT_TIMEOUT;
 
+/// The longest timeout a [`Protection`] takes (longer ones are this).
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How a registered backend is protected: the timeout of each operation and the breaker's
 /// thresholds. The default reads `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after
 /// [`FAILURES_TO_OPEN`] consecutive failures and cools down for [`COOL_DOWN`].
@@ -65,7 +68,7 @@ impl Default for Protection {
 impl Protection {
     /// Every operation on the backend gives up after `timeout` (the call then runs as a miss).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
+        self.timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMEOUT);
         self
     }
 

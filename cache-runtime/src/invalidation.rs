@@ -105,7 +105,7 @@ pub(crate) async fn store_permit<'a>(
 /// invalidation of its shard. Such a store, if it ever writes, notices the invalidation after its
 /// write and removes what it wrote (see `memo.rs`).
 async fn barrier(backend: &Registered, key: &str) {
-    let limit = backend.guard.timeout() * 4;
+    let limit = backend.guard.timeout().saturating_mul(4);
     if tokio::time::timeout(limit, backend.invalidation.gate(key).write())
         .await
         .is_err()

@@ -410,6 +410,22 @@ pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
     fn_prefix(parent, function)
 }
 
+/// Whether the parent of a default key's head (`"{parent}::{function}:"`) is a generic impl whose
+/// parameters the type name leaves out (`app::Store<_>`): its instantiations cannot be told apart.
+///
+/// ```
+/// use cache_runtime::__private::generic_parent;
+/// assert!(generic_parent("app::Store<_>::size:", "size"));
+/// assert!(!generic_parent("app::Store::size:", "size"));
+/// ```
+#[doc(hidden)]
+pub fn generic_parent(prefix: &str, function: &str) -> bool {
+    let parent_len = prefix.len().saturating_sub(function.len() + 3);
+    prefix
+        .get(..parent_len)
+        .is_some_and(|parent| parent.contains("<_"))
+}
+
 /// `"{parent}::{function}:"`, the head of a default key.
 pub(crate) fn fn_prefix(parent: &str, function: &str) -> String {
     let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
@@ -450,6 +466,13 @@ impl DefaultKey {
         if value.write_json(&mut self.json).is_err() {
             self.failed = true;
         }
+        self
+    }
+
+    /// Makes the key unkeyable when `refuse` holds (the call then runs uncached).
+    #[doc(hidden)]
+    pub fn refuse_if(mut self, refuse: bool) -> Self {
+        self.failed |= refuse;
         self
     }
 

@@ -68,7 +68,8 @@ pub mod __private {
     };
     pub use crate::invalidation::invalidate_after_success;
     pub use crate::key::{
-        marker_prefix, push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe, ViaPlain, ViaSerde,
+        generic_parent, marker_prefix, push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe,
+        ViaPlain, ViaSerde,
     };
     pub use crate::memo::{
         fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, ViaClone, ViaLocal,

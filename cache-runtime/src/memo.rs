@@ -378,11 +378,16 @@ where
                         }
                     }
                     Followed::Error(shared) => {
-                        if let Some(value) = serve_stale(stale, false) {
-                            return Ok(value); // stale-if-error: the leader's body failed
+                        let taken = errors.sharing.as_ref().and_then(|e| (e.take)(&shared));
+                        // Only a failure lets a stale value stand in (not a value `cache_if`
+                        // rejected, which is the leader's answer).
+                        let failed = taken.as_ref().is_none_or(|e| (errors.is_failure)(e));
+                        if failed {
+                            if let Some(value) = serve_stale(stale, false) {
+                                return Ok(value); // stale-if-error: the leader's body failed
+                            }
                         }
-                        if let Some(error) = errors.sharing.as_ref().and_then(|e| (e.take)(&shared))
-                        {
+                        if let Some(error) = taken {
                             site.count(Event::Join);
                             outcome("joined-error");
                             return Err(error);
@@ -949,6 +954,7 @@ pub(crate) async fn current_generations(
 /// Stores `value` as a leader does: under the store barrier of `key`, unless an invalidation of
 /// `key` or of one of `groups` was recorded after `epoch`; a key invalidation that passed its
 /// barrier during the write removes what was written. Returns whether the value was written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn store_checked<T>(
     site: &'static Site,
     backend: &'static Registered,
@@ -956,13 +962,16 @@ pub(crate) async fn store_checked<T>(
     groups: &[String],
     generations: Vec<u64>,
     epoch: u64,
+    groups_epoch: u64,
     value: &Arc<T>,
 ) -> bool
 where
     T: Serialize + Send + Sync + 'static,
 {
     let _permit = invalidation::store_permit(backend, key).await;
-    if invalidation::invalidated_since(epoch, key, groups) {
+    if invalidation::invalidated_since(epoch, key, &[])
+        || invalidation::invalidated_since(groups_epoch, "", groups)
+    {
         return false;
     }
     store(site, backend, key, groups, generations, value, site.policy).await;

@@ -1,0 +1,199 @@
+//! Regressions found in review of the macro features and the per-call control: each of these gave
+//! a wrong answer (or panicked) before its fix.
+#![allow(async_fn_in_trait)]
+
+use std::{
+    marker::PhantomData,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use cache_runtime::{
+    async_trait, cached, cached_impl, Backend, BackendError, Lookup, MemoryBackend,
+};
+use tokio::sync::Notify;
+
+pub struct Sized_<T>(PhantomData<T>);
+
+#[cached_impl]
+impl<T: 'static> Sized_<T> {
+    #[cached(ttl = 60)]
+    async fn size() -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
+pub struct Plain<T>(PhantomData<T>);
+
+impl<T: 'static> Plain<T> {
+    #[cached(ttl = 60)]
+    async fn size() -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
+pub struct Named<T>(PhantomData<T>);
+
+impl<T: 'static + Send + Sync> Named<T> {
+    #[cached(ttl = 60, name = "named_size")]
+    async fn size(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
+pub trait Sz {
+    async fn sz(&self) -> usize;
+}
+
+pub struct W<T>(PhantomData<T>);
+
+#[cached_impl]
+impl<T: Send + Sync + 'static> Sz for W<T> {
+    #[cached(ttl = 60, name = "wsz")]
+    async fn sz(&self) -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
+/// Instantiations of a generic impl never share an entry: with `#[cached_impl]` the impl's
+/// parameters are in the key; without it (they are unknown) the call runs uncached; a `name`d
+/// method keys on its receiver's type.
+#[tokio::test]
+async fn instantiations_of_a_generic_impl_never_share_an_entry() {
+    assert_eq!(Sized_::<u8>::size().await, 1);
+    assert_eq!(
+        Sized_::<u64>::size().await,
+        8,
+        "#[cached_impl] inherent impl"
+    );
+    assert_eq!(Plain::<u8>::size().await, 1);
+    assert_eq!(
+        Plain::<u64>::size().await,
+        8,
+        "plain #[cached] in a generic impl"
+    );
+    assert_eq!(Named::<u8>(PhantomData).size().await, 1);
+    assert_eq!(Named::<u64>(PhantomData).size().await, 8, "a named method");
+    assert_eq!(W::<u8>(PhantomData).sz().await, 1);
+    assert_eq!(W::<u64>(PhantomData).sz().await, 8, "a named trait method");
+}
+
+/// A backend whose next delete waits until told to go on.
+struct HeldDeletes {
+    inner: MemoryBackend,
+    hold: AtomicBool,
+    held: Notify,
+    resume: Notify,
+}
+
+#[async_trait]
+impl Backend for HeldDeletes {
+    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
+        self.inner.get(key, groups).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        groups: &[String],
+    ) -> Result<(), BackendError> {
+        self.inner.set(key, value, ttl, groups).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), BackendError> {
+        if self.hold.swap(false, Ordering::SeqCst) {
+            self.held.notify_one();
+            self.resume.notified().await;
+        }
+        self.inner.delete(key).await
+    }
+    async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
+        self.inner.invalidate_group(group).await
+    }
+    async fn clear(&self) -> Result<(), BackendError> {
+        self.inner.clear().await
+    }
+}
+
+static HD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    ttl = 60,
+    backend = "review-held-deletes",
+    key = "hd:{id}",
+    group = "review-hd"
+)]
+async fn hd(id: u64) -> u64 {
+    HD_RUNS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// A group invalidation recorded while a prime invalidates its key wins over the primed value.
+#[tokio::test]
+async fn a_group_invalidation_during_a_prime_wins() {
+    let backend = Arc::new(HeldDeletes {
+        inner: MemoryBackend::default(),
+        hold: AtomicBool::new(true),
+        held: Notify::new(),
+        resume: Notify::new(),
+    });
+    cache_runtime::register_arc("review-held-deletes", backend.clone());
+    let prime = tokio::spawn(hd_prime(1, 500)); // computed before the group changed
+    backend.held.notified().await;
+    cache_runtime::invalidate_group("review-hd").await.unwrap();
+    backend.resume.notify_one();
+    prime.await.unwrap().unwrap();
+    assert_eq!(
+        hd_peek(1).await,
+        None,
+        "the primed value predates the group invalidation"
+    );
+    cache_runtime::unregister("review-held-deletes");
+}
+
+/// A huge timeout neither overflows nor panics an invalidation.
+#[tokio::test]
+async fn a_huge_protection_timeout_does_not_panic_invalidations() {
+    cache_runtime::register_with(
+        "review-huge-timeout",
+        MemoryBackend::default(),
+        cache_runtime::Protection::default().timeout(Duration::MAX),
+    );
+    let result = tokio::spawn(async { cache_runtime::invalidate_key("review-x").await }).await;
+    assert!(result.is_ok(), "the invalidation panicked");
+    cache_runtime::unregister("review-huge-timeout");
+}
+
+static FEED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = "100ms", stale_if_error = "10s", cache_if = |v: &Vec<u64>| !v.is_empty())]
+async fn feed(user: u64) -> Vec<u64> {
+    match FEED_RUNS.fetch_add(1, Ordering::SeqCst) {
+        0 => vec![user],
+        _ => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Vec::new()
+        }
+    }
+}
+
+/// A value `cache_if` rejects is the answer, for the leader and for the callers that waited on it:
+/// not replaced by the stale value (which only stands in for failures).
+#[tokio::test]
+async fn a_rejected_value_reaches_waiting_callers_too() {
+    assert_eq!(feed(7).await, vec![7]);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let leader = tokio::spawn(feed(7));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let follower = tokio::spawn(feed(7));
+    let (leader, follower) = (leader.await.unwrap(), follower.await.unwrap());
+    assert_eq!(leader, Vec::<u64>::new());
+    assert_eq!(
+        follower,
+        Vec::<u64>::new(),
+        "the follower got the stale value"
+    );
+}
