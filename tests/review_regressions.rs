@@ -151,6 +151,11 @@ async fn a_group_invalidation_during_a_prime_wins() {
         None,
         "the primed value predates the group invalidation"
     );
+    assert_eq!(
+        HD_RUNS.load(Ordering::SeqCst),
+        0,
+        "prime and peek never run the body"
+    );
     cache_runtime::unregister("review-held-deletes");
 }
 
