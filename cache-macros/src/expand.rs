@@ -656,6 +656,18 @@ fn control_fns(
     let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
     let groups = render_groups(&args.groups, &types);
     let (prime_key, peek_key) = (key_expr(&prime_fn), key_expr(&peek_fn));
+    // The key and groups of one call, as both companions build them.
+    let key_and_groups = |key: &TokenStream| {
+        quote! {
+            let (__cache_key, __cache_groups) = {
+                #[allow(unused_mut)]
+                let mut __cache_key: #rt::__private::KeyBuf = #key;
+                let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+                (__cache_key, __cache_groups)
+            };
+        }
+    };
+    let (prime_call, peek_call) = (key_and_groups(&prime_key), key_and_groups(&peek_key));
     let value = if checked.names().iter().any(|n| n == "value") {
         format_ident!("cached_value")
     } else {
@@ -687,12 +699,7 @@ fn control_fns(
         {
             #site
             let __cache_shape = #shape;
-            let (__cache_key, __cache_groups) = {
-                #[allow(unused_mut)]
-                let mut __cache_key: #rt::__private::KeyBuf = #prime_key;
-                let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
-                (__cache_key, __cache_groups)
-            };
+            #prime_call
             let __cache_value = #split;
             #rt::__private::prime(&__CACHE_SITE, __cache_key, __cache_groups, __cache_value, #target)
                 .await
@@ -705,12 +712,7 @@ fn control_fns(
         {
             #site
             let __cache_shape = #shape;
-            let (__cache_key, __cache_groups) = {
-                #[allow(unused_mut)]
-                let mut __cache_key: #rt::__private::KeyBuf = #peek_key;
-                let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
-                (__cache_key, __cache_groups)
-            };
+            #peek_call
             #rt::__private::peek(&__CACHE_SITE, __cache_key, __cache_groups)
                 .await
                 .map(|__cache_hit| __cache_shape.hit(__cache_hit))

@@ -102,12 +102,6 @@ pub async fn refresh<F: Future>(call: F) -> F::Output {
     forced("", call).await
 }
 
-/// The groups of `key` in `backend`, with the key's tombstone on shared backends (as memoized
-/// calls store them).
-fn with_tombstone(backend: &Registered, key: &str, groups: Vec<String>) -> Vec<String> {
-    memo::groups_for(backend, key, groups)
-}
-
 /// The refresh path of a generated fn (see the docs of `control.rs`). The cache never fails the
 /// call: when the key cannot be built, the backend is unknown or fails, the body runs uncached.
 pub async fn refresh_call<T, E, F>(
@@ -140,7 +134,7 @@ where
         return body.run_in_place().await;
     }
     let epoch = invalidation::invalidation_epoch();
-    let groups = with_tombstone(backend, &key, groups);
+    let groups = memo::groups_for(backend, &key, groups);
     let Ok(generations) = memo::current_generations(site, backend, &key, &groups).await else {
         return body.run_in_place().await;
     };
@@ -206,7 +200,7 @@ where
         return None;
     }
     let key = normalize_key(key.into_string());
-    let groups = with_tombstone(backend, &key, groups);
+    let groups = memo::groups_for(backend, &key, groups);
     match memo::probe::<T>(site, backend, &key, &groups).await {
         Probe::Hit(value) => Some(value),
         Probe::Stale { .. } | Probe::Miss(_) => None,
@@ -241,7 +235,7 @@ where
     let backend = site
         .resolve()
         .ok_or_else(|| CacheError::UnknownBackend(site.backend.to_owned()))?;
-    let groups = with_tombstone(backend, &key, groups);
+    let groups = memo::groups_for(backend, &key, groups);
 
     // Group invalidations that run while the key is invalidated below must still win: in this
     // process by the epoch read now, in others by the generations read now.

@@ -20,7 +20,7 @@ use crate::{
         policy::{self, date_field, Exchange, Heuristic, Reuse, Rules, Windows},
         response::{CachedResponse, ReplyCacheControl, Stamp},
     },
-    memo::{probe, store, Probe},
+    memo::{self, probe, store, Probe},
     registry::{self, Registered},
     stats::{Event, Policy},
 };
@@ -430,13 +430,9 @@ async fn lookup(
 
 /// The generations of a key's groups now (`None`: the backend failed).
 async fn generations_now(cx: &Context<'_>, groups: &[String]) -> Option<Vec<u64>> {
-    let read = cx.backend.backend.get(&cx.base, groups);
-    cx.backend
-        .guard
-        .run("get", read)
+    memo::current_generations(cx.shared.site, cx.backend, &cx.base, groups)
         .await
         .ok()
-        .map(|lookup| lookup.generations)
 }
 
 /// After a successful unsafe request, removes the stored responses of its URI and of the
@@ -959,7 +955,8 @@ async fn save(
     }
     let mut groups = shared.config.groups.clone();
     groups.extend(header_groups.iter().cloned());
-    let groups = with_tombstone(backend, base, groups);
+    // On shared backends the URI's tombstone too, which a mutation's removal of the URI moves.
+    let groups = memo::groups_for(backend, base, groups);
     let policy = Policy::ttl(retention_ms);
     // Side entries (the groups a header named, the `Vary` index) outlive the variants they lead to.
     let side_policy = Policy::ttl(retention_ms.saturating_add(KEEP_STALE_MS));
@@ -1025,16 +1022,9 @@ async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec
             groups.extend(extra);
         }
     }
-    with_tombstone(backend, base, groups)
-}
-
-/// On shared backends, a URI's entries also record its tombstone, which a mutation's removal of
-/// the URI moves: a response fetched before it and stored after it (in any process) is stale.
-fn with_tombstone(backend: &Registered, base: &str, mut groups: Vec<String>) -> Vec<String> {
-    if backend.backend.tombstones() {
-        groups.push(crate::invalidation::tombstone_group(base));
-    }
-    groups
+    // On shared backends the URI's tombstone too: a response fetched before a mutation's removal
+    // of the URI and stored after it (in any process) is stale.
+    memo::groups_for(backend, base, groups)
 }
 
 /// Removes the groups header the layer reads (if any) and returns the groups it named, sorted.
