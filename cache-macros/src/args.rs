@@ -30,12 +30,14 @@ pub(crate) struct CacheArgs {
     pub(crate) cache_if: Option<Expr>,
     /// `skip = [a, b]`: arguments left out of the default key.
     pub(crate) skip: Vec<syn::Ident>,
+    /// `ttl_from = path`: `fn(&V) -> Duration`, each value's own TTL (at most `ttl`).
+    pub(crate) ttl_from: Option<Expr>,
 }
 
 /// Lock TTL when `lock` is given without a duration.
 const DEFAULT_LOCK_MS: u64 = 5_000;
 
-const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, skip, http, visibility";
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, ttl_from, skip, http, visibility";
 
 impl CacheArgs {
     /// The arguments of the attribute being expanded.
@@ -62,6 +64,7 @@ impl CacheArgs {
         let mut force_refresh = None;
         let mut cache_if = None;
         let mut skip: Option<Vec<syn::Ident>> = None;
+        let mut ttl_from = None;
         for meta in metas {
             let ident = meta
                 .path()
@@ -134,6 +137,18 @@ impl CacheArgs {
                     }
                     set_once(&mut cache_if, &ident, keep.clone())?
                 }
+                "ttl_from" => {
+                    let ttl_of = value_of(&meta)?;
+                    if matches!(ttl_of, Expr::Lit(_)) {
+                        return Err(syn::Error::new(
+                            ttl_of.span(),
+                            "`ttl_from` takes a function `fn(&V) -> Duration` (a path or a \
+                             closure) giving each value's TTL, e.g. `ttl_from = token_lifetime`; \
+                             for a fixed TTL use `ttl`",
+                        ));
+                    }
+                    set_once(&mut ttl_from, &ident, ttl_of.clone())?
+                }
                 "skip" => set_once(&mut skip, &ident, skip_list(value_of(&meta)?)?)?,
                 "http" => set_once(&mut http, &ident, flag(&meta)?)?,
                 "visibility" => {
@@ -180,7 +195,11 @@ impl CacheArgs {
             ));
         }
         if http.is_some() {
-            for (given, name) in [(&force_refresh, "force_refresh"), (&cache_if, "cache_if")] {
+            for (given, name) in [
+                (&force_refresh, "force_refresh"),
+                (&cache_if, "cache_if"),
+                (&ttl_from, "ttl_from"),
+            ] {
                 if let Some(expr) = given {
                     return Err(syn::Error::new(
                         expr.span(),
@@ -192,6 +211,7 @@ impl CacheArgs {
         Ok(Self {
             force_refresh,
             cache_if,
+            ttl_from,
             skip: skip.unwrap_or_default(),
             http,
             stale_ms: stale_ms.unwrap_or(0),

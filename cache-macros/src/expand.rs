@@ -485,6 +485,7 @@ fn cached_fn(
         quote!(__cache_shape.join(__cache_result))
     };
     let token = refresh_token(ident);
+    let ttl_from = ttl_from(args);
     let force = args.force_refresh.as_ref().map(|force| {
         quote_spanned! {force.span()=>
             || {
@@ -521,14 +522,18 @@ fn cached_fn(
                 #split
             };
             #errors
-            let __cache_result = if __cache_refresh {
+                        let __cache_result = if __cache_refresh {
                 #rt::__private::refresh_call(
                     &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
+                    #ttl_from,
                 )
                 .await
             } else {
-                #memoize(&__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors)
-                    .await
+                #memoize(
+                    &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
+                    #ttl_from,
+                )
+                .await
             };
             #joined
         }
@@ -581,6 +586,14 @@ fn trait_prefix_fn(
                 #function_name,
             )
         }
+    }
+}
+
+/// `Some(<the ttl_from fn>)` as the fn pointer the runtime takes, or `None`.
+fn ttl_from(args: &CacheArgs) -> TokenStream {
+    match &args.ttl_from {
+        Some(ttl_of) => quote_spanned! {ttl_of.span()=> ::core::option::Option::Some(#ttl_of)},
+        None => quote!(::core::option::Option::None),
     }
 }
 
@@ -674,6 +687,7 @@ fn control_fns(
         format_ident!("value")
     };
     let split = split_kept(args, quote!(__cache_shape.split(#value)));
+    let ttl_from = ttl_from(args);
     let target = match &args.key {
         Some(template) => format!("key `{}` of `{ident}`", template.literal.value()),
         None => format!("the default key of `{ident}`"),
@@ -701,8 +715,10 @@ fn control_fns(
             let __cache_shape = #shape;
             #prime_call
             let __cache_value = #split;
-            #rt::__private::prime(&__CACHE_SITE, __cache_key, __cache_groups, __cache_value, #target)
-                .await
+                        #rt::__private::prime(
+                &__CACHE_SITE, __cache_key, __cache_groups, __cache_value, #target, #ttl_from,
+            )
+            .await
         }
 
         #[doc = #peek_doc]

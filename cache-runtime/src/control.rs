@@ -24,7 +24,7 @@ use crate::{
     flight::{self, Role},
     invalidation,
     key::{normalize_key, KeyBuf},
-    memo::{self, Body, ErrorSharing, Errors, Probe},
+    memo::{self, Body, ErrorSharing, Errors, Probe, TtlFrom},
     registry::Registered,
     stats::{Event, Site},
     CacheError,
@@ -110,6 +110,7 @@ pub async fn refresh_call<T, E, F>(
     groups: Vec<String>,
     body: Body<T, E, F>,
     sharing: Option<ErrorSharing<E>>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -163,6 +164,7 @@ where
                 leader,
                 body,
                 errors,
+                ttl_from,
             )
             .await
         }
@@ -181,6 +183,7 @@ where
                     epoch,
                     epoch,
                     &value,
+                    ttl_from,
                 )
                 .await;
             }
@@ -224,6 +227,7 @@ pub async fn prime<T, X>(
     groups: Vec<String>,
     value: Result<T, X>,
     target: &str,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<(), CacheError>
 where
     T: Serialize + Send + Sync + 'static,
@@ -266,6 +270,7 @@ where
         epoch,
         groups_epoch,
         &value,
+        ttl_from,
     )
     .await;
     Ok(())
@@ -329,13 +334,14 @@ pub async fn memoize_kept<T, E, V, F>(
     groups: Vec<String>,
     body: Body<T, Uncached<E, V>, F>,
     sharing: Option<ErrorSharing<Uncached<E, V>>>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<T, Uncached<E, V>>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, Uncached<E, V>>>,
 {
     let errors = Errors::failing_when(sharing, Uncached::is_failure);
-    memo::memoize_with(site, key.into_string(), groups, body, errors).await
+    memo::memoize_with(site, key.into_string(), groups, body, errors, ttl_from).await
 }
 
 /// The head of the default key of a method of a trait impl, `"<Type as Trait>::{function}:"`, from

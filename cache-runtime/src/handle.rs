@@ -53,6 +53,7 @@ pub struct Cache<T> {
     backend: &'static str,
     policy: Policy,
     groups: Arc<Vec<String>>,
+    ttl_from: Option<fn(&T) -> Duration>,
     _values: PhantomData<fn() -> T>,
 }
 
@@ -64,6 +65,7 @@ impl<T> Clone for Cache<T> {
             backend: self.backend,
             policy: self.policy,
             groups: Arc::clone(&self.groups),
+            ttl_from: self.ttl_from,
             _values: PhantomData,
         }
     }
@@ -95,6 +97,7 @@ where
             backend,
             policy,
             groups: Arc::default(),
+            ttl_from: None,
             _values: PhantomData,
         }
     }
@@ -124,6 +127,22 @@ where
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.policy.stale_if_error_ms = clamp_ttl_ms(window);
         self.resited()
+    }
+
+    /// Each value's own TTL, from the value (a token that expires in 90 s, an upstream
+    /// `max-age`), at most the cache's TTL; a zero TTL stores nothing (the value is still
+    /// returned).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct Token { secret: String, expires_in: u64 }
+    /// let tokens: cache_runtime::Cache<Token> = cache_runtime::Cache::new("tokens", Duration::from_secs(3600))
+    ///     .ttl_from(|token| Duration::from_secs(token.expires_in.saturating_sub(10)));
+    /// ```
+    pub fn ttl_from(mut self, ttl_of: fn(&T) -> Duration) -> Self {
+        self.ttl_from = Some(ttl_of);
+        self
     }
 
     fn resited(mut self) -> Self {
@@ -164,7 +183,16 @@ where
         }
         let body = Body::Local(make());
         let groups = self.groups.as_ref().clone();
-        memo::memoize_with(self.site, key.to_owned(), groups, body, Errors::new(None)).await
+        let errors = Errors::new(None);
+        memo::memoize_with(
+            self.site,
+            key.to_owned(),
+            groups,
+            body,
+            errors,
+            self.ttl_from,
+        )
+        .await
     }
 
     /// The cached value under `key`, if there is a fresh one; computes nothing.
@@ -190,7 +218,7 @@ where
         }
         let groups = self.groups.as_ref().clone();
         let value = Ok::<T, Infallible>(value);
-        control::prime(self.site, key_buf(key), groups, value, key).await
+        control::prime(self.site, key_buf(key), groups, value, key, self.ttl_from).await
     }
 
     /// Removes the entry under `key` from this cache's backend, in this process and in every

@@ -72,8 +72,8 @@ pub mod __private {
         ViaPlain, ViaSerde,
     };
     pub use crate::memo::{
-        fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, ViaClone, ViaLocal,
-        ViaNoClone, ViaSpawn,
+        fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, TtlFrom, ViaClone,
+        ViaLocal, ViaNoClone, ViaSpawn,
     };
     pub use crate::shape::{
         OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,

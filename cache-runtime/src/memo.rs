@@ -28,7 +28,10 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 pub(crate) use crate::config::{follow_timeout, max_value_bytes};
 
 /// Spawns a leader's computation (a fn pointer chosen where its bounds are known).
-type SpawnLeader<T, E, F> = fn(Lead, F, Leader, Errors<E>) -> JoinHandle<Result<Arc<T>, E>>;
+type SpawnLeader<T, E, F> = fn(Lead<T>, F, Leader, Errors<E>) -> JoinHandle<Result<Arc<T>, E>>;
+
+/// A fn's `ttl_from`: each value's own TTL (at most the fn's `ttl`; zero: not stored).
+pub type TtlFrom<T> = fn(&T) -> Duration;
 
 /// A memoized fn's body, either run in place or, when it is `Send + 'static`, in a task of its own
 /// so that it outlives a caller that goes away (and can refresh a stale value in the background).
@@ -192,8 +195,9 @@ pub(crate) enum Probe<T> {
 
 /// Everything a leader needs to store its value and end its flight.
 #[doc(hidden)]
-pub struct Lead {
+pub struct Lead<T> {
     site: &'static Site,
+    ttl_from: Option<TtlFrom<T>>,
     backend: &'static Registered,
     key: String,
     groups: Vec<String>,
@@ -215,12 +219,14 @@ pub async fn memoize<T, E, F>(
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Option<ErrorSharing<E>>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, E>>,
 {
-    memoize_with(site, key.into_string(), groups, body, Errors::new(errors)).await
+    let errors = Errors::new(errors);
+    memoize_with(site, key.into_string(), groups, body, errors, ttl_from).await
 }
 
 /// The hot path: a fresh typed value in an in-process backend, found before anything else of the
@@ -248,6 +254,7 @@ pub(crate) async fn memoize_with<T, E, F>(
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Errors<E>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -263,7 +270,7 @@ where
     if !span.is_disabled() {
         span.record("key", key.as_str());
     }
-    memoize_in_span(site, key, groups, body, errors, span.clone())
+    memoize_in_span(site, key, groups, body, errors, ttl_from, span.clone())
         .instrument(span)
         .await
 }
@@ -274,6 +281,7 @@ async fn memoize_in_span<T, E, F>(
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Errors<E>,
+    ttl_from: Option<TtlFrom<T>>,
     span: tracing::Span,
 ) -> Result<T, E>
 where
@@ -405,6 +413,7 @@ where
             Role::Leader(leader) => {
                 let mut lead = Lead {
                     site,
+                    ttl_from,
                     backend,
                     key: key.clone(),
                     groups: groups.clone(),
@@ -502,7 +511,7 @@ impl<T, E, F: Future<Output = Result<T, E>>> Body<T, E, F> {
 }
 
 pub(crate) fn spawn_leader<T, E, F>(
-    lead: Lead,
+    lead: Lead<T>,
     future: F,
     leader: Leader,
     errors: Errors<E>,
@@ -519,7 +528,7 @@ where
 /// Runs the body as the flight's leader, stores an `Ok` value, releases any lock, and hands the
 /// outcome to the followers.
 async fn run_leader<T, E, F>(
-    lead: Lead,
+    lead: Lead<T>,
     future: F,
     leader: Leader,
     errors: Errors<E>,
@@ -540,8 +549,10 @@ where
             let shared = Arc::new(value);
             if let Some(generations) = lead.generations.clone() {
                 let _permit = invalidation::store_permit(lead.backend, &lead.key).await;
-                if !invalidation::invalidated_since(lead.epoch, &lead.key, &lead.groups) {
-                    let policy = lead.site.policy;
+                let policy = value_policy(lead.site.policy, lead.ttl_from, &shared);
+                if policy.ttl_ms > 0
+                    && !invalidation::invalidated_since(lead.epoch, &lead.key, &lead.groups)
+                {
                     store(
                         lead.site,
                         lead.backend,
@@ -620,7 +631,7 @@ enum Wait<T> {
 
 /// Takes the cross-process lock of the key, or waits (at most the lock's TTL) for the process that
 /// holds it to store the value.
-async fn wait_for_other_process<T>(lead: &Lead) -> Wait<T>
+async fn wait_for_other_process<T>(lead: &Lead<T>) -> Wait<T>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -654,6 +665,19 @@ where
         if let Probe::Hit(value) = probe::<T>(lead.site, backend, &lead.key, &lead.groups).await {
             return Wait::Found(value);
         }
+    }
+}
+
+/// The policy a value is stored under: with a `ttl_from`, fresh for the value's own TTL, at most
+/// the fn's (a zero TTL: the value is not stored).
+pub(crate) fn value_policy<T>(policy: Policy, ttl_from: Option<TtlFrom<T>>, value: &T) -> Policy {
+    let Some(ttl_of) = ttl_from else {
+        return policy;
+    };
+    let own = u64::try_from(ttl_of(value).as_millis()).unwrap_or(u64::MAX);
+    Policy {
+        ttl_ms: own.min(policy.ttl_ms),
+        ..policy
     }
 }
 
@@ -964,17 +988,22 @@ pub(crate) async fn store_checked<T>(
     epoch: u64,
     groups_epoch: u64,
     value: &Arc<T>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> bool
 where
     T: Serialize + Send + Sync + 'static,
 {
+    let policy = value_policy(site.policy, ttl_from, value);
+    if policy.ttl_ms == 0 {
+        return false;
+    }
     let _permit = invalidation::store_permit(backend, key).await;
     if invalidation::invalidated_since(epoch, key, &[])
         || invalidation::invalidated_since(groups_epoch, "", groups)
     {
         return false;
     }
-    store(site, backend, key, groups, generations, value, site.policy).await;
+    store(site, backend, key, groups, generations, value, policy).await;
     if invalidation::invalidated_since(epoch, key, &[]) {
         let removed = backend.backend.delete(key);
         let _ = backend.guard.run_always("delete", removed).await;
@@ -998,6 +1027,7 @@ pub(crate) async fn lead<T, E, F>(
     leader: Leader,
     body: Body<T, E, F>,
     errors: Errors<E>,
+    ttl_from: Option<TtlFrom<T>>,
 ) -> Result<T, E>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -1005,6 +1035,7 @@ where
 {
     let lead = Lead {
         site,
+        ttl_from,
         backend,
         key,
         groups,
