@@ -139,7 +139,7 @@ where
     let Ok(generations) = memo::current_generations(site, backend, &key, &groups).await else {
         return body.run_in_place().await;
     };
-    let flight_key = format!("{}\u{0}{key}", site.backend);
+    let flight_key = memo::flight_key_of(backend, &key);
     if flight::runs_inside(&flight_key) {
         return body.run_in_place().await; // inside its own computation: cannot lead its flight
     }
@@ -148,7 +148,7 @@ where
         None => Some(generations.clone()),
     };
     let role = flight::join(flight_key.clone(), epoch, &joined_under, |started| {
-        invalidation::invalidated_since(started, &key, &groups)
+        invalidation::invalidated_since(backend, started, &key, &groups)
     });
     match role {
         Role::Leader(leader) => {

@@ -46,24 +46,30 @@ const ATTEMPTS: usize = 2;
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 const BACKGROUND_RETRY_EVERY: Duration = Duration::from_millis(100);
 
-fn slot(target: &Target) -> usize {
+fn slot(backend: usize, target: &Target) -> usize {
     match target {
-        Target::Key(key) => key_slot(key),
-        Target::Group(group) => group_slot(group),
+        Target::Key(key) => key_slot(backend, key),
+        Target::Group(group) => group_slot(backend, group),
     }
 }
 
-fn key_slot(key: &str) -> usize {
-    hashed_slot(0, key)
+fn key_slot(backend: usize, key: &str) -> usize {
+    hashed_slot(backend, 0, key)
 }
 
-fn group_slot(group: &str) -> usize {
-    hashed_slot(1, group)
+fn group_slot(backend: usize, group: &str) -> usize {
+    hashed_slot(backend, 1, group)
 }
 
-fn hashed_slot(kind: u8, name: &str) -> usize {
-    let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((kind, name));
+/// Marks are per backend (one registration, one [`Caches`](crate::Caches) scope): what is
+/// invalidated in one backend costs the computations of another nothing.
+fn hashed_slot(backend: usize, kind: u8, name: &str) -> usize {
+    let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((backend, kind, name));
     (hash as usize) % SLOTS
+}
+
+fn identity(backend: &Registered) -> usize {
+    std::ptr::from_ref(backend) as usize
 }
 
 /// A number that changes whenever this process invalidates anything. A computation remembers the
@@ -72,22 +78,28 @@ pub(crate) fn invalidation_epoch() -> u64 {
     EPOCH.load(Ordering::SeqCst)
 }
 
-/// Whether an invalidation of `key` or of one of `groups` (or a hash neighbour of them) was recorded
-/// in this process after `epoch`. Costs one atomic load when nothing was invalidated.
-pub(crate) fn invalidated_since(epoch: u64, key: &str, groups: &[String]) -> bool {
+/// Whether an invalidation of `key` or of one of `groups` (or a hash neighbour of them) in
+/// `backend` was recorded in this process after `epoch`. Costs one atomic load when nothing was
+/// invalidated.
+pub(crate) fn invalidated_since(
+    backend: &Registered,
+    epoch: u64,
+    key: &str,
+    groups: &[String],
+) -> bool {
     if EPOCH.load(Ordering::SeqCst) == epoch {
         return false;
     }
+    let backend = identity(backend);
     let moved = |slot: usize| SLOT_EPOCHS[slot].load(Ordering::SeqCst) > epoch;
-    moved(key_slot(key)) || groups.iter().any(|g| moved(group_slot(g)))
+    moved(key_slot(backend, key)) || groups.iter().any(|g| moved(group_slot(backend, g)))
 }
 
-/// Marks `target` invalidated now, before any backend is touched.
-/// Marks `target` as invalidated in this process now: computations of it that started before do
-/// not store their values (see [`invalidated_since`]).
-pub(crate) fn record(target: &Target) {
+/// Marks `target` as invalidated in `backend` now, before the backend is touched: computations
+/// of it there that started before do not store their values (see [`invalidated_since`]).
+pub(crate) fn record(backend: &Registered, target: &Target) {
     let seq = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
-    SLOT_EPOCHS[slot(target)].fetch_max(seq, Ordering::SeqCst);
+    SLOT_EPOCHS[slot(identity(backend), target)].fetch_max(seq, Ordering::SeqCst);
 }
 
 /// Held by a store from its [`invalidated_since`] check to the end of its write.
@@ -209,8 +221,10 @@ fn start_flusher(entry: &'static Registered) {
 /// away (a dropped request, a timeout around the call) cancels nothing, so an invalidation that was
 /// recorded is always carried out or kept pending.
 async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
-    record(&target);
     let entries = every_backend();
+    for entry in &entries {
+        record(entry, &target);
+    }
     crate::io::run(async move {
         let mut first_error = None;
         for entry in entries {
@@ -292,7 +306,7 @@ pub(crate) async fn invalidate_keys_in(
     keys: &[String],
 ) -> Result<(), BackendError> {
     let targets: Vec<Target> = keys.iter().map(|key| Target::Key(key.clone())).collect();
-    targets.iter().for_each(record);
+    targets.iter().for_each(|target| record(entry, target));
     // On the library's runtime, as in `invalidate_everywhere`.
     crate::io::run(async move {
         let mut first_error = Ok(());
@@ -310,9 +324,9 @@ pub(crate) async fn invalidate_keys_in(
 /// Removes one key from the backend named `backend` only (used by the generated `*_invalidate` fns).
 pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), CacheError> {
     let target = Target::Key(normalize_key(key));
-    record(&target);
     let entry =
         registry::resolve(backend).ok_or_else(|| CacheError::UnknownBackend(backend.to_owned()))?;
+    record(entry, &target);
     crate::io::run(apply(entry, target))
         .await
         .map_err(|source| CacheError::Backend {
@@ -341,34 +355,42 @@ mod tests {
 
     #[test]
     fn an_invalidation_marks_its_target_and_not_others() {
+        let memory = registry::resolve("memory").unwrap();
         let epoch = invalidation_epoch();
-        record(&Target::Key("epoch-test:a".into()));
-        assert!(invalidated_since(epoch, "epoch-test:a", &[]));
+        record(memory, &Target::Key("epoch-test:a".into()));
+        assert!(invalidated_since(memory, epoch, "epoch-test:a", &[]));
         // Another key is only marked by a hash collision (1 in 65,536).
         let unrelated = (0..64)
-            .filter(|i| invalidated_since(epoch, &format!("epoch-test:b{i}"), &[]))
+            .filter(|i| invalidated_since(memory, epoch, &format!("epoch-test:b{i}"), &[]))
             .count();
         assert!(unrelated <= 2, "{unrelated} unrelated keys marked");
         let later = invalidation_epoch();
-        assert!(!invalidated_since(later, "epoch-test:a", &[]));
-        record(&Target::Group("epoch-test:g".into()));
+        assert!(!invalidated_since(memory, later, "epoch-test:a", &[]));
+        record(memory, &Target::Group("epoch-test:g".into()));
         assert!(invalidated_since(
+            memory,
             later,
             "epoch-test:x",
             &["epoch-test:g".into()]
         ));
+        let file = registry::resolve("file").unwrap();
+        assert!(
+            !invalidated_since(file, later, "epoch-test:x", &["epoch-test:g".into()]),
+            "marked in the memory backend only"
+        );
     }
 
     #[test]
     fn thousands_of_unrelated_invalidations_do_not_mark_a_computation() {
+        let memory = registry::resolve("memory").unwrap();
         let epoch = invalidation_epoch();
         for i in 0..10_000 {
-            record(&Target::Key(format!("flood:{i}")));
+            record(memory, &Target::Key(format!("flood:{i}")));
         }
         // With a log of 4096 every such computation was judged overtaken; slots only collide
         // (about 14 % of them after 10,000 invalidations).
         let marked = (0..1000)
-            .filter(|i| invalidated_since(epoch, &format!("quiet:{i}"), &[]))
+            .filter(|i| invalidated_since(memory, epoch, &format!("quiet:{i}"), &[]))
             .count();
         assert!(
             marked < 250,

@@ -51,7 +51,9 @@ pub use error::{BackendError, CacheError};
 pub use guard::{Protection, COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};
 pub use handle::Cache;
 pub use invalidation::{invalidate_group, invalidate_key};
-pub use registry::{backend, register, register_arc, register_arc_with, register_with, unregister};
+pub use registry::{
+    backend, register, register_arc, register_arc_with, register_with, unregister, Caches,
+};
 pub use stats::{stats, stats_prometheus, FnStats, Latency, Policy};
 
 /// An error that cannot happen: the error type of bodies that always succeed.

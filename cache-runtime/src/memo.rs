@@ -338,9 +338,10 @@ where
                 value
             })
         };
-        let overtaken = |started: u64| invalidation::invalidated_since(started, &key, &groups);
+        let overtaken =
+            |started: u64| invalidation::invalidated_since(backend, started, &key, &groups);
         let flight_key = flight_key
-            .get_or_insert_with(|| format!("{}\u{0}{key}", site.backend))
+            .get_or_insert_with(|| flight_key_of(backend, &key))
             .clone();
         if flight::runs_inside(&flight_key) {
             // A call inside its own computation (cyclic data): waiting would wait for itself.
@@ -522,7 +523,9 @@ where
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
     // The caller's span goes along, so the body's events stay inside the request's.
-    tokio::spawn(run_leader(lead, future, leader, errors).instrument(tracing::Span::current()))
+    let work = run_leader(lead, future, leader, errors).instrument(tracing::Span::current());
+    // Nested cached calls in the body resolve their backends in the caller's `Caches` scope.
+    tokio::spawn(crate::registry::carry(work))
 }
 
 /// Runs the body as the flight's leader, stores an `Ok` value, releases any lock, and hands the
@@ -551,7 +554,12 @@ where
                 let _permit = invalidation::store_permit(lead.backend, &lead.key).await;
                 let policy = value_policy(lead.site.policy, lead.ttl_from, &shared);
                 if policy.ttl_ms > 0
-                    && !invalidation::invalidated_since(lead.epoch, &lead.key, &lead.groups)
+                    && !invalidation::invalidated_since(
+                        lead.backend,
+                        lead.epoch,
+                        &lead.key,
+                        &lead.groups,
+                    )
                 {
                     store(
                         lead.site,
@@ -563,7 +571,7 @@ where
                         policy,
                     )
                     .await;
-                    if invalidation::invalidated_since(lead.epoch, &lead.key, &[]) {
+                    if invalidation::invalidated_since(lead.backend, lead.epoch, &lead.key, &[]) {
                         // A key invalidation passed its barrier while this write was under way
                         // (a store that stalled): what was written may predate it.
                         let backend = &lead.backend;
@@ -666,6 +674,12 @@ where
             return Wait::Found(value);
         }
     }
+}
+
+/// The flight of `key` in `backend`: calls share a computation only within one backend (one
+/// registration of a name, one [`Caches`](crate::Caches) scope).
+pub(crate) fn flight_key_of(backend: &Registered, key: &str) -> String {
+    format!("{:x}\u{0}{key}", std::ptr::from_ref(backend) as usize)
 }
 
 /// The policy a value is stored under: with a `ttl_from`, fresh for the value's own TTL, at most
@@ -998,13 +1012,13 @@ where
         return false;
     }
     let _permit = invalidation::store_permit(backend, key).await;
-    if invalidation::invalidated_since(epoch, key, &[])
-        || invalidation::invalidated_since(groups_epoch, "", groups)
+    if invalidation::invalidated_since(backend, epoch, key, &[])
+        || invalidation::invalidated_since(backend, groups_epoch, "", groups)
     {
         return false;
     }
     store(site, backend, key, groups, generations, value, policy).await;
-    if invalidation::invalidated_since(epoch, key, &[]) {
+    if invalidation::invalidated_since(backend, epoch, key, &[]) {
         let removed = backend.backend.delete(key);
         let _ = backend.guard.run_always("delete", removed).await;
         return false;

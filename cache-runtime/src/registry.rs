@@ -14,6 +14,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+mod scope;
+pub(crate) use scope::carry;
+pub use scope::Caches;
+
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     guard::{Guard, Protection},
@@ -115,6 +119,9 @@ pub fn backend(name: &str) -> Option<Arc<dyn Backend>> {
 }
 
 pub(crate) fn resolve(name: &str) -> Option<&'static Registered> {
+    if let Some(Some(scoped)) = scope::resolve(name) {
+        return Some(scoped);
+    }
     if let Some(found) = TABLE.load().get(name) {
         return Some(*found);
     }
@@ -135,6 +142,9 @@ pub(crate) fn resolve_cached(
     slot: &AtomicPtr<Resolved>,
     name: &str,
 ) -> Option<&'static Registered> {
+    if let Some(Some(scoped)) = scope::resolve(name) {
+        return Some(scoped);
+    }
     let version = VERSION.load(Ordering::Acquire);
     let cached = slot.load(Ordering::Acquire);
     // SAFETY: `resolved` only ever holds null or a pointer leaked below, never freed.
@@ -174,15 +184,20 @@ fn built_in(name: &str) -> Option<Arc<dyn Backend>> {
     }
 }
 
-/// Whether `entry` is still the backend registered under its name.
+/// Whether `entry` is still the backend registered under its name (process-wide or in a live
+/// [`Caches`]).
 pub(crate) fn is_registered(entry: &Registered) -> bool {
     TABLE
         .load()
         .get(&entry.name)
         .is_some_and(|current| std::ptr::eq(*current, entry))
+        || scope::holds(entry)
 }
 
-/// Every backend registered now.
+/// Every backend an invalidation made here reaches: those registered process-wide, and those of
+/// the current [`Caches`] scope (outside any scope: of every live one).
 pub(crate) fn all() -> Vec<&'static Registered> {
-    TABLE.load().values().copied().collect()
+    let mut all: Vec<_> = TABLE.load().values().copied().collect();
+    all.extend(scope::reachable());
+    all
 }

@@ -19,9 +19,11 @@ mod layer;
 mod policy;
 mod range;
 mod response;
+mod scoped;
 
 pub use axum::response::{IntoResponse, Response};
 pub use layer::{CacheLayer, CacheService, DEFAULT_PROXY_STALE_IF_UNREACHABLE};
+pub use scoped::{ScopeLayer, ScopeService};
 
 /// Default limit on the size of a cached body (8 MiB).
 pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;

@@ -227,9 +227,12 @@ where
             .unwrap_or(now + Duration::from_secs(86_400 * 365));
         loop {
             let overtaken = |started: u64| {
-                crate::invalidation::invalidated_since(started, &cx.base, &observed.groups)
+                crate::invalidation::invalidated_since(backend, started, &cx.base, &observed.groups)
             };
-            let flight_key = format!("layer\u{0}{}", cx.base);
+            let flight_key = format!(
+                "layer\u{0}{}",
+                crate::memo::flight_key_of(backend, &cx.base)
+            );
             // In-process stores: the epoch check is exact, their stamps move with any invalidation.
             let joined_under = if backend.backend.as_memory().is_some() {
                 None
@@ -549,7 +552,8 @@ fn revalidate_in_background<S, B>(
     let backend = cx.backend;
     let request_cc = cx.request_cc.clone();
     let span = tracing::Span::current();
-    tokio::spawn(tracing::Instrument::instrument(
+    // In the request's `Caches` scope, like the request itself.
+    tokio::spawn(crate::registry::carry(tracing::Instrument::instrument(
         async move {
             let (shared, base) = (&done.0, &done.1);
             let cx = Context {
@@ -566,7 +570,7 @@ fn revalidate_in_background<S, B>(
             let _ = tokio::time::timeout(BACKGROUND_LIMIT, revalidation).await;
         },
         span,
-    ));
+    )));
 }
 
 /// How long a background revalidation may take before it is given up.
@@ -950,7 +954,7 @@ async fn save(
     let (shared, backend, base) = (cx.shared, cx.backend, cx.base.as_str());
     let site = shared.site;
     let _permit = crate::invalidation::store_permit(backend, base).await;
-    if crate::invalidation::invalidated_since(observed.epoch, base, &observed.groups) {
+    if crate::invalidation::invalidated_since(backend, observed.epoch, base, &observed.groups) {
         return false; // an invalidation of this URI or its groups ran while it was computed
     }
     let mut groups = shared.config.groups.clone();

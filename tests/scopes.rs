@@ -1,0 +1,250 @@
+//! `Caches`: isolated registries. Entries, registrations and flights of one scope are not seen by
+//! another; invalidations inside a scope stay there, those outside every scope reach them all;
+//! bodies spawned by the runtime keep their caller's scope. Counting how often each body ran.
+
+mod support;
+
+use std::{
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use axum::{routing::get, Router};
+use cache_runtime::{cached, http::CacheLayer, Caches, MemoryBackend};
+use support::http::TestServer;
+
+static PROFILE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, key = "profile:{id}", group = "profiles")]
+async fn profile(id: u64) -> (u64, usize) {
+    let run = PROFILE_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    (id, run)
+}
+
+#[tokio::test]
+async fn two_scopes_keep_entries_of_their_own() {
+    let (first, second) = (Caches::new(), Caches::new());
+    let a = first.scope(profile(1)).await;
+    assert_eq!(first.scope(profile(1)).await, a, "a hit in the first scope");
+    let b = second.scope(profile(1)).await;
+    assert_ne!(a, b, "the second scope computed its own value");
+    assert_eq!(second.scope(profile(1)).await, b);
+    assert_eq!(
+        first.scope(profile(1)).await,
+        a,
+        "the first scope still has its own"
+    );
+}
+
+#[tokio::test]
+async fn an_invalidation_in_a_scope_stays_in_it() {
+    let (first, second) = (Caches::new(), Caches::new());
+    let a = first.scope(profile(2)).await;
+    let b = second.scope(profile(2)).await;
+    first
+        .scope(cache_runtime::invalidate_group("profiles"))
+        .await
+        .unwrap();
+    assert_ne!(
+        first.scope(profile(2)).await,
+        a,
+        "invalidated in the first scope"
+    );
+    assert_eq!(
+        second.scope(profile(2)).await,
+        b,
+        "the second scope is untouched"
+    );
+    second
+        .scope(cache_runtime::invalidate_key(&profile_key(2)))
+        .await
+        .unwrap();
+    assert_ne!(
+        second.scope(profile(2)).await,
+        b,
+        "invalidated by key in the second scope"
+    );
+}
+
+#[tokio::test]
+async fn an_invalidation_outside_every_scope_reaches_them_all() {
+    let scoped = Caches::new();
+    let before = scoped.scope(profile(3)).await;
+    assert_eq!(scoped.scope(profile(3)).await, before);
+    cache_runtime::invalidate_key(&profile_key(3))
+        .await
+        .unwrap();
+    assert_ne!(
+        scoped.scope(profile(3)).await,
+        before,
+        "an unscoped invalidation is never lost to a scope"
+    );
+}
+
+static SLOW_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, key = "slow")]
+async fn slow() -> usize {
+    let run = SLOW_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_in_two_scopes_share_no_computation() {
+    let (first, second) = (Caches::new(), Caches::new());
+    let runs = SLOW_RUNS.load(Ordering::SeqCst);
+    let (a, b) = tokio::join!(first.scope(slow()), second.scope(slow()));
+    assert_eq!(
+        SLOW_RUNS.load(Ordering::SeqCst),
+        runs + 2,
+        "each scope ran its own body (a joined flight would hand one scope the other's value)"
+    );
+    assert_ne!(a, b);
+    assert_eq!(first.scope(slow()).await, a);
+    assert_eq!(second.scope(slow()).await, b);
+}
+
+static INNER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, key = "inner:{n}")]
+async fn inner(n: u64) -> u64 {
+    INNER_RUNS.fetch_add(1, Ordering::SeqCst);
+    n * 2
+}
+
+/// Its body runs in a task of its own (the default `spawn`): the scope must go with it.
+#[cached(ttl = 600, key = "outer:{n}")]
+async fn outer(n: u64) -> u64 {
+    inner(n).await + 1
+}
+
+#[tokio::test]
+async fn a_spawned_body_keeps_its_callers_scope() {
+    let scoped = Caches::new();
+    assert_eq!(scoped.scope(outer(5)).await, 11);
+    let runs = INNER_RUNS.load(Ordering::SeqCst);
+    assert_eq!(scoped.scope(inner(5)).await, 10);
+    assert_eq!(
+        INNER_RUNS.load(Ordering::SeqCst),
+        runs,
+        "the nested call stored into the scope's memory, not the process-wide one"
+    );
+    let other = Caches::new();
+    assert_eq!(other.scope(inner(5)).await, 10);
+    assert_eq!(
+        INNER_RUNS.load(Ordering::SeqCst),
+        runs + 1,
+        "not in another scope"
+    );
+}
+
+static STORE_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 600, backend = "scoped-store", key = "stored")]
+async fn stored() -> u64 {
+    STORE_RUNS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[tokio::test]
+async fn registrations_are_per_scope() {
+    let scoped = Caches::new();
+    scoped.register("scoped-store", MemoryBackend::default());
+    let inside = scoped.scope(stored()).await;
+    assert_eq!(
+        scoped.scope(stored()).await,
+        inside,
+        "cached in the scope's backend"
+    );
+    assert!(cache_runtime::backend("scoped-store").is_none());
+    let outside = stored().await;
+    assert_ne!(
+        outside, inside,
+        "outside the scope the name is unknown: uncached"
+    );
+    assert_ne!(stored().await, outside);
+    assert!(scoped
+        .scope(async { cache_runtime::backend("scoped-store") })
+        .await
+        .is_some());
+}
+
+static SLOW_KEYED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, key = "slow-keyed:{n}")]
+async fn slow_keyed(n: u64) -> usize {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    SLOW_KEYED_RUNS.fetch_add(1, Ordering::SeqCst) + n as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_in_one_scope_costs_another_scope_nothing() {
+    let (first, second) = (Caches::new(), Caches::new());
+    let computing = {
+        let first = first.clone();
+        tokio::spawn(async move { first.scope(slow_keyed(9)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    second
+        .scope(cache_runtime::invalidate_key(&slow_keyed_key(9)))
+        .await
+        .unwrap();
+    let value = computing.await.unwrap();
+    let runs = SLOW_KEYED_RUNS.load(Ordering::SeqCst);
+    assert_eq!(
+        first.scope(slow_keyed(9)).await,
+        value,
+        "the first scope's computation was stored: the second scope's invalidation is not its"
+    );
+    assert_eq!(SLOW_KEYED_RUNS.load(Ordering::SeqCst), runs);
+}
+
+static PAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(http, ttl = 600, key = "scoped-page")]
+async fn page() -> String {
+    format!("page {}", PAGE_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+static LAYER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+async fn layered() -> String {
+    format!("layered {}", LAYER_RUNS.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+fn app(caches: &Caches) -> Router {
+    Router::new()
+        .route("/page", get(page))
+        .merge(
+            Router::new()
+                .route("/layered", get(layered))
+                .layer(CacheLayer::new().name("scoped-layer")),
+        )
+        .layer(caches.layer())
+}
+
+#[tokio::test]
+async fn two_servers_in_two_scopes_cache_apart() {
+    let (first, second) = (Caches::new(), Caches::new());
+    let (one, two) = (
+        TestServer::start(app(&first)).await,
+        TestServer::start(app(&second)).await,
+    );
+    for path in ["/page", "/layered"] {
+        let a = one.get(path).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            one.get(path).await.body,
+            a.body,
+            "{path}: a hit on the first server"
+        );
+        let b = two.get(path).await;
+        assert_ne!(
+            b.body, a.body,
+            "{path}: the second server's scope has its own entry"
+        );
+        assert_eq!(two.get(path).await.body, b.body);
+    }
+    assert_eq!(PAGE_RUNS.load(Ordering::SeqCst), 2);
+    assert_eq!(LAYER_RUNS.load(Ordering::SeqCst), 2);
+}
