@@ -143,7 +143,7 @@ where
     if flight::runs_inside(&flight_key) {
         return body.run_in_place().await; // inside its own computation: cannot lead its flight
     }
-    let joined_under = match backend.backend.as_memory() {
+    let joined_under = match backend.memory() {
         Some(_) => None,
         None => Some(generations.clone()),
     };

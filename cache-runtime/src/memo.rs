@@ -232,7 +232,7 @@ where
 /// The hot path: a fresh typed value in an in-process backend, found before anything else of the
 /// call is built (groups, body, span, flight, timers on untimed calls).
 pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
-    let memory = site.resolve()?.backend.as_memory()?;
+    let memory = site.resolve()?.memory()?;
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }
@@ -299,7 +299,7 @@ where
         outcome("uncached");
         return run_in_place(body).await;
     };
-    let in_process = backend.backend.as_memory().is_some();
+    let in_process = backend.memory().is_some();
     let started = (!in_process || crate::stats::sample_timing()).then(Instant::now);
     let took = || started.map(|s| s.elapsed());
     if key.as_bytes().contains(&UNKEYABLE) {
@@ -718,7 +718,7 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let policy = site.policy;
-    if let Some(memory) = backend.backend.as_memory() {
+    if let Some(memory) = backend.memory() {
         return match memory.get_typed::<T>(key, groups) {
             TypedLookup::Hit(value) => Probe::Hit(value),
             TypedLookup::Stale(value, generations, expired_ms) => Probe::Stale {
@@ -729,7 +729,7 @@ where
             TypedLookup::Miss(generations) => Probe::Miss(Some(generations)),
         };
     }
-    if let Some(tiered) = backend.backend.as_tiered() {
+    if let Some(tiered) = backend.tiered() {
         return probe_tiered(site, backend, tiered, key, groups).await;
     }
     probe_stored(site, backend, key, groups).await.0
@@ -878,7 +878,7 @@ pub(crate) async fn store<T>(
     T: Serialize + Send + Sync + 'static,
 {
     let retention = policy.retention();
-    if let Some(memory) = backend.backend.as_memory() {
+    if let Some(memory) = backend.memory() {
         let fresh_until = if policy.serves_stale() {
             now_ms().saturating_add(policy.ttl_ms)
         } else {
@@ -967,7 +967,7 @@ pub(crate) async fn current_generations(
     /// Never stored: a typed lookup of it is a miss that carries the generations.
     #[derive(Clone)]
     struct NoValue;
-    if let Some(memory) = backend.backend.as_memory() {
+    if let Some(memory) = backend.memory() {
         return Ok(match memory.get_typed::<NoValue>(key, groups) {
             TypedLookup::Miss(generations) | TypedLookup::Stale(_, generations, _) => generations,
             TypedLookup::Hit(NoValue) => unreachable!("no entry holds a `NoValue`"),

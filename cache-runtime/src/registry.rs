@@ -28,6 +28,12 @@ use crate::{
 pub(crate) struct Registered {
     pub(crate) name: String,
     pub(crate) backend: Arc<dyn Backend>,
+    /// The typed path the runtime takes with this backend, chosen from its concrete type when it
+    /// is registered (a user's wrapper around a built-in store takes the serialized path).
+    typed: Typed,
+    /// The [`Caches`] scope this backend belongs to (0: the process-wide registry): what is
+    /// invalidated in one scope costs the computations of another nothing.
+    pub(crate) scope: u64,
     pub(crate) guard: Guard,
     /// Store barriers and pending invalidations of this backend.
     pub(crate) invalidation: BackendInvalidation,
@@ -78,17 +84,66 @@ pub fn register_arc_with(
     protection: Protection,
 ) {
     let name = name.into();
-    let entry = leak(&name, backend, protection);
+    let entry = leak(&name, backend, protection, 0);
     let _writer = WRITER.lock().unwrap_or_else(|p| p.into_inner());
     update(|table| {
         table.insert(name, entry);
     });
 }
 
-fn leak(name: &str, backend: Arc<dyn Backend>, protection: Protection) -> &'static Registered {
+/// What the runtime knows about a backend's concrete type.
+enum Typed {
+    /// The in-process store: typed values, no serialization.
+    Memory(Arc<MemoryBackend>),
+    /// Two tiers: a typed local one in front of a serialized remote one.
+    Tiered(Arc<TieredBackend>),
+    /// Serialized values only.
+    Bytes,
+}
+
+impl Typed {
+    fn of(backend: &Arc<dyn Backend>) -> Self {
+        let any: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(backend) as _;
+        match any.downcast::<MemoryBackend>() {
+            Ok(memory) => Self::Memory(memory),
+            Err(any) => match any.downcast::<TieredBackend>() {
+                Ok(tiered) => Self::Tiered(tiered),
+                Err(_) => Self::Bytes,
+            },
+        }
+    }
+}
+
+impl Registered {
+    /// The in-process memory store, if this backend is one: the runtime keeps typed values in it
+    /// and skips serialization.
+    pub(crate) fn memory(&self) -> Option<&MemoryBackend> {
+        match &self.typed {
+            Typed::Memory(memory) => Some(memory),
+            _ => None,
+        }
+    }
+
+    /// The two-tier store, if this backend is one: the runtime reads its local tier first.
+    pub(crate) fn tiered(&self) -> Option<&TieredBackend> {
+        match &self.typed {
+            Typed::Tiered(tiered) => Some(tiered),
+            _ => None,
+        }
+    }
+}
+
+fn leak(
+    name: &str,
+    backend: Arc<dyn Backend>,
+    protection: Protection,
+    scope: u64,
+) -> &'static Registered {
     Box::leak(Box::new(Registered {
+        scope,
         guard: Guard::new(name, protection),
         name: name.to_owned(),
+        typed: Typed::of(&backend),
         backend,
         invalidation: BackendInvalidation::default(),
     }))
@@ -129,7 +184,7 @@ pub(crate) fn resolve(name: &str) -> Option<&'static Registered> {
     if let Some(found) = TABLE.load().get(name) {
         return Some(*found);
     }
-    let entry = leak(name, built_in(name)?, Protection::default());
+    let entry = leak(name, built_in(name)?, Protection::default(), 0);
     update(|table| {
         table.insert(name.to_owned(), entry);
     });

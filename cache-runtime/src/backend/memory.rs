@@ -464,10 +464,6 @@ impl Backend for MemoryBackend {
         self.clear_now();
         Ok(())
     }
-
-    fn as_memory(&self) -> Option<&MemoryBackend> {
-        Some(self)
-    }
 }
 
 /// Length of `value`'s JSON form, measured without building it.

@@ -137,7 +137,7 @@ pub struct Lookup {
 /// cache_runtime::register("map", MapStore::default());
 /// ```
 #[async_trait]
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: std::any::Any + Send + Sync {
     /// Reads the entry under `key` and the current generation of each of `groups`.
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError>;
 
@@ -181,20 +181,6 @@ pub trait Backend: Send + Sync + 'static {
     #[doc(hidden)]
     fn tombstones(&self) -> bool {
         false
-    }
-
-    /// The in-process memory store behind this backend, if it is one: the runtime then keeps typed
-    /// values and skips serialization on hits.
-    #[doc(hidden)]
-    fn as_memory(&self) -> Option<&MemoryBackend> {
-        None
-    }
-
-    /// The two-tier store behind this backend, if it is one: the runtime then reads its local tier
-    /// first.
-    #[doc(hidden)]
-    fn as_tiered(&self) -> Option<&TieredBackend> {
-        None
     }
 }
 

@@ -279,8 +279,4 @@ impl Backend for TieredBackend {
     async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
         self.remote.unlock(key, token).await
     }
-
-    fn as_tiered(&self) -> Option<&TieredBackend> {
-        Some(self)
-    }
 }

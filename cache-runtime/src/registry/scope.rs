@@ -123,7 +123,7 @@ impl Caches {
         protection: Protection,
     ) -> &Self {
         let name = name.into();
-        let entry = leak(&name, backend, protection);
+        let entry = leak(&name, backend, protection, self.table.id);
         lock(&self.table.entries).insert(name, entry);
         self
     }
@@ -176,11 +176,8 @@ pub(super) fn resolve(name: &str) -> Option<Option<&'static Registered>> {
             if name != "memory" {
                 return None;
             }
-            let entry = leak(
-                name,
-                Arc::new(MemoryBackend::from_env()),
-                Protection::default(),
-            );
+            let memory = Arc::new(MemoryBackend::from_env());
+            let entry = leak(name, memory, Protection::default(), table.id);
             entries.insert(name.to_owned(), entry);
             lock(&table.own).push(entry);
             Some(entry)

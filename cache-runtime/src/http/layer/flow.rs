@@ -234,7 +234,7 @@ where
                 crate::memo::flight_key_of(backend, &cx.base)
             );
             // In-process stores: the epoch check is exact, their stamps move with any invalidation.
-            let joined_under = if backend.backend.as_memory().is_some() {
+            let joined_under = if backend.memory().is_some() {
                 None
             } else {
                 observed.generations.clone()
