@@ -1019,7 +1019,7 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
             ::core::module_path!(),
             #function_name,
             #backend,
-            #rt::Policy {
+                        #rt::__private::Policy {
                 ttl_ms: #ttl_ms,
                 stale_ms: #stale_ms,
                 stale_if_error_ms: #stale_if_error_ms,

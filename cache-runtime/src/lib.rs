@@ -54,7 +54,7 @@ pub use invalidation::{invalidate_group, invalidate_key};
 pub use registry::{
     backend, register, register_arc, register_arc_with, register_with, unregister, Caches,
 };
-pub use stats::{stats, stats_prometheus, FnStats, Latency, Policy};
+pub use stats::{stats, stats_prometheus, FnStats, Latency};
 
 /// An error that cannot happen: the error type of bodies that always succeed.
 #[doc(hidden)]
@@ -81,7 +81,7 @@ pub mod __private {
         OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,
         ShapeViaResult,
     };
-    pub use crate::stats::Site;
+        pub use crate::stats::{Policy, Site};
 
     /// Appends a template's literal text.
     pub fn push_text(key: &mut KeyBuf, text: &str) {
