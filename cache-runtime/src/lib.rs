@@ -39,6 +39,7 @@ pub mod key;
 mod memo;
 mod pending;
 mod registry;
+mod seal;
 mod shape;
 mod stats;
 mod target;
@@ -52,6 +53,7 @@ pub use guard::{Protection, COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};
 pub use handle::Cache;
 pub use invalidation::{invalidate_group, invalidate_key};
 pub use registry::{backend, register, register_arc, register_arc_with, register_with, unregister};
+pub use seal::{InvalidSecret, Secret, MIN_SECRET_LEN};
 pub use stats::{stats, stats_prometheus, FnStats, Latency, Policy};
 
 /// An error that cannot happen: the error type of bodies that always succeed.

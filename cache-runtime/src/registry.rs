@@ -18,6 +18,7 @@ use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     guard::{Guard, Protection},
     pending::BackendInvalidation,
+    seal::Sealing,
 };
 
 /// A backend with its name and its fail-open guard.
@@ -27,6 +28,8 @@ pub(crate) struct Registered {
     pub(crate) guard: Guard,
     /// Store barriers and pending invalidations of this backend.
     pub(crate) invalidation: BackendInvalidation,
+    /// How its stored entries are sealed (serialized backends only).
+    pub(crate) seal: Sealing,
 }
 
 /// Registered backends live for the rest of the process (re-registering a name leaks the old
@@ -83,6 +86,7 @@ pub fn register_arc_with(
 
 fn leak(name: &str, backend: Arc<dyn Backend>, protection: Protection) -> &'static Registered {
     Box::leak(Box::new(Registered {
+        seal: protection.sealing().clone(),
         guard: Guard::new(name, protection),
         name: name.to_owned(),
         backend,
