@@ -65,8 +65,9 @@ fn modes() -> [(&'static str, Protection); 3] {
     ]
 }
 
-fn hot_keys() -> Vec<String> {
-    (0..HOT_KEYS).map(|n| format!("item:{n}")).collect()
+/// 64 hot keys per value type (both types share each backend, so not their keys).
+fn hot_keys(kind: &str) -> Vec<String> {
+    (0..HOT_KEYS).map(|n| format!("{kind}:{n}")).collect()
 }
 
 /// Registers one backend per mode, warms 64 keys of each value type and checks they hit.
@@ -75,7 +76,7 @@ fn warm(
     store: &str,
     backend: impl Fn() -> Box<dyn Fn(&str, Protection)>,
 ) -> Vec<(String, Cache<u64>, Cache<Kib>)> {
-    let keys = hot_keys();
+    let (small_keys, large_keys) = (hot_keys("u64"), hot_keys("kib"));
     let register = backend();
     let mut caches = Vec::new();
     for (mode, protection) in modes() {
@@ -85,17 +86,22 @@ fn warm(
         let large: Cache<Kib> =
             Cache::new(&format!("{name}-kib"), Duration::from_secs(600)).backend(&name);
         rt.block_on(async {
-            for (n, key) in keys.iter().enumerate() {
-                small.get_or_insert_with(key, || async { n as u64 }).await;
+            let keys = small_keys.iter().zip(&large_keys).enumerate();
+            for (n, (small_key, large_key)) in keys.clone() {
+                small
+                    .get_or_insert_with(small_key, || async { n as u64 })
+                    .await;
                 large
-                    .get_or_insert_with(key, || async { Kib::new(n as u64) })
+                    .get_or_insert_with(large_key, || async { Kib::new(n as u64) })
                     .await;
             }
-            for (n, key) in keys.iter().enumerate() {
-                let hit = small.get_or_insert_with(key, || async { u64::MAX }).await;
+            for (n, (small_key, large_key)) in keys {
+                let hit = small
+                    .get_or_insert_with(small_key, || async { u64::MAX })
+                    .await;
                 assert_eq!(hit, n as u64, "{name}: warm calls must hit");
                 let hit = large
-                    .get_or_insert_with(key, || async { Kib::new(0) })
+                    .get_or_insert_with(large_key, || async { Kib::new(0) })
                     .await;
                 assert_eq!(hit, Kib::new(n as u64), "{name}: warm calls must hit");
             }
@@ -111,15 +117,15 @@ fn run(
     store: &str,
     caches: &[(String, Cache<u64>, Cache<Kib>)],
 ) {
-    let keys = hot_keys();
-    let keys = &keys;
+    let (small_keys, large_keys) = (hot_keys("u64"), hot_keys("kib"));
+    let (small_keys, large_keys) = (&small_keys, &large_keys);
     let mut g = c.benchmark_group(format!("sealed_hit_{store}_u64"));
     g.throughput(Throughput::Elements(1));
     for (mode, small, _) in caches {
         g.bench_function(BenchmarkId::from_parameter(mode), |b| {
             b.iter_custom(|iters| {
                 time_loop(rt, iters, |i| {
-                    let key = &keys[(i & (HOT_KEYS - 1)) as usize];
+                    let key = &small_keys[(i & (HOT_KEYS - 1)) as usize];
                     small.get_or_insert_with(key, || async { u64::MAX })
                 })
             })
@@ -132,7 +138,7 @@ fn run(
         g.bench_function(BenchmarkId::from_parameter(mode), |b| {
             b.iter_custom(|iters| {
                 time_loop(rt, iters, |i| {
-                    let key = &keys[(i & (HOT_KEYS - 1)) as usize];
+                    let key = &large_keys[(i & (HOT_KEYS - 1)) as usize];
                     large.get_or_insert_with(key, || async { Kib::new(0) })
                 })
             })
