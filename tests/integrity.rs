@@ -15,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use cache_runtime::{Backend, Cache, FileBackend, Protection, RedisBackend, Secret};
+use cache_runtime::{
+    Backend, Cache, FileBackend, MemoryBackend, Protection, RedisBackend, Secret, TieredBackend,
+};
 use redis::aio::MultiplexedConnection;
 use sha2::{Digest, Sha256};
 use support::RedisServer;
@@ -440,6 +442,54 @@ async fn encrypted_entries_do_not_hold_the_plaintext_and_mac_only_entries_miss()
         assert_eq!(calls.runs(), 2);
         cache_runtime::unregister(&name);
     }
+}
+
+#[tokio::test]
+async fn the_redis_tier_of_a_tiered_backend_is_sealed() {
+    let store = Store::redis().await;
+    let Store::Redis { server, .. } = &store else {
+        unreachable!()
+    };
+    let name = "integrity-tiered";
+    let calls = Counted::new(name, "computed");
+    // A fresh tiered backend each time: its local tier starts empty, so the Redis tier is read.
+    let register_tiered = || {
+        let tiered = TieredBackend::new(
+            RedisBackend::open(&server.url()).unwrap(),
+            MemoryBackend::with_limits(1_000, 1 << 20),
+        );
+        let protection = Protection::default().secret(secret(K1, false));
+        cache_runtime::register_with(name, tiered, protection);
+    };
+
+    // A plain entry planted in Redis is a miss for the tiered backend, overwritten sealed.
+    let plain_writer = "integrity-tiered-unsealed";
+    store.register(plain_writer, None);
+    let planted = Counted::new(plain_writer, "planted");
+    planted
+        .cache
+        .insert("x:1", "planted#0".to_owned())
+        .await
+        .unwrap();
+    register_tiered();
+    assert_eq!(calls.get("x:1").await, "computed#1");
+    let sealed = store.entry("x:1").await;
+    assert_eq!(mode(&store, &sealed), 1);
+
+    // Another instance reads the sealed entry from Redis without running the body.
+    register_tiered();
+    assert_eq!(calls.get("x:1").await, "computed#1");
+    assert_eq!(calls.runs(), 1);
+
+    // A changed byte in Redis is a miss for a fresh instance.
+    let mut tampered = sealed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    store.set_entry("x:1", &tampered).await;
+    register_tiered();
+    assert_eq!(calls.get("x:1").await, "computed#2");
+    cache_runtime::unregister(name);
+    cache_runtime::unregister(plain_writer);
 }
 
 /// Runs [`env_child`] in a child process with `env` (and every other secret variable unset).
