@@ -686,6 +686,33 @@ mod tests {
     }
 
     #[test]
+    fn the_mac_format_is_stable() {
+        // Processes of different builds share entries: the bytes of a MAC-sealed entry must not
+        // change by accident (derivation labels, bound context, layout).
+        let s = sealing(Secret::new(KEY_A).unwrap());
+        let sealed = s.seal("user:1", b"envelope".to_vec()).unwrap();
+        let hex: String = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN);
+    }
+
+    #[test]
+    fn an_entry_encrypted_elsewhere_opens() {
+        // Sealed by Python's `cryptography` AES-GCM (nonce 00..0b) from the layout in the module
+        // docs: the derivation, the associated data and the layout agree with the spec.
+        let hex = "43530279ef73e4000102030405060708090a0b1fccab79b15162c2ad31c7690f278e121f50d25acb0fd2df";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let s = sealing(Secret::new(KEY_A).unwrap().encrypt());
+        assert_eq!(opened(&s, "user:1", &bytes).unwrap(), b"envelope");
+        assert!(opened(&s, "user:2", &bytes).is_err());
+    }
+
+    /// Computed independently (Python `hmac`, from the layout in the module docs).
+    const GOLDEN: &str = "43530179ef73e4656e76656c6f70657d2fa3839858d092fe05594273bcea069eed979eb5dee55e226ec5153b7a789e";
+
+    #[test]
     fn debug_shows_no_key_material() {
         let secret = Secret::new(KEY_A).unwrap().accept(KEY_B).unwrap();
         let shown = format!("{secret:?}");
