@@ -80,3 +80,22 @@ pub(crate) fn configured_backends() -> (bool, bool) {
         set("CACHE_DIR"),
     )
 }
+
+/// The three secret settings, as set: `CACHE_SECRET`, `CACHE_SECRET_PREVIOUS`, `CACHE_ENCRYPT`.
+pub(crate) type SecretSettings = (Option<String>, Option<String>, Option<String>);
+
+/// `CACHE_SECRET`, `CACHE_SECRET_PREVIOUS` and `CACHE_ENCRYPT` as set (parsed and validated by
+/// the sealing module, which decides what an invalid value means); `Err(name)`: that variable is
+/// set but not UTF-8.
+pub(crate) fn secret_env() -> Result<SecretSettings, &'static str> {
+    let raw = |name: &'static str| match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(name),
+    };
+    Ok((
+        raw("CACHE_SECRET")?,
+        raw("CACHE_SECRET_PREVIOUS")?,
+        raw("CACHE_ENCRYPT")?,
+    ))
+}

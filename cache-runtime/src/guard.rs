@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use crate::BackendError;
+use crate::{
+    seal::{Sealing, Secret},
+    BackendError,
+};
 
 /// Milliseconds on a monotonic clock (a wall-clock step must not hold a breaker open).
 fn now_ms() -> u64 {
@@ -32,9 +35,11 @@ pub use crate::config::DEFAULT_TIMEOUT;
 /// The longest timeout a [`Protection`] takes (longer ones are this).
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// How a registered backend is protected: the timeout of each operation and the breaker's
-/// thresholds. The default reads `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after
-/// [`FAILURES_TO_OPEN`] consecutive failures and cools down for [`COOL_DOWN`].
+/// How a registered backend is protected: the timeout of each operation, the breaker's
+/// thresholds, and the secret that seals its stored entries. The default reads
+/// `CACHE_BACKEND_TIMEOUT_MS` (else [`DEFAULT_TIMEOUT`]), opens after [`FAILURES_TO_OPEN`]
+/// consecutive failures, cools down for [`COOL_DOWN`], and seals entries as `CACHE_SECRET`,
+/// `CACHE_SECRET_PREVIOUS` and `CACHE_ENCRYPT` say (plain entries when they are unset).
 ///
 /// ```
 /// use std::time::Duration;
@@ -48,11 +53,12 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 ///         .breaker(5, Duration::from_secs(2)),
 /// );
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protection {
     timeout: Duration,
     failures_to_open: u32,
     cool_down: Duration,
+    sealing: Sealing,
 }
 
 impl Default for Protection {
@@ -61,6 +67,7 @@ impl Default for Protection {
             timeout: crate::config::backend_timeout(),
             failures_to_open: FAILURES_TO_OPEN,
             cool_down: COOL_DOWN,
+            sealing: Sealing::from_env(),
         }
     }
 }
@@ -78,6 +85,19 @@ impl Protection {
         self.failures_to_open = failures.max(1);
         self.cool_down = cool_down;
         self
+    }
+
+    /// Seals the entries this backend stores with `secret` (see [`Secret`]), whatever the
+    /// environment says: entries that are not sealed with one of its keys, under their own key,
+    /// are misses. No effect on in-process memory backends, which serialize nothing.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.sealing = Sealing::On(secret);
+        self
+    }
+
+    /// How entries are sealed (taken by the registry).
+    pub(crate) fn sealing(&self) -> &Sealing {
+        &self.sealing
     }
 }
 

@@ -39,6 +39,7 @@ pub mod key;
 mod memo;
 mod pending;
 mod registry;
+mod seal;
 mod shape;
 mod stats;
 mod target;
@@ -54,6 +55,7 @@ pub use invalidation::{invalidate_group, invalidate_key};
 pub use registry::{
     backend, register, register_arc, register_arc_with, register_with, unregister, Caches,
 };
+pub use seal::{InvalidSecret, Secret, MIN_SECRET_LEN};
 pub use stats::{stats, stats_prometheus, FnStats, Latency};
 
 /// An error that cannot happen: the error type of bodies that always succeed.
@@ -81,7 +83,7 @@ pub mod __private {
         OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,
         ShapeViaResult,
     };
-        pub use crate::stats::{Policy, Site};
+    pub use crate::stats::{Policy, Site};
 
     /// Appends a template's literal text.
     pub fn push_text(key: &mut KeyBuf, text: &str) {

@@ -811,6 +811,14 @@ where
     let Some(bytes) = lookup.value else {
         return (Probe::Miss(Some(current)), 0);
     };
+    let bytes = match backend.seal.open(key, bytes) {
+        Ok(opened) => opened,
+        Err(crate::seal::Refusal::Unusable) => return (Probe::Miss(None), 0),
+        Err(refused) => {
+            decode_failure(site, key, &refused);
+            return (Probe::Miss(Some(current)), 0);
+        }
+    };
     let (meta, payload) = match envelope::decode(&bytes) {
         Decoded::Valid(meta, payload) if meta.type_fingerprint == type_fingerprint::<T>(site) => {
             (meta, payload)
@@ -908,6 +916,9 @@ pub(crate) async fn store<T>(
             tracing::warn!(key, %error, "value could not be serialized; not cached");
             return;
         }
+    };
+    let Some(bytes) = backend.seal.seal(key, bytes) else {
+        return; // sealing failed or is unusable: nothing unsealed is stored (seal.rs logs why)
     };
     if bytes.len() as u64 > max_value_bytes() {
         oversized(site, key);

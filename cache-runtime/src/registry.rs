@@ -22,6 +22,7 @@ use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     guard::{Guard, Protection},
     pending::BackendInvalidation,
+    seal::Sealing,
 };
 
 /// A backend with its name and its fail-open guard.
@@ -37,6 +38,8 @@ pub(crate) struct Registered {
     pub(crate) guard: Guard,
     /// Store barriers and pending invalidations of this backend.
     pub(crate) invalidation: BackendInvalidation,
+    /// How its stored entries are sealed (serialized backends only).
+    pub(crate) seal: Sealing,
 }
 
 /// Registered backends live for the rest of the process (re-registering a name leaks the old
@@ -141,6 +144,7 @@ fn leak(
 ) -> &'static Registered {
     Box::leak(Box::new(Registered {
         scope,
+        seal: protection.sealing().clone(),
         guard: Guard::new(name, protection),
         name: name.to_owned(),
         typed: Typed::of(&backend),
