@@ -1,0 +1,99 @@
+//! [`KeyBuf`]: a key under construction, on the stack while it is short.
+
+use super::UNKEYABLE;
+
+/// Longest key kept on the stack while it is built; longer keys move to the heap.
+const INLINE_KEY: usize = 128;
+
+/// A key (or group name) under construction: on the stack while it is short, which is most keys,
+/// so that building the key of a cache hit allocates nothing.
+///
+/// ```
+/// use cache_runtime::key::KeyBuf;
+/// let mut key = KeyBuf::new();
+/// key.push_str("user:");
+/// cache_runtime::key::push_value(&mut key, &"a:b c");
+/// assert_eq!(key.as_str(), "user:a%3Ab%20c");
+/// assert_eq!(key.into_string(), "user:a%3Ab%20c");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KeyBuf {
+    text: KeyText,
+    /// A value failed to serialize: the call runs uncached.
+    unkeyable: bool,
+}
+
+#[derive(Debug, Clone)]
+enum KeyText {
+    Inline(arrayvec::ArrayString<INLINE_KEY>),
+    Heap(String),
+}
+
+impl Default for KeyText {
+    fn default() -> Self {
+        Self::Inline(arrayvec::ArrayString::new())
+    }
+}
+
+impl KeyBuf {
+    /// An empty key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends literal text (not escaped).
+    pub fn push_str(&mut self, text: &str) {
+        match &mut self.text {
+            KeyText::Inline(inline) => {
+                if inline.try_push_str(text).is_err() {
+                    let mut heap = String::with_capacity(inline.len() + text.len() + 32);
+                    heap.push_str(inline);
+                    heap.push_str(text);
+                    self.text = KeyText::Heap(heap);
+                }
+            }
+            KeyText::Heap(heap) => heap.push_str(text),
+        }
+    }
+
+    /// The key as built so far.
+    pub fn as_str(&self) -> &str {
+        match &self.text {
+            KeyText::Inline(inline) => inline,
+            KeyText::Heap(heap) => heap,
+        }
+    }
+
+    /// Whether every value in the key could be serialized (if not, the call runs uncached).
+    pub fn is_keyable(&self) -> bool {
+        !self.unkeyable
+    }
+
+    /// The key as a `String`; a key with a value that failed to serialize becomes the
+    /// [`UNKEYABLE`] marker.
+    pub fn into_string(self) -> String {
+        if self.unkeyable {
+            return unkeyable();
+        }
+        match self.text {
+            KeyText::Inline(inline) => inline.as_str().to_owned(),
+            KeyText::Heap(heap) => heap,
+        }
+    }
+
+    pub(crate) fn mark_unkeyable(&mut self) {
+        self.unkeyable = true;
+    }
+}
+
+impl std::fmt::Write for KeyBuf {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.push_str(text);
+        Ok(())
+    }
+}
+
+/// The key of a call with a value that failed to serialize (such calls run uncached).
+pub(super) fn unkeyable() -> String {
+    char::from(UNKEYABLE).to_string()
+}

@@ -1,0 +1,281 @@
+//! The default key of a call: the fn's path and a digest of its serialized arguments.
+
+use std::hash::BuildHasher;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{buf::unkeyable, hash::push_hex, KeyBuf};
+
+/// The default key of a call: `"{module}::{function}:{hash}"`, where the hash is the first 128 bits
+/// of the SHA-256 of the arguments serialized as one compact JSON array, in lower-case hex.
+///
+/// The same arguments give the same key in every process and every build of the same code.
+///
+/// ```
+/// let a = cache_runtime::key::default_key("app::users", "load_user", &(42u64,));
+/// let b = cache_runtime::key::default_key("app::users", "load_user", &(42u64,));
+/// assert_eq!(a, b);
+/// assert!(a.starts_with("app::users::load_user:"));
+/// assert_ne!(a, cache_runtime::key::default_key("app::users", "load_user", &(43u64,)));
+/// ```
+pub fn default_key<A: Serialize + ?Sized>(module: &str, function: &str, args: &A) -> String {
+    let mut json = ArgsJson::default();
+    if serde_json::to_writer(&mut json, args).is_err() {
+        return unkeyable();
+    }
+    let mut key = KeyBuf::new();
+    push_prefix(&mut key, module, function);
+    json.push_digest(&mut key);
+    key.into_string()
+}
+
+/// `"{module}::{function}:"`, the head of a default key.
+fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
+    key.push_str(module);
+    key.push_str("::");
+    key.push_str(function);
+    key.push_str(":");
+}
+
+/// The head of a default key, `"{parent}::{function}:"`, from the type name of a marker fn nested in
+/// the generated fn `generated`: `type_name_of_val(&__cache_marker)` is
+/// `"{parent}::{generated}::__cache_marker"`, where `parent` is the module path for a free fn and
+/// the type (`app::Users`, `<app::Users as app::Tr>`, `app::Repo<_>`) for an associated fn. Inside an
+/// `async fn` the body adds `::{{closure}}` segments before the marker; they are dropped.
+///
+/// ```
+/// use cache_runtime::key::marker_prefix;
+/// assert_eq!(marker_prefix("app::users::free::__cache_marker", "free", "free"), "app::users::free:");
+/// assert_eq!(
+///     marker_prefix("app::Users::all_key::__cache_marker", "all_key", "all"),
+///     "app::Users::all:"
+/// );
+/// assert_eq!(
+///     marker_prefix("app::Users::all::{{closure}}::__cache_marker", "all", "all"),
+///     "app::Users::all:"
+/// );
+/// ```
+#[doc(hidden)]
+pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
+    let mut parent = marker.strip_suffix("::__cache_marker").unwrap_or(marker);
+    while let Some(outer) = parent.strip_suffix("::{{closure}}") {
+        parent = outer;
+    }
+    let parent = parent
+        .strip_suffix(generated)
+        .and_then(|rest| rest.strip_suffix("::"))
+        .unwrap_or(parent);
+    fn_prefix(parent, function)
+}
+
+/// Whether the parent of a default key's head (`"{parent}::{function}:"`) is a generic impl whose
+/// parameters the type name leaves out (`app::Store<_>`): its instantiations cannot be told apart.
+///
+/// ```
+/// use cache_runtime::__private::generic_parent;
+/// assert!(generic_parent("app::Store<_>::size:", "size"));
+/// assert!(!generic_parent("app::Store::size:", "size"));
+/// ```
+#[doc(hidden)]
+pub fn generic_parent(prefix: &str, function: &str) -> bool {
+    let parent_len = prefix.len().saturating_sub(function.len() + 3);
+    prefix
+        .get(..parent_len)
+        .is_some_and(|parent| parent.contains("<_"))
+}
+
+/// `"{parent}::{function}:"`, the head of a default key.
+pub(crate) fn fn_prefix(parent: &str, function: &str) -> String {
+    let mut prefix = String::with_capacity(parent.len() + function.len() + 3);
+    prefix.push_str(parent);
+    prefix.push_str("::");
+    prefix.push_str(function);
+    prefix.push(':');
+    prefix
+}
+
+/// Builds a [`default_key`] one argument at a time, with the same result as passing the arguments
+/// as a tuple. The generated code uses it so that an argument that cannot be serialized is reported
+/// on that argument.
+///
+/// ```
+/// use cache_runtime::key::{default_key, DefaultKey};
+/// let key = DefaultKey::new().arg(&1u64).arg("a").finish("m", "f");
+/// assert_eq!(key.as_str(), default_key("m", "f", &(1u64, "a")));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct DefaultKey {
+    json: ArgsJson,
+    args: usize,
+    failed: bool,
+}
+
+impl DefaultKey {
+    /// An empty argument list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one argument.
+    #[allow(private_bounds)]
+    pub fn arg<T: KeyArg + ?Sized>(mut self, value: &T) -> Self {
+        self.json.append(if self.args == 0 { b"[" } else { b"," });
+        self.args += 1;
+        if value.write_json(&mut self.json).is_err() {
+            self.failed = true;
+        }
+        self
+    }
+
+    /// Makes the key unkeyable when `refuse` holds (the call then runs uncached).
+    #[doc(hidden)]
+    pub fn refuse_if(mut self, refuse: bool) -> Self {
+        self.failed |= refuse;
+        self
+    }
+
+    /// The key of a call of `module::function` with the arguments added.
+    /// The key of a call with an argument that failed to serialize is not [keyable](KeyBuf::is_keyable).
+    pub fn finish(self, module: &str, function: &str) -> KeyBuf {
+        self.finish_with(|key| push_prefix(key, module, function))
+    }
+
+    /// As [`finish`](Self::finish), with `"{module}::{function}:"` given whole (the generated code
+    /// passes a `concat!` of constants).
+    ///
+    /// ```
+    /// use cache_runtime::key::DefaultKey;
+    /// let key = DefaultKey::new().arg(&1u64).finish_prefixed("m::f:");
+    /// assert_eq!(key.as_str(), DefaultKey::new().arg(&1u64).finish("m", "f").as_str());
+    /// ```
+    pub fn finish_prefixed(self, prefix: &str) -> KeyBuf {
+        self.finish_with(|key| key.push_str(prefix))
+    }
+
+    fn finish_with(mut self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
+        let mut key = KeyBuf::new();
+        if self.failed {
+            key.mark_unkeyable();
+            return key;
+        }
+        let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
+        self.json.append(closing);
+        prefix(&mut key);
+        self.json.push_digest(&mut key);
+        key
+    }
+}
+
+/// Implemented by every type that can be part of a cache key: every `serde::Serialize` type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",
+    label = "this argument is part of the default key",
+    note = "derive or implement `Serialize` for it, leave it out of the default key with `skip = [name]`, or give the attribute a `key = \"...\"` template that leaves it out"
+)]
+pub trait KeyArg {
+    /// Writes the value as compact JSON.
+    fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()>;
+}
+
+impl<T: Serialize + ?Sized> KeyArg for T {
+    fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+        serde_json::to_writer(out, self)
+    }
+}
+
+/// Longest JSON argument list kept whole (whose digest can be remembered); longer lists are
+/// hashed as they are written.
+const SHORT_ARGS: usize = 64;
+
+/// How many digests of short argument lists each thread remembers.
+pub(super) const REMEMBERED_DIGESTS: usize = 512;
+
+/// The JSON of a call's arguments: kept while short, else fed to SHA-256 as it is written.
+#[derive(Debug, Clone)]
+enum ArgsJson {
+    Short(arrayvec::ArrayVec<u8, SHORT_ARGS>),
+    Long(Sha256),
+}
+
+impl Default for ArgsJson {
+    fn default() -> Self {
+        Self::Short(arrayvec::ArrayVec::new())
+    }
+}
+
+impl ArgsJson {
+    fn append(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Short(json) => {
+                if json.try_extend_from_slice(bytes).is_err() {
+                    let mut hasher = Sha256::new();
+                    hasher.update(json.as_slice());
+                    hasher.update(bytes);
+                    *self = Self::Long(hasher);
+                }
+            }
+            Self::Long(hasher) => hasher.update(bytes),
+        }
+    }
+
+    /// Appends the first 128 bits of the SHA-256 of the JSON, in lower-case hex.
+    fn push_digest(self, key: &mut KeyBuf) {
+        match self {
+            Self::Short(json) => key.push_str(&short_digest_hex(&json)),
+            Self::Long(hasher) => push_hex(key, &hasher.finalize()[..16]),
+        }
+    }
+}
+
+impl std::io::Write for ArgsJson {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The hex digest of a short argument list: SHA-256 is a third of a memory hit, and hot keys
+/// recur, so each thread remembers the digests of the argument lists it saw last (a small two-way
+/// table compared on the whole JSON: a slot holding other arguments is never taken for these).
+fn short_digest_hex(json: &[u8]) -> arrayvec::ArrayString<32> {
+    type Slot = Option<(
+        arrayvec::ArrayVec<u8, SHORT_ARGS>,
+        arrayvec::ArrayString<32>,
+    )>;
+    thread_local! {
+        static DIGESTS: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let compute = || {
+        let mut hex = arrayvec::ArrayString::new();
+        push_hex(&mut hex, &Sha256::digest(json)[..16]);
+        hex
+    };
+    let hash = foldhash::fast::FixedState::with_seed(0).hash_one(json) as usize;
+    let first = (hash % (REMEMBERED_DIGESTS / 2)) * 2;
+    DIGESTS
+        .try_with(|table| {
+            let mut table = table.borrow_mut();
+            if table.is_empty() {
+                table.resize(REMEMBERED_DIGESTS, None);
+            }
+            let ways = &mut table[first..first + 2];
+            for (seen, hex) in ways.iter().flatten() {
+                if seen.as_slice() == json {
+                    return *hex;
+                }
+            }
+            let hex = compute();
+            // The newest goes first; the one it displaces takes the second way.
+            ways.swap(0, 1);
+            ways[0] = arrayvec::ArrayVec::try_from(json)
+                .ok()
+                .map(|seen| (seen, hex));
+            hex
+        })
+        .unwrap_or_else(|_| compute())
+}
