@@ -228,7 +228,15 @@ fn start_flusher(entry: &'static Registered) {
 /// away (a dropped request, a timeout around the call) cancels nothing, so an invalidation that was
 /// recorded is always carried out or kept pending.
 async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
-    let entries = every_backend();
+    invalidate_in(every_backend(), target).await
+}
+
+/// Records `target` for `entries`, then applies it to each of them on the library's runtime; the
+/// first failure is returned.
+async fn invalidate_in(
+    entries: Vec<&'static Registered>,
+    target: Target,
+) -> Result<(), CacheError> {
     record_in(&entries, &target);
     crate::io::run(async move {
         let mut first_error = None;
@@ -245,10 +253,10 @@ fn every_backend() -> Vec<&'static Registered> {
     // Configured built-ins count even before first use, so an admin process reaches them.
     let (redis, file) = crate::config::configured_backends();
     if redis {
-        registry::resolve("redis");
+        registry::resolve_global("redis");
     }
     if file {
-        registry::resolve("file");
+        registry::resolve_global("file");
     }
     registry::all()
 }
@@ -326,18 +334,16 @@ pub(crate) async fn invalidate_keys_in(
     .await
 }
 
-/// Removes one key from the backend named `backend` only (used by the generated `*_invalidate` fns).
+/// Removes one key from the backends named `backend` only (used by the generated `*_invalidate`
+/// fns, `Cache::invalidate`, refreshes and primes): the one a call made here uses, the
+/// process-wide one, and, outside every [`Caches`](crate::Caches) scope, those of every scope.
 pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), CacheError> {
     let target = Target::Key(normalize_key(key));
-    let entry =
-        registry::resolve(backend).ok_or_else(|| CacheError::UnknownBackend(backend.to_owned()))?;
-    record(entry, &target);
-    crate::io::run(apply(entry, target))
-        .await
-        .map_err(|source| CacheError::Backend {
-            backend: entry.name.clone(),
-            source,
-        })
+    let entries = registry::all_named(backend);
+    if entries.is_empty() {
+        return Err(CacheError::UnknownBackend(backend.to_owned()));
+    }
+    invalidate_in(entries, target).await
 }
 
 fn keep_first_error(

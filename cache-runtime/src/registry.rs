@@ -177,10 +177,17 @@ pub fn backend(name: &str) -> Option<Arc<dyn Backend>> {
     resolve(name).map(|r| Arc::clone(&r.backend))
 }
 
+/// The backend a call made here uses under `name`: the current [`Caches`] scope's, else the
+/// process-wide one (creating a built-in one if needed).
 pub(crate) fn resolve(name: &str) -> Option<&'static Registered> {
     if let Some(Some(scoped)) = scope::resolve(name) {
         return Some(scoped);
     }
+    resolve_global(name)
+}
+
+/// The process-wide backend under `name`, whatever scope the caller is in.
+pub(crate) fn resolve_global(name: &str) -> Option<&'static Registered> {
     if let Some(found) = TABLE.load().get(name) {
         return Some(*found);
     }
@@ -212,7 +219,8 @@ pub(crate) fn resolve_cached(
             return resolved.registered;
         }
     }
-    let registered = resolve(name);
+    // The process-wide backend only: a scoped one cached here would serve unscoped callers.
+    let registered = resolve_global(name);
     let fresh = Box::leak(Box::new(Resolved {
         version,
         registered,
@@ -251,6 +259,22 @@ pub(crate) fn is_registered(entry: &Registered) -> bool {
         .get(&entry.name)
         .is_some_and(|current| std::ptr::eq(*current, entry))
         || scope::holds(entry)
+}
+
+/// Every registration of `name` an invalidation of one fn's entry made here reaches: the one a
+/// call made here uses, the process-wide one (if it exists), and, outside every scope, those of
+/// every live [`Caches`] scope.
+pub(crate) fn all_named(name: &str) -> Vec<&'static Registered> {
+    let mut all: Vec<&'static Registered> = resolve(name).into_iter().collect();
+    all.extend(TABLE.load().get(name).copied());
+    all.extend(
+        scope::reachable()
+            .into_iter()
+            .filter(|entry| entry.name == name),
+    );
+    all.sort_by_key(|entry| std::ptr::from_ref(*entry) as usize);
+    all.dedup_by_key(|entry| std::ptr::from_ref(*entry) as usize);
+    all
 }
 
 /// Every backend an invalidation made here reaches: those registered process-wide, and those of

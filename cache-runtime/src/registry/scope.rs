@@ -35,8 +35,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 struct Table {
     id: u64,
     entries: Mutex<HashMap<String, &'static Registered>>,
-    /// Backends this scope created itself (its `"memory"`), emptied when it ends.
-    own: Mutex<Vec<&'static Registered>>,
 }
 
 /// An isolated registry: backends registered here, and a `"memory"` backend of its own, are used
@@ -44,11 +42,14 @@ struct Table {
 /// entries nor registrations.
 ///
 /// Inside a scope, a backend name resolves to the backend registered in the scope under that name;
-/// `"memory"` resolves to the scope's own in-process store (made on first use, emptied when the
-/// last clone of the `Caches` is dropped); any other name falls back to the process-wide registry.
-/// Invalidations made inside a scope reach the scope's backends and the process-wide ones; those
-/// made outside any scope reach every backend, scoped or not (an invalidation is never lost to a
-/// scope). Per-function [`stats`](crate::stats) stay process-wide.
+/// `"memory"` resolves to the scope's own in-process store (made on first use); any other name
+/// falls back to the process-wide registry. When the last clone of the `Caches` is dropped, the
+/// in-process stores registered in it are emptied (the registrations themselves, about 5 KiB, stay
+/// allocated: calls may still hold them). Invalidations made inside a scope reach the scope's
+/// backends and the process-wide ones; those made outside any scope reach every backend, scoped
+/// or not (an invalidation is never lost to a scope); the same holds for a fn's
+/// `<fn>_invalidate` and for [`Cache::invalidate`](crate::Cache::invalidate), within the
+/// backends of that name. Per-function [`stats`](crate::stats) stay process-wide.
 ///
 /// ```
 /// use cache_runtime::{cached, Caches, MemoryBackend};
@@ -99,7 +100,6 @@ impl Caches {
         let table = Arc::new(Table {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entries: Mutex::new(HashMap::new()),
-            own: Mutex::new(Vec::new()),
         });
         let mut tables = lock(&TABLES);
         tables.retain(|table| table.strong_count() > 0);
@@ -143,16 +143,14 @@ impl Caches {
 impl Drop for Table {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::SeqCst);
-        // The entries are leaked (calls hold `&'static` references); what they store is not.
-        for entry in self
-            .own
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            crate::io::spawn(async move {
-                let _ = entry.backend.clear().await;
-            });
+        // The registrations are leaked (calls hold `&'static` references); what their in-process
+        // stores hold is not (emptying a store only ever costs misses). Other stores are left
+        // alone: clearing a shared Redis or folder would reach other processes.
+        let entries = self.entries.get_mut().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.values() {
+            if let Some(memory) = entry.memory() {
+                memory.clear_now();
+            }
         }
     }
 }
@@ -179,7 +177,6 @@ pub(super) fn resolve(name: &str) -> Option<Option<&'static Registered>> {
             let memory = Arc::new(MemoryBackend::from_env());
             let entry = leak(name, memory, Protection::default(), table.id);
             entries.insert(name.to_owned(), entry);
-            lock(&table.own).push(entry);
             Some(entry)
         })
         .ok()
