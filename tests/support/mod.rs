@@ -307,6 +307,18 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Reads (`GET`, `MGET`) run by the nodes still up, summed (see [`RedisServer::reads`]).
+    pub fn reads(&self) -> u64 {
+        (0..self.ports.len())
+            .map(|i| {
+                command_calls(
+                    &self.cli_node(i, &["INFO", "commandstats"]),
+                    &["get", "mget"],
+                )
+            })
+            .sum()
+    }
+
     /// Total keys over every node.
     pub fn total_keys(&self) -> u64 {
         self.ports

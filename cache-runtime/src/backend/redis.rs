@@ -396,23 +396,22 @@ fn init_generation(generation_key: &str, ttl: Option<Duration>) -> redis::Cmd {
     init
 }
 
-/// Tries of a cluster announcement, each on a node picked at random among the client's.
-const ANNOUNCE_TRIES: usize = 4;
-
+/// Publishes on a cluster: to the node that owns the channel's slot, or, if that fails (the node
+/// is lost), to every primary, succeeding if one took it (subscribers then may get it more than
+/// once, which is harmless).
 async fn publish_anywhere(
     conn: &mut ClusterConnection,
     announcement: redis::Cmd,
 ) -> redis::RedisResult<()> {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-    let mut tries = 0;
-    loop {
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        match conn.route_command(announcement.clone(), routing).await {
-            Ok(_) => return Ok(()),
-            Err(error) if tries + 1 >= ANNOUNCE_TRIES => return Err(error),
-            Err(_) => tries += 1,
-        }
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    if announcement.query_async::<redis::Value>(conn).await.is_ok() {
+        return Ok(());
     }
+    let everywhere = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllMasters,
+        Some(ResponsePolicy::OneSucceeded),
+    ));
+    conn.route_command(announcement, everywhere).await.map(drop)
 }
 
 /// How long connecting may take (it runs to the end on its runtime, whatever the caller's timeout).
