@@ -21,8 +21,8 @@
 //! tombstone travels inside stored values like a group's generation, so a value computed before a
 //! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `INCR`
 //! (after a `SET NX` that only creates a missing generation), followed by a `PUBLISH` on
-//! `{prefix}invalidations` that in-process tiers of other processes listen to (see
-//! [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
+//! `{prefix}invalidations` that in-process tiers of other processes listen to on a cluster (on a
+//! single node they track the keys themselves; see [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
 //! batches with `UNLINK`, so no command blocks the server.
 //!
 //! Any key may be evicted (`allkeys-*` policies): a lost entry is a miss, and a lost generation comes
