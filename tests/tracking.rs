@@ -105,6 +105,19 @@ where
     took
 }
 
+/// The local copy is still served after a few heartbeats: a live feed stays live.
+async fn stays_local<F, Fut>(server: &RedisServer, runs: &AtomicU64, call: F, n: u64, value: u64)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = u64>,
+{
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (reads, before) = (server.reads(), runs.load(Ordering::SeqCst));
+    assert_eq!(call(n).await, value);
+    assert_eq!(server.reads(), reads, "still served by the local tier");
+    assert_eq!(runs.load(Ordering::SeqCst), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_by_another_client_invalidate_the_local_copy() {
     let server = RedisServer::start();
@@ -126,6 +139,8 @@ async fn writes_by_another_client_invalidate_the_local_copy() {
         ("a move of the key's tombstone", &["INCR", "cache:t:w:{n}"]),
         ("a flush", &["FLUSHALL"]),
     ];
+    let old = only_in_local_tier(&server, &WRITES_RUNS, after_writes, 20).await;
+    stays_local(&server, &WRITES_RUNS, after_writes, 20, old).await;
     let mut slowest = Duration::ZERO;
     for (n, (what, args)) in (1u64..).zip(writes) {
         let old = only_in_local_tier(&server, &WRITES_RUNS, after_writes, n).await;
@@ -212,6 +227,7 @@ async fn a_server_that_refuses_tracking_gets_pubsub() {
         "subscribed instead"
     );
     let old = only_in_local_tier(&server, &FALLBACK_RUNS, without_tracking, 1).await;
+    stays_local(&server, &FALLBACK_RUNS, without_tracking, 1, old).await;
     support::run_child(
         &["redis", "invalidate", "fgroup"],
         &[("REDIS_URL", &server.url())],

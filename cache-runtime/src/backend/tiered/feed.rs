@@ -34,10 +34,19 @@ pub(crate) struct Feed {
     liveness: Arc<Liveness>,
 }
 
-/// One feed session; `down` is set by whoever sees its connection end first.
+/// One feed session; `ended` is set by whoever sees its connection end first.
 pub(crate) struct Session {
     number: u64,
     ended: AtomicBool,
+    /// Wakes the task that keeps the session when it has ended.
+    ended_signal: tokio::sync::Notify,
+}
+
+impl Session {
+    /// Returns once the session has been marked down (at once if it already was).
+    pub(crate) async fn ended(&self) {
+        self.ended_signal.notified().await;
+    }
 }
 
 impl Feed {
@@ -57,6 +66,7 @@ impl Feed {
         Arc::new(Session {
             number: self.liveness.sessions.fetch_add(1, Ordering::SeqCst) + 1,
             ended: AtomicBool::new(false),
+            ended_signal: tokio::sync::Notify::new(),
         })
     }
 
@@ -85,6 +95,7 @@ impl Feed {
     /// `session`'s connection ended: if it was the live one, the local tier is unusable and empty.
     pub(crate) fn down(&self, session: &Session) {
         session.ended.store(true, Ordering::SeqCst);
+        session.ended_signal.notify_one();
         let was_live = self
             .liveness
             .live
@@ -110,5 +121,65 @@ impl Drop for FeedEnded {
     fn drop(&mut self) {
         self.0.liveness.live.store(0, Ordering::SeqCst);
         self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed() -> (Arc<MemoryBackend>, Arc<Liveness>, Feed) {
+        let local = Arc::new(MemoryBackend::with_limits(100, 1 << 20));
+        let liveness = Arc::new(Liveness::default());
+        let feed = Feed::new(&local, &liveness);
+        (local, liveness, feed)
+    }
+
+    #[test]
+    fn a_late_down_of_an_old_session_leaves_the_new_one_live() {
+        let (_local, liveness, feed) = feed();
+        let old = feed.new_session();
+        feed.up(&old);
+        assert!(liveness.is_live());
+        feed.down(&old);
+        assert!(!liveness.is_live());
+        let new = feed.new_session();
+        feed.up(&new);
+        feed.down(&old); // e.g. the old connection's driver reporting its end late
+        assert!(liveness.is_live());
+        feed.down(&new);
+        assert!(!liveness.is_live());
+    }
+
+    #[test]
+    fn a_session_that_ended_before_going_live_does_not_stay_live() {
+        let (_local, liveness, feed) = feed();
+        let session = feed.new_session();
+        feed.down(&session);
+        feed.up(&session);
+        assert!(!liveness.is_live());
+    }
+
+    #[test]
+    fn going_live_and_down_empty_the_tier_and_the_end_of_the_task_too() {
+        let (local, liveness, feed) = feed();
+        let clears = local.clears();
+        let session = feed.new_session();
+        feed.up(&session);
+        assert_eq!(local.clears(), clears + 1);
+        feed.apply(None);
+        assert_eq!(
+            local.clears(),
+            clears + 2,
+            "an unknown or flush report empties it"
+        );
+        feed.down(&session);
+        assert_eq!(local.clears(), clears + 3);
+        feed.up(&feed.new_session());
+        drop(FeedEnded(feed.clone()));
+        assert!(!liveness.is_live());
+        assert_eq!(local.clears(), clears + 5);
+        drop(local);
+        assert!(!feed.wanted());
     }
 }

@@ -91,7 +91,10 @@ async fn session(tracking: &Tracking, feed: &Feed) -> Outcome {
     feed.up(&session);
     tracing::debug!("tiered cache tracking its keys in Redis");
     while feed.wanted() {
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            () = session.ended() => break, // the connection reported its end
+        }
         if redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
