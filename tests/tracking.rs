@@ -189,10 +189,12 @@ async fn tracking_is_enabled_again_after_its_connection_is_lost() {
     // Redis restarted (its tracking state is gone): the same.
     let old = only_in_local_tier(&server, &KILLED_RUNS, after_kills, 3).await;
     server.kill();
-    wait_until(Duration::from_secs(2), "the feed down", || {
+    let killed = Instant::now();
+    wait_until(Duration::from_millis(500), "the feed down", || {
         !tiered.is_subscribed()
     })
     .await;
+    eprintln!("a killed server noticed after {:?}", killed.elapsed());
     assert_ne!(after_kills(3).await, old, "no local tier without its feed");
     server.restart();
     wait_until(Duration::from_secs(5), "the feed back", || {
