@@ -16,6 +16,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -24,11 +25,17 @@ impl RedisServer {
     /// Panics with a clear message when `redis-server` cannot be started: a Redis test never passes
     /// without a server.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments (kept across restarts).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut child = match spawn(port, dir.path()) {
+            let mut child = match spawn_with(port, dir.path(), &extra) {
                 Ok(child) => child,
                 Err(e) => {
                     last_error = e;
@@ -41,6 +48,7 @@ impl RedisServer {
                         child: Some(child),
                         port,
                         dir,
+                        extra,
                     }
                 }
                 Err(e) => {
@@ -77,7 +85,7 @@ impl RedisServer {
     /// Starts the server again on the same port after [`kill`](Self::kill).
     pub fn restart(&mut self) {
         self.kill();
-        let mut child = spawn(self.port, self.dir.path())
+        let mut child = spawn_with(self.port, self.dir.path(), &self.extra)
             .unwrap_or_else(|e| panic!("could not restart redis-server: {e}"));
         wait_ready(&mut child, self.port, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("restarted redis-server not ready: {e}"));
@@ -93,6 +101,28 @@ impl RedisServer {
             .expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
+}
+
+impl RedisServer {
+    /// How many reads (`GET`, `MGET`) the server has run since it started: a call served by an
+    /// in-process tier leaves it unchanged.
+    pub fn reads(&self) -> u64 {
+        command_calls(&self.cli(&["INFO", "commandstats"]), &["get", "mget"])
+    }
+}
+
+/// Sums the `calls=` of `commands` in an `INFO commandstats` reply.
+fn command_calls(info: &str, commands: &[&str]) -> u64 {
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            commands.contains(&name).then_some(stats)
+        })
+        .filter_map(|stats| {
+            let calls = stats.strip_prefix("calls=")?;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 impl Drop for RedisServer {
@@ -159,6 +189,12 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
+        Self::start_with(masters, &[])
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments for every node (for instance
+    /// `--cluster-require-full-coverage no`, so the others keep serving when one is killed).
+    pub fn start_with(masters: usize, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
@@ -168,7 +204,7 @@ impl RedisCluster {
             if port > 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
                 continue;
             }
-            let extra = [
+            let mut extra = vec![
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
                 "--cluster-config-file".to_owned(),
@@ -176,6 +212,7 @@ impl RedisCluster {
                 "--cluster-node-timeout".to_owned(),
                 "2000".to_owned(),
             ];
+            extra.extend(extra_args.iter().map(|a| (*a).to_owned()));
             let mut child = spawn_with(port, dir.path(), &extra)
                 .unwrap_or_else(|e| panic!("cluster node: {e}"));
             wait_ready(&mut child, port, Duration::from_secs(10))
@@ -231,6 +268,55 @@ impl RedisCluster {
             .output()
             .expect("redis-cli runs");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The port of node `index` (in the order of [`urls`](Self::urls)).
+    pub fn port(&self, index: usize) -> u16 {
+        self.ports[index]
+    }
+
+    /// Runs one command on node `index` (no redirections followed).
+    pub fn cli_node(&self, index: usize, args: &[&str]) -> String {
+        self.cli(self.ports[index], args)
+    }
+
+    /// Kills node `index` (a crash); the others keep running.
+    pub fn kill_node(&mut self, index: usize) {
+        let _ = self.nodes[index].kill();
+        let _ = self.nodes[index].wait();
+    }
+
+    /// The node that owns `key`'s slot (the one that does not answer `MOVED`).
+    pub fn owner_of(&self, key: &str) -> usize {
+        (0..self.ports.len())
+            .find(|&i| !self.cli_node(i, &["EXISTS", key]).starts_with("MOVED"))
+            .expect("some node owns every slot")
+    }
+
+    /// How many clients are subscribed to `channel` on each node (`PUBSUB NUMSUB` is per node).
+    pub fn subscribers(&self, channel: &str) -> Vec<u64> {
+        (0..self.ports.len())
+            .map(|i| {
+                let reply = self.cli_node(i, &["PUBSUB", "NUMSUB", channel]);
+                reply
+                    .lines()
+                    .nth(1)
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Reads (`GET`, `MGET`) run by the nodes still up, summed (see [`RedisServer::reads`]).
+    pub fn reads(&self) -> u64 {
+        (0..self.ports.len())
+            .map(|i| {
+                command_calls(
+                    &self.cli_node(i, &["INFO", "commandstats"]),
+                    &["get", "mget"],
+                )
+            })
+            .sum()
     }
 
     /// Total keys over every node.

@@ -21,8 +21,8 @@
 //! tombstone travels inside stored values like a group's generation, so a value computed before a
 //! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `INCR`
 //! (after a `SET NX` that only creates a missing generation), followed by a `PUBLISH` on
-//! `{prefix}invalidations` that in-process tiers of other processes listen to (see
-//! [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
+//! `{prefix}invalidations` that in-process tiers of other processes listen to on a cluster (on a
+//! single node they track the keys themselves; see [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
 //! batches with `UNLINK`, so no command blocks the server.
 //!
 //! Any key may be evicted (`allkeys-*` policies): a lost entry is a miss, and a lost generation comes
@@ -62,8 +62,9 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// ```
 pub struct RedisBackend {
     target: Target,
-    /// Where pub/sub subscriptions go (any node of a cluster sees every message).
-    pubsub: redis::Client,
+    /// Where pub/sub subscriptions may go: the node, or every configured node of a cluster (each
+    /// sees every message; the subscriber moves to the next when its node is lost).
+    pubsub: Vec<redis::Client>,
     url: String,
     prefix: String,
     /// A connection per runtime (made on first use there); forgotten when it breaks.
@@ -111,6 +112,29 @@ impl Connection {
                     let _: redis::Value = command.query_async(conn).await?;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// `commands`, then `announcement`: one pipeline on a single node; on a cluster, the
+    /// announcement goes to any reachable node (every node relays it to its subscribers), so losing
+    /// the node that owns the channel's slot does not fail invalidations.
+    async fn query_then_announce(
+        &mut self,
+        commands: Vec<redis::Cmd>,
+        announcement: redis::Cmd,
+    ) -> redis::RedisResult<()> {
+        match self {
+            Connection::Single(_) => {
+                let mut commands = commands;
+                commands.push(announcement);
+                self.query_all(commands).await
+            }
+            Connection::Cluster(conn) => {
+                for command in commands {
+                    let _: redis::Value = command.query_async(conn).await?;
+                }
+                publish_anywhere(conn, announcement).await
             }
         }
     }
@@ -168,26 +192,29 @@ impl RedisBackend {
         let client = redis::Client::open(url)?;
         Ok(Self::with_target(
             Target::Single(client.clone()),
-            client,
+            vec![client],
             url,
         ))
     }
 
     /// A backend for a Redis Cluster reached through any of `nodes` (`redis://host:port`).
     pub fn cluster(nodes: &[&str]) -> Result<Self, BackendError> {
-        let first = nodes.first().ok_or_else(|| {
-            BackendError::Redis(redis::RedisError::from((
+        if nodes.is_empty() {
+            return Err(BackendError::Redis(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a cluster needs at least one node",
-            )))
-        })?;
+            ))));
+        }
         let timeout = response_timeout();
         let client = ClusterClient::builder(nodes.iter().copied())
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(2)
             .build()?;
-        let pubsub = redis::Client::open(*first)?;
+        let pubsub = nodes
+            .iter()
+            .map(|node| redis::Client::open(*node))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::with_target(
             Target::Cluster(Box::new(client)),
             pubsub,
@@ -195,7 +222,7 @@ impl RedisBackend {
         ))
     }
 
-    fn with_target(target: Target, pubsub: redis::Client, url: &str) -> Self {
+    fn with_target(target: Target, pubsub: Vec<redis::Client>, url: &str) -> Self {
         Self {
             target,
             pubsub,
@@ -306,9 +333,33 @@ impl RedisBackend {
         format!("{}invalidations", self.prefix)
     }
 
-    /// The client to subscribe with.
-    pub(crate) fn pubsub_client(&self) -> &redis::Client {
+    /// The clients to subscribe with, in the order to try them: one per configured node.
+    pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
         &self.pubsub
+    }
+
+    /// A RESP3 client for `CLIENT TRACKING` on a single node; `None` for a cluster, where tracking
+    /// only reports the keys of the node it is enabled on (see [`TieredBackend`](super::TieredBackend)).
+    pub(crate) fn tracking_client(&self) -> Option<redis::Client> {
+        let Target::Single(client) = &self.target else {
+            return None;
+        };
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(resp3)).ok()
+    }
+
+    /// The key prefixes whose writes invalidate local copies: entries, generations, tombstones.
+    pub(crate) fn tracked_prefixes(&self) -> [String; 3] {
+        ["k:", "g:", "t:"].map(|kind| format!("{}{kind}", self.prefix))
+    }
+
+    /// The key prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn announce(&self, invalidation: Invalidation<'_>) -> redis::Cmd {
@@ -343,6 +394,24 @@ fn init_generation(generation_key: &str, ttl: Option<Duration>) -> redis::Cmd {
         init.arg("PX").arg(super::clamp_ttl_ms(ttl));
     }
     init
+}
+
+/// Publishes on a cluster: to the node that owns the channel's slot, or, if that fails (the node
+/// is lost), to every primary, succeeding if one took it (subscribers then may get it more than
+/// once, which is harmless).
+async fn publish_anywhere(
+    conn: &mut ClusterConnection,
+    announcement: redis::Cmd,
+) -> redis::RedisResult<()> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+    if announcement.query_async::<redis::Value>(conn).await.is_ok() {
+        return Ok(());
+    }
+    let everywhere = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllMasters,
+        Some(ResponsePolicy::OneSucceeded),
+    ));
+    conn.route_command(announcement, everywhere).await.map(drop)
 }
 
 /// How long connecting may take (it runs to the end on its runtime, whatever the caller's timeout).
@@ -404,6 +473,17 @@ impl<'a> Invalidation<'a> {
             _ if message == "*" => Some(Invalidation::All),
             _ => None,
         }
+    }
+}
+
+/// The invalidation a write to `redis_key` (reported by `CLIENT TRACKING`) stands for: an entry
+/// or a key's tombstone invalidates that key, a generation its group; anything else is ignored.
+pub(crate) fn tracked<'a>(prefix: &str, redis_key: &'a str) -> Option<Invalidation<'a>> {
+    let rest = redis_key.strip_prefix(prefix)?;
+    match rest.split_at_checked(2)? {
+        ("k:" | "t:", key) => Some(Invalidation::Key(key)),
+        ("g:", group) => Some(Invalidation::Group(group)),
+        _ => None,
     }
 }
 
@@ -485,8 +565,9 @@ impl Backend for RedisBackend {
         let (slot, mut conn) = self.connection().await?;
         let mut unlink = redis::cmd("UNLINK");
         unlink.arg(self.entry_key(key));
-        let commands = vec![unlink, self.announce(Invalidation::Key(key))];
-        let deleted = conn.query_all(commands).await;
+        let deleted = conn
+            .query_then_announce(vec![unlink], self.announce(Invalidation::Key(key)))
+            .await;
         self.checked(&slot, deleted)
     }
 
@@ -498,9 +579,10 @@ impl Backend for RedisBackend {
             let moved = conn.query_all(commands).await;
             return self.checked(&slot, moved);
         }
-        let mut commands = move_generation(&self.group_key(group), None);
-        commands.push(self.announce(Invalidation::Group(group)));
-        let moved = conn.query_all(commands).await;
+        let commands = move_generation(&self.group_key(group), None);
+        let moved = conn
+            .query_then_announce(commands, self.announce(Invalidation::Group(group)))
+            .await;
         self.checked(&slot, moved)
     }
 
@@ -601,6 +683,44 @@ mod tests {
             assert_eq!(Invalidation::decode(&message.encode()), Some(message));
         }
         assert_eq!(Invalidation::decode("zz"), None);
+    }
+
+    #[test]
+    fn tracked_keys_map_back_to_invalidations() {
+        assert_eq!(
+            tracked("app:", "app:k:user:1"),
+            Some(Invalidation::Key("user:1"))
+        );
+        assert_eq!(
+            tracked("app:", "app:t:user:1"),
+            Some(Invalidation::Key("user:1"))
+        );
+        assert_eq!(
+            tracked("app:", "app:g:users"),
+            Some(Invalidation::Group("users"))
+        );
+        assert_eq!(tracked("app:", "app:l:user:1"), None);
+        assert_eq!(tracked("app:", "other:k:user:1"), None);
+        assert_eq!(tracked("app:", "app:"), None);
+        assert_eq!(
+            tracked("app:", "app:é"),
+            None,
+            "no panic inside a character"
+        );
+    }
+
+    #[test]
+    fn tracking_is_for_single_nodes() {
+        let single = RedisBackend::open(DEFAULT_URL).unwrap();
+        let client = single.tracking_client().expect("a single node tracks");
+        assert_eq!(
+            client.get_connection_info().redis_settings().protocol(),
+            redis::ProtocolVersion::RESP3
+        );
+        let cluster =
+            RedisBackend::cluster(&["redis://127.0.0.1:1", "redis://127.0.0.1:2"]).unwrap();
+        assert!(cluster.tracking_client().is_none());
+        assert_eq!(cluster.pubsub_clients().len(), 2);
     }
 
     #[test]

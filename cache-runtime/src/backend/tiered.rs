@@ -1,39 +1,48 @@
-//! Two tiers: a small in-process cache in front of Redis, kept coherent across processes by Redis
-//! pub/sub.
+//! Two tiers: a small in-process cache in front of Redis, kept coherent across processes by Redis.
 //!
 //! Reads look in the local tier first (typed values, no round trip), then in Redis; a value found in
-//! Redis is copied into the local tier. Every invalidation through any [`RedisBackend`] on the same
-//! prefix is announced on the channel `{prefix}invalidations`; each process's subscriber applies it
-//! to its local tier within milliseconds.
+//! Redis is copied into the local tier. What removes local copies, once this process has started
+//! using the tier:
+//! - on a single node, Redis itself: `CLIENT TRACKING ON BCAST` on a dedicated RESP3 connection
+//!   reports every write, expiry, eviction or flush of this prefix's entries, group generations and
+//!   key tombstones, by any client (see `tracking`). A server that refuses tracking (older than 6,
+//!   some proxies) gets pub/sub instead;
+//! - on a cluster, pub/sub: every invalidation through a [`RedisBackend`] on the same prefix is
+//!   announced on `{prefix}invalidations`, which every node relays; the subscriber moves to the next
+//!   configured node when its node is lost (see `pubsub`). (Tracking only reports the keys of the
+//!   node it is enabled on.)
 //!
-//! Safety nets: the local tier is only used while the subscription is live; when it drops (Redis
-//! restart, network), the local tier is emptied and bypassed until the subscription is back, and
-//! emptied again then. Local entries also live at most `local_ttl` (default 30 s), which bounds
-//! staleness even if a message were lost on a connection that stays up.
+//! Safety nets: the local tier is only used while that feed is live; when it drops (Redis restart,
+//! network, node loss, no answer to a `PING` every second), the local tier is emptied and bypassed
+//! until a feed is back, and emptied again then. Local entries also live at most `local_ttl`
+//! (default 30 s).
+
+mod feed;
+mod pubsub;
+mod tracking;
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Once, Weak,
-    },
+    sync::{Arc, Once},
     time::Duration,
 };
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 
-use super::{
-    redis::{Invalidation, RedisBackend},
-    Backend, Lookup, MemoryBackend,
-};
+use super::{redis::RedisBackend, Backend, Lookup, MemoryBackend};
 use crate::BackendError;
+use feed::{Feed, Liveness};
 
 /// Default bound of the local tier's entry lifetime.
 pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(30);
-/// Pause between subscription attempts.
-const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+/// How long connecting and subscribing (or enabling tracking) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a live feed's connection is checked with `PING`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A `PING` unanswered for this long ends the feed's session.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A memory tier in front of a Redis tier, invalidated across processes by pub/sub.
+/// A memory tier in front of a Redis tier, invalidated across processes by Redis (key tracking on a
+/// single node, pub/sub on a cluster).
 ///
 /// ```no_run
 /// use cache_runtime::{MemoryBackend, RedisBackend, TieredBackend};
@@ -49,7 +58,7 @@ pub struct TieredBackend {
     local: Arc<MemoryBackend>,
     remote: RedisBackend,
     local_ttl: Duration,
-    subscribed: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
     subscriber: Once,
 }
 
@@ -70,7 +79,7 @@ impl TieredBackend {
             local: Arc::new(local),
             remote,
             local_ttl: DEFAULT_LOCAL_TTL,
-            subscribed: Arc::new(AtomicBool::new(false)),
+            liveness: Arc::default(),
             subscriber: Once::new(),
         }
     }
@@ -116,9 +125,10 @@ impl TieredBackend {
         &self.remote
     }
 
-    /// Whether the invalidation subscription is live (the local tier is used only then).
+    /// Whether the invalidation feed (tracking connection or subscription) is live: the local tier
+    /// is used only then.
     pub fn is_subscribed(&self) -> bool {
-        self.subscribed.load(Ordering::Acquire)
+        self.liveness.is_live()
     }
 
     /// The local tier, if it may be used now; starts the subscriber on first use.
@@ -145,13 +155,25 @@ impl TieredBackend {
             return;
         }
         self.subscriber.call_once(|| {
-            // On the library's runtime: the subscription must outlive the caller's runtime.
-            crate::io::spawn(subscribe(
-                self.remote.pubsub_client().clone(),
-                self.remote.invalidation_channel(),
-                Arc::downgrade(&self.local),
-                Arc::clone(&self.subscribed),
-            ));
+            let feed = Feed::new(&self.local, &self.liveness);
+            let remote = &self.remote;
+            let pubsub = (
+                remote.pubsub_clients().to_vec(),
+                remote.invalidation_channel(),
+            );
+            // On the library's runtime: the feed must outlive the caller's runtime.
+            match remote.tracking_client() {
+                Some(client) => crate::io::spawn(tracking::run(
+                    tracking::Tracking {
+                        client,
+                        prefix: remote.prefix().to_owned(),
+                        prefixes: remote.tracked_prefixes(),
+                        fallback: pubsub,
+                    },
+                    feed,
+                )),
+                None => crate::io::spawn(pubsub::run(pubsub.0, pubsub.1, feed)),
+            }
         });
     }
 }
@@ -168,69 +190,6 @@ pub(crate) fn local_groups(key: &str, groups: &[String]) -> Vec<String> {
 fn forget_key(local: &MemoryBackend, key: &str) {
     local.remove(key);
     local.bump_group(&format!("\u{0}key:{key}"));
-}
-
-/// Marks the subscription down, and empties the local tier, when the subscriber ends however it
-/// ends (a panic included): the local tier is never used without a live subscription.
-struct SubscriptionDown {
-    local: Weak<MemoryBackend>,
-    subscribed: Arc<AtomicBool>,
-}
-
-impl Drop for SubscriptionDown {
-    fn drop(&mut self) {
-        self.subscribed.store(false, Ordering::Release);
-        if let Some(local) = self.local.upgrade() {
-            local.clear_now();
-        }
-    }
-}
-
-/// Keeps a subscription to the invalidation channel and applies its messages to the local tier,
-/// until the backend is dropped.
-async fn subscribe(
-    client: redis::Client,
-    channel: String,
-    local: Weak<MemoryBackend>,
-    subscribed: Arc<AtomicBool>,
-) {
-    let _down = SubscriptionDown {
-        local: local.clone(),
-        subscribed: Arc::clone(&subscribed),
-    };
-    loop {
-        if local.strong_count() == 0 {
-            return;
-        }
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
-            if pubsub.subscribe(&channel).await.is_ok() {
-                // Anything cached before this point may have missed an invalidation.
-                if let Some(local) = local.upgrade() {
-                    local.clear_now();
-                }
-                subscribed.store(true, Ordering::Release);
-                tracing::debug!(channel, "tiered cache subscribed to invalidations");
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Some(local) = local.upgrade() else {
-                        return;
-                    };
-                    let payload = String::from_utf8_lossy(message.get_payload_bytes());
-                    match Invalidation::decode(&payload) {
-                        Some(Invalidation::Key(key)) => forget_key(&local, key),
-                        Some(Invalidation::Group(group)) => local.bump_group(group),
-                        Some(Invalidation::All) | None => local.clear_now(),
-                    }
-                }
-                subscribed.store(false, Ordering::Release);
-                if let Some(local) = local.upgrade() {
-                    local.clear_now();
-                }
-                tracing::warn!(channel, "tiered cache lost its invalidation subscription; local tier off until it is back");
-            }
-        }
-        tokio::time::sleep(RESUBSCRIBE_EVERY).await;
-    }
 }
 
 #[async_trait]
