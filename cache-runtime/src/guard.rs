@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use crate::BackendError;
+use crate::{
+    codec::{Codec, Storage},
+    BackendError,
+};
 
 /// Milliseconds on a monotonic clock (a wall-clock step must not hold a breaker open).
 fn now_ms() -> u64 {
@@ -53,6 +56,8 @@ pub struct Protection {
     timeout: Duration,
     failures_to_open: u32,
     cool_down: Duration,
+    /// How values are stored (codec, compression): see [`Protection::codec`].
+    storage: Storage,
 }
 
 impl Default for Protection {
@@ -61,6 +66,7 @@ impl Default for Protection {
             timeout: crate::config::backend_timeout(),
             failures_to_open: FAILURES_TO_OPEN,
             cool_down: COOL_DOWN,
+            storage: Storage::default(),
         }
     }
 }
@@ -78,6 +84,44 @@ impl Protection {
         self.failures_to_open = failures.max(1);
         self.cool_down = cool_down;
         self
+    }
+}
+
+/// Storage settings of serialized backends (in-process backends store typed values and ignore
+/// them).
+///
+/// ```
+/// use cache_runtime::{Codec, Protection, RedisBackend};
+///
+/// # fn main() -> Result<(), cache_runtime::BackendError> {
+/// cache_runtime::register_with(
+///     "shared",
+///     RedisBackend::open("redis://127.0.0.1:6379")?,
+///     Protection::default()
+///         .codec(Codec::MessagePack)
+///         .compress_above(16 * 1024),
+/// );
+/// # Ok(()) }
+/// ```
+impl Protection {
+    /// Values of this backend's functions are stored with `codec`, unless a function chose its
+    /// own (`#[cached(codec = ..)]`); this is above `CACHE_CODEC`.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.storage.codec = Some(codec);
+        self
+    }
+
+    /// Encoded values larger than `bytes` are LZ4-compressed (when that makes them smaller);
+    /// `u64::MAX` never compresses. Above `CACHE_COMPRESS_ABOVE`, whose default is
+    /// [`DEFAULT_COMPRESS_ABOVE`](crate::DEFAULT_COMPRESS_ABOVE).
+    pub fn compress_above(mut self, bytes: u64) -> Self {
+        self.storage.compress_above = Some(bytes);
+        self
+    }
+
+    /// The storage settings given.
+    pub(crate) fn storage(&self) -> Storage {
+        self.storage
     }
 }
 

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
+    codec::Storage,
     guard::{Guard, Protection},
     pending::BackendInvalidation,
 };
@@ -27,6 +28,8 @@ pub(crate) struct Registered {
     pub(crate) guard: Guard,
     /// Store barriers and pending invalidations of this backend.
     pub(crate) invalidation: BackendInvalidation,
+    /// How values are stored in it (codec, compression), as registered.
+    pub(crate) storage: Storage,
 }
 
 /// Registered backends live for the rest of the process (re-registering a name leaks the old
@@ -84,6 +87,7 @@ pub fn register_arc_with(
 fn leak(name: &str, backend: Arc<dyn Backend>, protection: Protection) -> &'static Registered {
     Box::leak(Box::new(Registered {
         guard: Guard::new(name, protection),
+        storage: protection.storage(),
         name: name.to_owned(),
         backend,
         invalidation: BackendInvalidation::default(),
