@@ -32,12 +32,16 @@ pub(crate) struct CacheArgs {
     pub(crate) skip: Vec<syn::Ident>,
     /// `ttl_from = path`: `fn(&V) -> Duration`, each value's own TTL (at most `ttl`).
     pub(crate) ttl_from: Option<Expr>,
+    /// `codec = "json" | "msgpack"`: the runtime's `Codec` variant name, if given.
+    pub(crate) codec: Option<&'static str>,
+    /// `version = N`: the schema version of the stored values (0 unless given).
+    pub(crate) version: u32,
 }
 
 /// Lock TTL when `lock` is given without a duration.
 const DEFAULT_LOCK_MS: u64 = 5_000;
 
-const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, ttl_from, skip, http, visibility";
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, ttl_from, skip, http, visibility, codec, version";
 
 impl CacheArgs {
     /// The arguments of the attribute being expanded.
@@ -65,6 +69,8 @@ impl CacheArgs {
         let mut cache_if = None;
         let mut skip: Option<Vec<syn::Ident>> = None;
         let mut ttl_from = None;
+        let mut codec = None;
+        let mut version = None;
         for meta in metas {
             let ident = meta
                 .path()
@@ -150,6 +156,8 @@ impl CacheArgs {
                     set_once(&mut ttl_from, &ident, ttl_of.clone())?
                 }
                 "skip" => set_once(&mut skip, &ident, skip_list(value_of(&meta)?)?)?,
+                "codec" => set_once(&mut codec, &ident, codec_name(value_of(&meta)?)?)?,
+                "version" => set_once(&mut version, &ident, schema_version(value_of(&meta)?)?)?,
                 "http" => set_once(&mut http, &ident, flag(&meta)?)?,
                 "visibility" => {
                     let lit = string_value(value_of(&meta)?, "visibility")?;
@@ -213,6 +221,8 @@ impl CacheArgs {
             cache_if,
             ttl_from,
             skip: skip.unwrap_or_default(),
+            codec,
+            version: version.unwrap_or(0),
             http,
             stale_ms: stale_ms.unwrap_or(0),
             stale_if_error_ms: stale_if_error_ms.unwrap_or(0),
@@ -226,6 +236,32 @@ impl CacheArgs {
             cache_none: cache_none.unwrap_or(true),
             cache_err: cache_err.unwrap_or(false),
         })
+    }
+}
+
+/// `codec = "json"` or `"msgpack"`: the name of the runtime's `Codec` variant.
+fn codec_name(expr: &Expr) -> syn::Result<&'static str> {
+    let lit = string_value(expr, "codec")?;
+    match lit.value().as_str() {
+        "json" => Ok("Json"),
+        "msgpack" => Ok("MessagePack"),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!("unknown codec {other:?}; expected \"json\" or \"msgpack\""),
+        )),
+    }
+}
+
+/// `version = 3`: a whole number that fits in a `u32`.
+fn schema_version(expr: &Expr) -> syn::Result<u32> {
+    let message = "`version` takes a whole number from 0 to 4294967295, e.g. `version = 2`";
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) if int.suffix().is_empty() || int.suffix() == "u32" => int
+            .base10_parse::<u32>()
+            .map_err(|_| syn::Error::new(int.span(), message)),
+        other => Err(syn::Error::new(other.span(), message)),
     }
 }
 

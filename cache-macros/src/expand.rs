@@ -1014,6 +1014,20 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
         args.stale_if_error_ms,
         args.lock_ms,
     );
+    let codec = match args.codec {
+        Some(variant) => {
+            let variant = format_ident!("{variant}");
+            quote!(::core::option::Option::Some(#rt::Codec::#variant))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    // Responses default to a binary codec: their bodies are stored as raw bytes.
+    let default_codec = if args.http.is_some() {
+        quote!(#rt::Codec::MessagePack)
+    } else {
+        quote!(#rt::Codec::Json)
+    };
+    let version = args.version;
     quote! {
         static __CACHE_SITE: #rt::__private::Site = #rt::__private::Site::new(
             ::core::module_path!(),
@@ -1024,6 +1038,9 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
                 stale_ms: #stale_ms,
                 stale_if_error_ms: #stale_if_error_ms,
                 lock_ms: #lock_ms,
+                codec: #codec,
+                default_codec: #default_codec,
+                version: #version,
             },
         );
     }

@@ -3,6 +3,8 @@
 
 use std::{path::PathBuf, sync::OnceLock, time::Duration};
 
+use crate::codec::Codec;
+
 /// Default timeout of one backend operation; `CACHE_BACKEND_TIMEOUT_MS` overrides it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -12,6 +14,10 @@ pub const DEFAULT_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
 /// Default bound on how long a caller waits for another caller's computation of the same key
 /// before it computes itself; `CACHE_FOLLOW_TIMEOUT_MS` overrides it.
 pub const DEFAULT_FOLLOW_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default size above which a serialized payload is LZ4-compressed; `CACHE_COMPRESS_ABOVE`
+/// overrides it (see BENCHMARKS.md for the measurements behind it).
+pub const DEFAULT_COMPRESS_ABOVE: u64 = 4 * 1024;
 
 /// A number from `name`, if it is set and parses (surrounding spaces allowed).
 fn number<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -98,4 +104,68 @@ pub(crate) fn secret_env() -> Result<SecretSettings, &'static str> {
         raw("CACHE_SECRET_PREVIOUS")?,
         raw("CACHE_ENCRYPT")?,
     ))
+}
+
+/// `CACHE_CODEC`: the codec of serialized backends when neither the function nor the backend's
+/// registration chose one (read once). Unset: `None`; an unknown name is logged and ignored.
+pub(crate) fn codec() -> Option<Codec> {
+    static CODEC: OnceLock<Option<Codec>> = OnceLock::new();
+    *CODEC.get_or_init(|| {
+        let name = text("CACHE_CODEC")?;
+        let codec = Codec::from_name(&name);
+        if codec.is_none() {
+            tracing::error!(value = %name, "CACHE_CODEC is not \"json\" or \"msgpack\"; ignored");
+        }
+        codec
+    })
+}
+
+/// `CACHE_COMPRESS_ABOVE`: payloads larger than this many bytes are compressed, unless the
+/// backend's registration says otherwise (read once). `off` (or `never`) disables compression.
+pub(crate) fn compress_above() -> u64 {
+    static ABOVE: OnceLock<u64> = OnceLock::new();
+    *ABOVE.get_or_init(|| {
+        let Some(value) = text("CACHE_COMPRESS_ABOVE") else {
+            return DEFAULT_COMPRESS_ABOVE;
+        };
+        parse_compress_above(&value).unwrap_or_else(|| {
+            tracing::error!(%value, "CACHE_COMPRESS_ABOVE is not a byte count or \"off\"; using the default");
+            DEFAULT_COMPRESS_ABOVE
+        })
+    })
+}
+
+fn parse_compress_above(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("off") || value.eq_ignore_ascii_case("never") {
+        return Some(u64::MAX);
+    }
+    value.parse().ok()
+}
+
+/// `CACHE_KEY_VERSION`: the global schema version recorded in every stored entry (read once; 0
+/// when unset). An entry written under another one is a miss.
+pub(crate) fn key_version() -> u32 {
+    static VERSION: OnceLock<u32> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let Some(value) = text("CACHE_KEY_VERSION") else {
+            return 0;
+        };
+        value.trim().parse().unwrap_or_else(|_| {
+            tracing::error!(%value, "CACHE_KEY_VERSION is not a whole number (0 to 4294967295); using 0");
+            0
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_settings_parse() {
+        assert_eq!(parse_compress_above("off"), Some(u64::MAX));
+        assert_eq!(parse_compress_above(" 2048 "), Some(2048));
+        assert_eq!(parse_compress_above("2k"), None);
+    }
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    codec::{Codec, Storage},
     seal::{Sealing, Secret},
     BackendError,
 };
@@ -59,6 +60,8 @@ pub struct Protection {
     failures_to_open: u32,
     cool_down: Duration,
     sealing: Sealing,
+    /// How values are stored (codec, compression): see [`Protection::codec`].
+    storage: Storage,
 }
 
 impl Default for Protection {
@@ -68,6 +71,7 @@ impl Default for Protection {
             failures_to_open: FAILURES_TO_OPEN,
             cool_down: COOL_DOWN,
             sealing: Sealing::from_env(),
+            storage: Storage::default(),
         }
     }
 }
@@ -98,6 +102,44 @@ impl Protection {
     /// How entries are sealed (taken by the registry).
     pub(crate) fn sealing(&self) -> &Sealing {
         &self.sealing
+    }
+}
+
+/// Storage settings of serialized backends (in-process backends store typed values and ignore
+/// them).
+///
+/// ```
+/// use cache_runtime::{Codec, Protection, RedisBackend};
+///
+/// # fn main() -> Result<(), cache_runtime::BackendError> {
+/// cache_runtime::register_with(
+///     "shared",
+///     RedisBackend::open("redis://127.0.0.1:6379")?,
+///     Protection::default()
+///         .codec(Codec::MessagePack)
+///         .compress_above(16 * 1024),
+/// );
+/// # Ok(()) }
+/// ```
+impl Protection {
+    /// Values of this backend's functions are stored with `codec`, unless a function chose its
+    /// own (`#[cached(codec = ..)]`); this is above `CACHE_CODEC`.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.storage.codec = Some(codec);
+        self
+    }
+
+    /// Encoded values larger than `bytes` are LZ4-compressed (when that makes them smaller);
+    /// `u64::MAX` never compresses. Above `CACHE_COMPRESS_ABOVE`, whose default is
+    /// [`DEFAULT_COMPRESS_ABOVE`](crate::DEFAULT_COMPRESS_ABOVE).
+    pub fn compress_above(mut self, bytes: u64) -> Self {
+        self.storage.compress_above = Some(bytes);
+        self
+    }
+
+    /// The storage settings given.
+    pub(crate) fn storage(&self) -> Storage {
+        self.storage
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{
     key::KeyBuf,
     memo::{self, Body, Errors},
     stats::{Policy, Site},
-    CacheError,
+    CacheError, Codec,
 };
 
 /// A typed cache of `T` values under string keys, with a TTL, groups and a backend: the same
@@ -145,6 +145,22 @@ where
         self
     }
 
+    /// Stores values with `codec` in serialized backends (Redis, files), above the backend's
+    /// registration and `CACHE_CODEC` (as `#[cached(codec = ..)]`). Entries written with another
+    /// codec are misses, recomputed and overwritten.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.policy.codec = Some(codec);
+        self.resited()
+    }
+
+    /// The schema version of the values (as `#[cached(version = N)]`): bump it when `T` changes
+    /// shape. Entries written under another version are misses, recomputed and overwritten; keys
+    /// stay the same.
+    pub fn version(mut self, version: u32) -> Self {
+        self.policy.version = version;
+        self.resited()
+    }
+
     fn resited(mut self) -> Self {
         self.site = site_for(self.name, self.backend, self.policy);
         self
@@ -249,15 +265,22 @@ fn intern(name: &str) -> &'static str {
 
 /// One stats site per name, backend and policy.
 fn site_for(name: &'static str, backend: &'static str, policy: Policy) -> &'static Site {
-    type Sites = HashMap<(&'static str, &'static str, [u64; 4]), &'static Site>;
+    type Sites = HashMap<(&'static str, &'static str, Shape), &'static Site>;
+    /// Everything of a [`Policy`], comparable as a map key.
+    type Shape = ([u64; 4], Option<Codec>, Codec, u32);
     static SITES: Mutex<Option<Sites>> = Mutex::new(None);
     let mut sites = SITES.lock().unwrap_or_else(|p| p.into_inner());
-    let shape = [
-        policy.ttl_ms,
-        policy.stale_ms,
-        policy.stale_if_error_ms,
-        policy.lock_ms,
-    ];
+    let shape = (
+        [
+            policy.ttl_ms,
+            policy.stale_ms,
+            policy.stale_if_error_ms,
+            policy.lock_ms,
+        ],
+        policy.codec,
+        policy.default_codec,
+        policy.version,
+    );
     sites
         .get_or_insert_with(HashMap::new)
         .entry((name, backend, shape))

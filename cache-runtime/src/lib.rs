@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod codec;
 mod config;
 mod control;
 mod envelope;
@@ -47,6 +48,8 @@ mod target;
 pub use async_trait::async_trait;
 pub use backend::{Backend, FileBackend, Lookup, MemoryBackend, RedisBackend, TieredBackend};
 pub use cache_macros::{cache_invalidate, cached, cached_impl};
+pub use codec::Codec;
+pub use config::DEFAULT_COMPRESS_ABOVE;
 pub use control::refresh;
 pub use error::{BackendError, CacheError};
 pub use guard::{Protection, COOL_DOWN, DEFAULT_TIMEOUT, FAILURES_TO_OPEN};

@@ -14,7 +14,8 @@ use tracing::Instrument;
 
 use crate::{
     backend::{memory::TypedLookup, MemoryBackend},
-    envelope::{self, now_ms, Decoded, Meta},
+    config,
+    envelope::{self, now_ms, Decoded, EncodeError, Meta, Schema},
     flight::{self, Followed, Leader, Role},
     invalidation,
     key::{fingerprint, normalize_key, KeyBuf, UNKEYABLE},
@@ -819,14 +820,23 @@ where
             return (Probe::Miss(Some(current)), 0);
         }
     };
+    let schema = schema(site.policy, backend);
     let (meta, payload) = match envelope::decode(&bytes) {
-        Decoded::Valid(meta, payload) if meta.type_fingerprint == type_fingerprint::<T>(site) => {
-            (meta, payload)
-        }
-        Decoded::Valid(..) => {
+        Decoded::Valid(meta, _) if meta.type_fingerprint != type_fingerprint::<T>(site) => {
             decode_failure(site, key, &"stored by a different value type");
             return (Probe::Miss(Some(current)), 0);
         }
+        Decoded::Valid(meta, _) if meta.schema != schema => {
+            // Another codec or schema version (a rolling deploy, a changed setting): recomputed
+            // and overwritten in this reader's.
+            decode_failure(
+                site,
+                key,
+                &format_args!("stored as {:?}, read as {schema:?}", meta.schema),
+            );
+            return (Probe::Miss(Some(current)), 0);
+        }
+        Decoded::Valid(meta, payload) => (meta, payload),
         Decoded::Unusable => {
             decode_failure(site, key, &"not an envelope of this format version");
             return (Probe::Miss(Some(current)), 0);
@@ -843,7 +853,15 @@ where
     if now >= meta.expires_ms && now >= stale_until {
         return (Probe::Miss(Some(current)), 0);
     }
-    let probe = match serde_json::from_slice(payload) {
+    let Some(payload) = payload.decoded(max_value_bytes()) else {
+        decode_failure(
+            site,
+            key,
+            &"compressed payload corrupt or over CACHE_MAX_VALUE_BYTES",
+        );
+        return (Probe::Miss(Some(current)), 0);
+    };
+    let probe = match schema.codec.decode(&payload) {
         Ok(value) if now < meta.expires_ms => Probe::Hit(value),
         Ok(value) => Probe::Stale {
             value,
@@ -856,6 +874,22 @@ where
         }
     };
     (probe, meta.expires_ms)
+}
+
+/// What an entry of `policy`'s function in `backend` is written under and must be read under:
+/// the codec (the function's, else the backend's, else `CACHE_CODEC`, else the policy's default)
+/// and the schema versions.
+fn schema(policy: Policy, backend: &Registered) -> Schema {
+    let codec = policy
+        .codec
+        .or(backend.storage.codec)
+        .or_else(config::codec)
+        .unwrap_or(policy.default_codec);
+    Schema {
+        codec,
+        version: policy.version,
+        key_version: config::key_version(),
+    }
 }
 
 fn decode_failure(site: &Site, key: &str, reason: &dyn std::fmt::Display) {
@@ -873,7 +907,8 @@ pub(crate) fn groups_for(backend: &Registered, key: &str, mut groups: Vec<String
     groups
 }
 
-/// Stores `value` under `key`, fresh for `policy.ttl_ms` and kept for its stale windows too.
+/// Stores `value` under `key`, fresh for `policy.ttl_ms` and kept for its stale windows too; in
+/// serialized backends with the codec and schema versions of `site`'s policy, which its reads use.
 pub(crate) async fn store<T>(
     site: &Site,
     backend: &Registered,
@@ -909,10 +944,19 @@ pub(crate) async fn store<T>(
         Duration::from_millis(policy.ttl_ms),
         type_fingerprint::<T>(site),
         generations,
+        schema(site.policy, backend),
     );
-    let bytes = match envelope::encode(&meta, value.as_ref()) {
+    let compress_above = backend
+        .storage
+        .compress_above
+        .unwrap_or_else(config::compress_above);
+    let bytes = match envelope::encode(&meta, value.as_ref(), compress_above, max_value_bytes()) {
         Ok(bytes) => bytes,
-        Err(error) => {
+        Err(EncodeError::Oversized) => {
+            oversized(site, key);
+            return;
+        }
+        Err(EncodeError::Codec(error)) => {
             tracing::warn!(key, %error, "value could not be serialized; not cached");
             return;
         }
@@ -920,10 +964,6 @@ pub(crate) async fn store<T>(
     let Some(bytes) = backend.seal.seal(key, bytes) else {
         return; // sealing failed or is unusable: nothing unsealed is stored (seal.rs logs why)
     };
-    if bytes.len() as u64 > max_value_bytes() {
-        oversized(site, key);
-        return;
-    }
     if backend.invalidation.blocked() {
         return; // the backend missed an invalidation: not written until it has been applied there
     }

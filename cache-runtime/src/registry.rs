@@ -20,6 +20,7 @@ pub use scope::Caches;
 
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
+    codec::Storage,
     guard::{Guard, Protection},
     pending::BackendInvalidation,
     seal::Sealing,
@@ -40,6 +41,8 @@ pub(crate) struct Registered {
     pub(crate) invalidation: BackendInvalidation,
     /// How its stored entries are sealed (serialized backends only).
     pub(crate) seal: Sealing,
+    /// How values are stored in it (codec, compression), as registered.
+    pub(crate) storage: Storage,
 }
 
 /// Registered backends live for the rest of the process (re-registering a name leaks the old
@@ -145,6 +148,7 @@ fn leak(
     Box::leak(Box::new(Registered {
         scope,
         seal: protection.sealing().clone(),
+        storage: protection.storage(),
         guard: Guard::new(name, protection),
         name: name.to_owned(),
         typed: Typed::of(&backend),

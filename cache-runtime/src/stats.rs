@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use crate::codec::Codec;
+
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is unbounded).
 pub const LATENCY_BUCKETS_US: [u64; 7] = [50, 250, 1_000, 5_000, 25_000, 100_000, 500_000];
 
@@ -55,7 +57,7 @@ pub struct FnStats {
     pub miss_latency: Latency,
 }
 
-/// How long values live and are served.
+/// How long values live and are served, and how they are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     /// Freshness.
@@ -66,6 +68,13 @@ pub struct Policy {
     pub stale_if_error_ms: u64,
     /// Cross-process lock TTL on a miss (0: no lock).
     pub lock_ms: u64,
+    /// The function's own codec (`#[cached(codec = ..)]`), above the backend's and `CACHE_CODEC`.
+    pub codec: Option<Codec>,
+    /// The codec when neither the function, the backend nor `CACHE_CODEC` chose one: JSON for
+    /// values, MessagePack for HTTP responses.
+    pub default_codec: Codec,
+    /// The function's schema version (`#[cached(version = N)]`): entries of another are misses.
+    pub version: u32,
 }
 
 impl Policy {
@@ -76,6 +85,9 @@ impl Policy {
             stale_ms: 0,
             stale_if_error_ms: 0,
             lock_ms: 0,
+            codec: None,
+            default_codec: Codec::Json,
+            version: 0,
         }
     }
 
@@ -592,7 +604,7 @@ mod tests {
             ttl_ms: 1_000,
             stale_ms: 500,
             stale_if_error_ms: 3_000,
-            lock_ms: 0,
+            ..Policy::ttl(0)
         };
         assert_eq!(policy.retention(), Duration::from_millis(4_000));
         assert!(policy.serves_stale());

@@ -496,7 +496,8 @@ fn replay(
     }
 }
 
-/// Bodies are stored as text when they are UTF-8 (JSON, HTML) and as base64 otherwise.
+/// Bodies are stored as raw bytes in binary codecs (MessagePack). In human-readable ones (JSON),
+/// as text when they are UTF-8 (JSON, HTML) and as base64 otherwise.
 mod body_repr {
     use super::*;
 
@@ -509,6 +510,9 @@ mod body_repr {
     }
 
     pub(super) fn serialize<S: serde::Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_bytes(body);
+        }
         match std::str::from_utf8(body) {
             Ok(text) => Repr::Text(text.to_owned()),
             Err(_) => Repr::Base64(STANDARD.encode(body)),
@@ -517,12 +521,34 @@ mod body_repr {
     }
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        if !d.is_human_readable() {
+            return d.deserialize_byte_buf(Raw);
+        }
         match Repr::deserialize(d)? {
             Repr::Text(text) => Ok(Bytes::from(text)),
             Repr::Base64(b64) => STANDARD
                 .decode(b64)
                 .map(Bytes::from)
                 .map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// A body stored as raw bytes.
+    struct Raw;
+
+    impl<'de> serde::de::Visitor<'de> for Raw {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a response body as bytes")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
         }
     }
 }
@@ -610,5 +636,12 @@ mod tests {
         let json = serde_json::to_string(&cached).unwrap();
         let back: CachedResponse = serde_json::from_str(&json).unwrap();
         assert_eq!(back.body, cached.body);
+        assert!(json.contains(r#""base64":"AJ+Slg==""#), "{json}");
+        let packed = rmp_serde::to_vec_named(&cached).unwrap();
+        let back: CachedResponse = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(back.body, cached.body);
+        // MessagePack `bin 8` of 4 bytes: the body verbatim, no base64.
+        let raw = [0xc4, 4, 0, 159, 146, 150];
+        assert!(packed.windows(raw.len()).any(|w| w == raw), "{packed:?}");
     }
 }

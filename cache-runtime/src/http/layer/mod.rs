@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use super::DEFAULT_MAX_BODY;
 use crate::{
     backend::clamp_ttl_ms,
+    codec::Codec,
     stats::{Policy, Site},
 };
 
@@ -467,7 +468,12 @@ impl<S> tower_layer::Layer<S> for CacheLayer {
                 "cache_runtime::http",
                 "CacheLayer",
                 backend,
-                Policy::ttl(ttl_ms),
+                // Responses are stored in a binary codec unless the backend or CACHE_CODEC
+                // names one: bodies as raw bytes.
+                Policy {
+                    default_codec: Codec::MessagePack,
+                    ..Policy::ttl(ttl_ms)
+                },
             )));
             site.register();
             site
