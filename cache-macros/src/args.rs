@@ -36,12 +36,14 @@ pub(crate) struct CacheArgs {
     pub(crate) codec: Option<&'static str>,
     /// `version = N`: the schema version of the stored values (0 unless given).
     pub(crate) version: u32,
+    /// `crate = "path"`: where the runtime is (a re-export), instead of `::cache_runtime`.
+    pub(crate) krate: Option<syn::Path>,
 }
 
 /// Lock TTL when `lock` is given without a duration.
 const DEFAULT_LOCK_MS: u64 = 5_000;
 
-const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, ttl_from, skip, http, visibility, codec, version";
+const KNOWN: &str = "ttl, backend, key, group, name, cache_none, cache_err, stale, stale_if_error, lock, spawn, force_refresh, cache_if, ttl_from, skip, http, visibility, codec, version, crate";
 
 impl CacheArgs {
     /// The arguments of the attribute being expanded.
@@ -69,6 +71,7 @@ impl CacheArgs {
         let mut cache_if = None;
         let mut skip: Option<Vec<syn::Ident>> = None;
         let mut ttl_from = None;
+        let mut krate = None;
         let mut codec = None;
         let mut version = None;
         for meta in metas {
@@ -156,6 +159,7 @@ impl CacheArgs {
                     set_once(&mut ttl_from, &ident, ttl_of.clone())?
                 }
                 "skip" => set_once(&mut skip, &ident, skip_list(value_of(&meta)?)?)?,
+                "crate" => set_once(&mut krate, &ident, runtime_path(value_of(&meta)?)?)?,
                 "codec" => set_once(&mut codec, &ident, codec_name(value_of(&meta)?)?)?,
                 "version" => set_once(&mut version, &ident, schema_version(value_of(&meta)?)?)?,
                 "http" => set_once(&mut http, &ident, flag(&meta)?)?,
@@ -220,6 +224,7 @@ impl CacheArgs {
             force_refresh,
             cache_if,
             ttl_from,
+            krate,
             skip: skip.unwrap_or_default(),
             codec,
             version: version.unwrap_or(0),
@@ -455,6 +460,8 @@ pub(crate) struct InvalidateArgs {
     pub(crate) keys: Vec<Template>,
     pub(crate) groups: Vec<Template>,
     pub(crate) http: bool,
+    /// `crate = "path"`, as for `#[cached]`.
+    pub(crate) krate: Option<syn::Path>,
 }
 
 impl InvalidateArgs {
@@ -468,6 +475,7 @@ impl InvalidateArgs {
         let mut keys = Vec::new();
         let mut groups = Vec::new();
         let mut http = None;
+        let mut krate = None;
         for meta in metas {
             let label = meta.path().get_ident().map(ToString::to_string);
             match label.as_deref() {
@@ -483,10 +491,16 @@ impl InvalidateArgs {
                         .unwrap_or_else(|| syn::Ident::new("http", meta.path().span()));
                     set_once(&mut http, &ident, flag(&meta)?)?
                 }
+                Some("crate") => {
+                    let path = runtime_path(value_of(&meta)?)?;
+                    if krate.replace(path).is_some() {
+                        return Err(syn::Error::new(meta.path().span(), "`crate` given twice"));
+                    }
+                }
                 _ => {
                     return Err(syn::Error::new(
                         meta.path().span(),
-                        "unknown argument; expected one of: key, group, http",
+                        "unknown argument; expected one of: key, group, http, crate",
                     ))
                 }
             }
@@ -501,6 +515,18 @@ impl InvalidateArgs {
             keys,
             groups,
             http: http.unwrap_or(false),
+            krate,
         })
     }
+}
+
+/// `crate = "path"`: a path to the runtime crate (a re-export), e.g. `"my_app::deps::cache_runtime"`.
+fn runtime_path(value: &Expr) -> syn::Result<syn::Path> {
+    let lit = string_value(value, "crate")?;
+    lit.parse::<syn::Path>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            "`crate` is the path of the runtime crate as a string, e.g. `crate = \"my_app::cache_runtime\"`",
+        )
+    })
 }

@@ -12,7 +12,24 @@ use crate::{
 };
 
 fn runtime() -> TokenStream {
-    quote!(::cache_runtime)
+    RUNTIME.with(|path| match &*path.borrow() {
+        Some(path) => quote!(#path),
+        None => quote!(::cache_runtime),
+    })
+}
+
+thread_local! {
+    /// The runtime's path for the attribute being expanded (`crate = ".."`; `::cache_runtime`
+    /// when not given). Expansions run one at a time on the compiler's thread.
+    static RUNTIME: std::cell::RefCell<Option<syn::Path>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `expand` with `path` as the runtime's path, then restores the previous one.
+fn with_runtime<R>(path: Option<&syn::Path>, expand: impl FnOnce() -> R) -> R {
+    let previous = RUNTIME.with(|current| current.replace(path.cloned()));
+    let expanded = expand();
+    RUNTIME.with(|current| current.replace(previous));
+    expanded
 }
 
 /// What the macro knows about where a fn sits.
@@ -99,6 +116,10 @@ pub(crate) fn cached(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
 /// `#[cached]` on `function`, with what is known of its place.
 fn cached_with(args: &CacheArgs, function: &ItemFn, context: &Context) -> syn::Result<Expansion> {
+    with_runtime(args.krate.as_ref(), || cached_in(args, function, context))
+}
+
+fn cached_in(args: &CacheArgs, function: &ItemFn, context: &Context) -> syn::Result<Expansion> {
     let needs = Needs {
         handler: args.http.is_some(),
         value: true,
@@ -210,6 +231,10 @@ pub(crate) fn cache_invalidate(attr: TokenStream, item: TokenStream) -> syn::Res
 }
 
 fn cache_invalidate_with(args: &InvalidateArgs, function: &ItemFn) -> syn::Result<TokenStream> {
+    with_runtime(args.krate.as_ref(), || cache_invalidate_in(args, function))
+}
+
+fn cache_invalidate_in(args: &InvalidateArgs, function: &ItemFn) -> syn::Result<TokenStream> {
     let needs = Needs {
         handler: args.http,
         value: false,

@@ -6,6 +6,9 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+/// How deep a stored value may nest (serde_json's own limit): deeper entries are misses.
+const MAX_DEPTH: usize = 128;
+
 /// The serialization format of values stored in serialized backends.
 ///
 /// Chosen, highest first, by the function (`#[cached(codec = "msgpack")]`,
@@ -73,11 +76,17 @@ impl Codec {
         }
     }
 
-    /// Decodes one value from `bytes`.
+    /// Decodes one value from `bytes` (nested at most [`MAX_DEPTH`] deep).
     pub(crate) fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(CodecError::new),
-            Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(CodecError::new),
+            Codec::MessagePack => {
+                let mut reader = rmp_serde::Deserializer::from_read_ref(bytes);
+                // As deep as serde_json goes: rmp-serde's own limit (1024) lets a planted entry
+                // of nested arrays overflow a task's stack before it is refused.
+                reader.set_max_depth(MAX_DEPTH);
+                T::deserialize(&mut reader).map_err(CodecError::new)
+            }
         }
     }
 }

@@ -228,7 +228,11 @@ impl Backend for TieredBackend {
 
     async fn clear(&self) -> Result<(), BackendError> {
         self.local.clear_now();
-        self.remote.clear().await
+        let cleared = self.remote.clear().await;
+        // Again afterwards, as `delete` does: a read that reached Redis before the clear may have
+        // copied what it found into the local tier meanwhile.
+        self.local.clear_now();
+        cleared
     }
 
     async fn try_lock(&self, key: &str, token: u64, ttl: Duration) -> Result<bool, BackendError> {
