@@ -287,19 +287,7 @@ where
                     }
                 }
                 site.count(Event::Miss);
-                let result = match body {
-                    Body::Spawn(future, spawn) if tokio_available() => {
-                        match spawn(lead, future, leader, errors).await {
-                            Ok(result) => result,
-                            Err(join) if join.is_panic() => {
-                                std::panic::resume_unwind(join.into_panic())
-                            }
-                            Err(join) => panic!("cache computation task was cancelled: {join}"),
-                        }
-                    }
-                    Body::Spawn(future, _) => run_leader(lead, future, leader, errors).await,
-                    Body::Local(future) => run_leader(lead, future, leader, errors).await,
-                };
+                let result = run_body(lead, body, leader, errors).await;
                 site.miss_took(took());
                 return match result {
                     Ok(shared) => {
@@ -476,7 +464,24 @@ where
         flight_key,
         chain: flight::current_chain(),
     };
-    let result = match body {
+    run_body(lead, body, leader, errors)
+        .await
+        .map(Arc::unwrap_or_clone)
+}
+
+/// Runs `body` as the leader: in a task of its own when it can be spawned (a panic in it
+/// resumes here), else in place.
+async fn run_body<T, E, F>(
+    lead: Lead<T>,
+    body: Body<T, E, F>,
+    leader: Leader,
+    errors: Errors<E>,
+) -> Result<Arc<T>, E>
+where
+    T: Serialize + Send + Sync + 'static,
+    F: Future<Output = Result<T, E>>,
+{
+    match body {
         Body::Spawn(future, spawn) if tokio_available() => {
             match spawn(lead, future, leader, errors).await {
                 Ok(result) => result,
@@ -487,6 +492,5 @@ where
         Body::Spawn(future, _) | Body::Local(future) => {
             run_leader(lead, future, leader, errors).await
         }
-    };
-    result.map(Arc::unwrap_or_clone)
+    }
 }

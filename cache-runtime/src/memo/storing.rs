@@ -34,6 +34,7 @@ pub(crate) fn value_policy<T>(policy: Policy, ttl_from: Option<TtlFrom<T>>, valu
 
 /// The groups an entry of `key` is filed under in `backend`: on shared backends also the key's
 /// tombstone, which guards against a value computed before a key invalidation made elsewhere
+/// being stored after it.
 pub(crate) fn groups_for(backend: &Registered, key: &str, mut groups: Vec<String>) -> Vec<String> {
     if backend.backend.tombstones() {
         groups.push(invalidation::tombstone_group(key));
