@@ -206,3 +206,36 @@ async fn the_function_api_takes_a_ttl_from_too() {
         "inserting a zero-TTL value only removes the entry"
     );
 }
+
+static FILED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, backend = "ttl-from-file", key = "filed:{id}", ttl_from = token_lifetime)]
+async fn filed_token(id: u64) -> Token {
+    let issued = FILED_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    Token {
+        id,
+        issued,
+        lifetime_ms: if id == 1 { 400 } else { 0 },
+    }
+}
+
+#[tokio::test]
+async fn in_files_the_entry_expires_with_the_value() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    cache_runtime::register("ttl-from-file", cache_runtime::FileBackend::new(dir.path()));
+    let first = filed_token(1).await;
+    assert_eq!(filed_token(1).await, first, "a hit from the file");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_ne!(
+        filed_token(1).await.issued,
+        first.issued,
+        "recomputed after 400 ms"
+    );
+    let zero = filed_token(2).await;
+    assert_ne!(
+        filed_token(2).await.issued,
+        zero.issued,
+        "a zero TTL is not stored"
+    );
+    cache_runtime::unregister("ttl-from-file");
+}
