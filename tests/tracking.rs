@@ -238,3 +238,63 @@ async fn a_server_that_refuses_tracking_gets_pubsub() {
     until_replaced(without_tracking, 1, old, Duration::from_millis(100)).await;
     assert!(tiered.is_subscribed());
 }
+
+static NO_HELLO_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 60, backend = "track-no-hello", key = "h:{n}", group = "hgroup")]
+async fn without_hello(n: u64) -> u64 {
+    NO_HELLO_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+/// A server without `HELLO` (Redis before 6, or the command renamed away) cannot speak RESP3: the
+/// client reports that as its own error kind, not a server `ERR`. The tier falls back to pub/sub
+/// instead of retrying tracking forever (with its local tier off all the while).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_resp3_gets_pubsub() {
+    let server = RedisServer::start_with(&["--rename-command", "HELLO", ""]);
+    let tiered = live_tiered(&server, "track-no-hello", without_hello).await;
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMSUB", "cache:invalidations"]),
+        "cache:invalidations\n1",
+        "subscribed instead"
+    );
+    let old = only_in_local_tier(&server, &NO_HELLO_RUNS, without_hello, 1).await;
+    support::run_child(
+        &["redis", "invalidate", "hgroup"],
+        &[("REDIS_URL", &server.url())],
+        &[],
+    );
+    until_replaced(without_hello, 1, old, Duration::from_millis(100)).await;
+    assert!(tiered.is_subscribed());
+}
+
+static NO_CLIENT_ACL_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 60, backend = "track-acl", key = "a:{n}", group = "agroup")]
+async fn without_client_acl(n: u64) -> u64 {
+    NO_CLIENT_ACL_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+/// An ACL that denies `CLIENT` answers `NOPERM`: the tier falls back to pub/sub too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_acl_denies_client_gets_pubsub() {
+    let server = RedisServer::start();
+    assert_eq!(
+        server.cli(&["ACL", "SETUSER", "default", "-client"]).trim(),
+        "OK"
+    );
+    let tiered = live_tiered(&server, "track-acl", without_client_acl).await;
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMSUB", "cache:invalidations"]),
+        "cache:invalidations\n1",
+        "subscribed instead"
+    );
+    let old = only_in_local_tier(&server, &NO_CLIENT_ACL_RUNS, without_client_acl, 1).await;
+    support::run_child(
+        &["redis", "invalidate", "agroup"],
+        &[("REDIS_URL", &server.url())],
+        &[],
+    );
+    until_replaced(without_client_acl, 1, old, Duration::from_millis(100)).await;
+    assert!(tiered.is_subscribed());
+}

@@ -112,10 +112,13 @@ async fn session(tracking: &Tracking, feed: &Feed) -> Outcome {
     Outcome::Ended
 }
 
-/// A refusal by the server (an `ERR` reply to `HELLO 3` or `CLIENT TRACKING`) rather than a
-/// connection problem.
+/// A refusal by the server rather than a connection problem: an `ERR` reply to `HELLO 3` or
+/// `CLIENT TRACKING` (an old or restricted server), a `NOPERM` one (an ACL without `CLIENT`), or
+/// a server the client found unable to speak RESP3.
 fn failed(error: &redis::RedisError) -> Outcome {
-    if error.code() == Some("ERR") {
+    let refused = matches!(error.code(), Some("ERR" | "NOPERM"))
+        || error.kind() == redis::ErrorKind::RESP3NotSupported;
+    if refused {
         Outcome::Refused
     } else {
         Outcome::Failed
