@@ -223,19 +223,42 @@ async fn tracking_is_enabled_again_after_its_connection_is_lost() {
 async fn a_server_that_refuses_tracking_gets_pubsub() {
     let server = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
     let tiered = live_tiered(&server, "track-fallback", without_tracking).await;
+    let old = subscribed_instead(&server, &FALLBACK_RUNS, without_tracking).await;
+    stays_local(&server, &FALLBACK_RUNS, without_tracking, 1, old).await;
+    invalidated_by_another_process(&server, &tiered, without_tracking, "fgroup", old).await;
+}
+
+/// The tier of `server` fell back to pub/sub: it is subscribed, and a value is served locally.
+async fn subscribed_instead<F, Fut>(server: &RedisServer, runs: &AtomicU64, call: F) -> u64
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = u64>,
+{
     assert_eq!(
         server.cli(&["PUBSUB", "NUMSUB", "cache:invalidations"]),
         "cache:invalidations\n1",
         "subscribed instead"
     );
-    let old = only_in_local_tier(&server, &FALLBACK_RUNS, without_tracking, 1).await;
-    stays_local(&server, &FALLBACK_RUNS, without_tracking, 1, old).await;
+    only_in_local_tier(server, runs, call, 1).await
+}
+
+/// Another process invalidates `group`: the local copy `old` is replaced through pub/sub.
+async fn invalidated_by_another_process<F, Fut>(
+    server: &RedisServer,
+    tiered: &TieredBackend,
+    call: F,
+    group: &str,
+    old: u64,
+) where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = u64>,
+{
     support::run_child(
-        &["redis", "invalidate", "fgroup"],
+        &["redis", "invalidate", group],
         &[("REDIS_URL", &server.url())],
         &[],
     );
-    until_replaced(without_tracking, 1, old, Duration::from_millis(100)).await;
+    until_replaced(call, 1, old, Duration::from_millis(100)).await;
     assert!(tiered.is_subscribed());
 }
 
@@ -253,19 +276,8 @@ async fn without_hello(n: u64) -> u64 {
 async fn a_server_without_resp3_gets_pubsub() {
     let server = RedisServer::start_with(&["--rename-command", "HELLO", ""]);
     let tiered = live_tiered(&server, "track-no-hello", without_hello).await;
-    assert_eq!(
-        server.cli(&["PUBSUB", "NUMSUB", "cache:invalidations"]),
-        "cache:invalidations\n1",
-        "subscribed instead"
-    );
-    let old = only_in_local_tier(&server, &NO_HELLO_RUNS, without_hello, 1).await;
-    support::run_child(
-        &["redis", "invalidate", "hgroup"],
-        &[("REDIS_URL", &server.url())],
-        &[],
-    );
-    until_replaced(without_hello, 1, old, Duration::from_millis(100)).await;
-    assert!(tiered.is_subscribed());
+    let old = subscribed_instead(&server, &NO_HELLO_RUNS, without_hello).await;
+    invalidated_by_another_process(&server, &tiered, without_hello, "hgroup", old).await;
 }
 
 static NO_CLIENT_ACL_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -284,17 +296,6 @@ async fn a_server_whose_acl_denies_client_gets_pubsub() {
         "OK"
     );
     let tiered = live_tiered(&server, "track-acl", without_client_acl).await;
-    assert_eq!(
-        server.cli(&["PUBSUB", "NUMSUB", "cache:invalidations"]),
-        "cache:invalidations\n1",
-        "subscribed instead"
-    );
-    let old = only_in_local_tier(&server, &NO_CLIENT_ACL_RUNS, without_client_acl, 1).await;
-    support::run_child(
-        &["redis", "invalidate", "agroup"],
-        &[("REDIS_URL", &server.url())],
-        &[],
-    );
-    until_replaced(without_client_acl, 1, old, Duration::from_millis(100)).await;
-    assert!(tiered.is_subscribed());
+    let old = subscribed_instead(&server, &NO_CLIENT_ACL_RUNS, without_client_acl).await;
+    invalidated_by_another_process(&server, &tiered, without_client_acl, "agroup", old).await;
 }
