@@ -12,7 +12,11 @@ use std::{
 };
 
 use cache_runtime::{cached, Backend, MemoryBackend, RedisBackend, TieredBackend};
-use support::RedisCluster;
+use support::{RedisCluster, Unregister};
+
+/// Every test takes this lock: the process-wide `invalidate_*` functions reach every registered
+/// backend, so one test's lost node must not fail another test's invalidation.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -38,10 +42,12 @@ async fn locked(id: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_set_ttl_and_invalidation_work_on_a_cluster_without_crossslot() {
+    let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
     cache_runtime::register("cluster", RedisBackend::cluster(&nodes).unwrap());
+    let _unregister = Unregister("cluster");
 
     // Many keys: they land on every node; the groups' generation keys live in other slots.
     for id in 0..60 {
@@ -152,6 +158,7 @@ async fn until_replaced(n: u64, g: u64, old: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiered_invalidations_survive_the_loss_of_the_subscribers_node() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = RedisCluster::start_with(3, &["--cluster-require-full-coverage", "no"]);
     let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
@@ -165,6 +172,7 @@ async fn tiered_invalidations_survive_the_loss_of_the_subscribers_node() {
     let local = || MemoryBackend::with_limits(1_000, 1 << 20);
     let first = Arc::new(TieredBackend::new(backend(), local()));
     cache_runtime::register_arc("cluster-tiered", first.clone());
+    let _unregister = Unregister("cluster-tiered");
     // Another process: its invalidations reach `first` only through Redis.
     let second = TieredBackend::new(backend(), local());
     second.remote().ping().await.unwrap();

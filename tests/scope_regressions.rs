@@ -357,15 +357,7 @@ async fn control_ttl_from_bounds_the_tiered_local_copy() {
         MemoryBackend::with_limits(1000, 8 << 20),
     ));
     cache_runtime::register_arc("probe-tiered", tiered.clone());
-    // Unregistered before the private server goes away: a registered backend whose server is gone
-    // fails every later `invalidate_key` of this binary.
-    struct Unregister;
-    impl Drop for Unregister {
-        fn drop(&mut self) {
-            cache_runtime::unregister("probe-tiered");
-        }
-    }
-    let _unregister = Unregister;
+    let _unregister = support::Unregister("probe-tiered");
     let cache: Cache<u64> = Cache::new("probe-tiered-fn", Duration::from_secs(600))
         .backend("probe-tiered")
         .ttl_from(|_| Duration::from_millis(800));

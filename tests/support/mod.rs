@@ -354,6 +354,17 @@ pub fn free_port() -> u16 {
         .expect("a free local port")
 }
 
+/// Unregisters `name` on drop, so a test's backend never outlives the server it talks to: a
+/// registered backend whose server is gone fails every later process-wide `invalidate_*` of the
+/// test binary.
+pub struct Unregister(pub &'static str);
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        cache_runtime::unregister(self.0);
+    }
+}
+
 /// Registers a fresh private Redis under `name`; unregisters it and stops the server on drop.
 pub struct RegisteredRedis {
     pub server: RedisServer,
