@@ -454,6 +454,7 @@ async fn prime_peek_and_refresh_on_redis() {
         "redis-control-b",
         cache_runtime::RedisBackend::open(&redis.server.url()).unwrap(),
     );
+    let _unregister = support::Unregister("redis-control-b");
 
     assert_eq!(account(1).await.owner, "ada");
     assert_eq!(redis.server.cli(&["EXISTS", "cache:k:acct:1"]), "1");
@@ -504,5 +505,4 @@ async fn prime_peek_and_refresh_on_redis() {
     cache_runtime::invalidate_group("accounts").await.unwrap();
     assert_eq!(account_peek(2).await, None);
     assert_eq!(account_elsewhere(2).await.owner, "elsewhere");
-    cache_runtime::unregister("redis-control-b");
 }

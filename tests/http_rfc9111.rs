@@ -442,9 +442,15 @@ async fn stale_response_with_etag_is_revalidated_with_if_none_match() {
     assert_etag_revalidation(&origin, &server).await;
 }
 
+/// Taken by the tests that invalidate process-wide and by the one whose private Redis goes away
+/// when it ends: an invalidation that listed that backend just before it was unregistered would
+/// otherwise reach a stopped server and fail.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// RFC 9111 §4.3.1, §4.3.4: the same revalidation with entries stored in Redis.
 #[tokio::test]
 async fn stale_response_with_etag_is_revalidated_on_redis() {
+    let _serial = SERIAL.lock().await;
     let _redis = support::RegisteredRedis::start("rfc9111-redis");
     let origin = etag_origin();
     let server = serve(&origin, CacheLayer::proxy().backend("rfc9111-redis")).await;
@@ -1836,6 +1842,7 @@ static VERSION: AtomicUsize = AtomicUsize::new(1);
 /// invalidate_group that runs while the origin computes the response is lost.
 #[tokio::test]
 async fn a_header_group_invalidated_during_the_fetch_is_not_lost() {
+    let _serial = SERIAL.lock().await;
     let origin = Origin::new(|_, _| {
         let v = VERSION.load(Ordering::SeqCst);
         Answer::ok(format!("v{v}"))
@@ -1867,6 +1874,7 @@ async fn a_header_group_invalidated_during_the_fetch_is_not_lost() {
 /// groups of another variant, so an invalidation of its own group misses it.
 #[tokio::test]
 async fn a_304_keeps_a_variant_under_its_own_groups() {
+    let _serial = SERIAL.lock().await;
     let origin = Origin::new(|seen, _| {
         let accept = seen.header("accept").unwrap_or("").to_owned();
         let tag = format!("\"{accept}\"");

@@ -193,6 +193,7 @@ async fn a_closed_port_costs_little_and_never_fails_the_call() {
         "redis-dead",
         cache_runtime::RedisBackend::open(&url).unwrap(),
     );
+    let _unregister = support::Unregister("redis-dead");
     let started = Instant::now();
     assert_eq!(on_dead_redis(1).await, 2);
     assert!(
@@ -211,7 +212,6 @@ async fn a_closed_port_costs_little_and_never_fails_the_call() {
         started.elapsed()
     );
     assert_eq!(DEAD_RUNS.load(Ordering::SeqCst), 51);
-    cache_runtime::unregister("redis-dead");
 }
 
 static RESTART_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -269,11 +269,11 @@ async fn invalidation_reports_a_failing_backend() {
         "redis-unreachable",
         cache_runtime::RedisBackend::open(&url).unwrap(),
     );
+    let _unregister = support::Unregister("redis-unreachable");
     let error = cache_runtime::invalidate_group("anything")
         .await
         .unwrap_err();
     assert!(error.to_string().contains("redis-unreachable"), "{error}");
     // ... and what to check.
     assert!(error.to_string().contains("REDIS_URL"), "{error}");
-    cache_runtime::unregister("redis-unreachable");
 }

@@ -10,7 +10,18 @@ use std::{
 };
 
 use cache_runtime::{cached, MemoryBackend, RedisBackend, TieredBackend};
-use support::{RedisCluster, RedisServer};
+use support::{RedisCluster, RedisServer, Unregister};
+
+/// Every test takes this lock while its backend is registered: the process-wide `invalidate_*`
+/// functions reach every registered backend, so one test's stopped server must not fail another
+/// test's invalidation.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A fresh runtime for one step, dropped (shut down) when the step returns.
 fn in_new_runtime<T>(multi_thread: bool, step: impl std::future::Future<Output = T>) -> T {
@@ -40,7 +51,9 @@ fn survives_runtimes(
     n: u64,
     group: &'static str,
 ) {
+    let _serial = serial();
     cache_runtime::register(name, backend);
+    let _unregister = Unregister(name);
     let key = format!("v:{n}");
     let first = in_new_runtime(false, call(n));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -75,7 +88,6 @@ fn survives_runtimes(
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     assert_eq!(in_new_runtime(true, call(n)), after_group);
     assert_eq!(runs.load(Ordering::SeqCst), 3);
-    cache_runtime::unregister(name);
 }
 
 static REDIS_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -219,12 +231,14 @@ async fn tiered_remote_value(n: u64) -> u64 {
 /// another client of the same Redis after that runtime is gone still empties the local tier.
 #[test]
 fn tiered_subscription_outlives_its_runtime() {
+    let _serial = serial();
     let server = RedisServer::start();
     let tiered = std::sync::Arc::new(TieredBackend::new(
         RedisBackend::open(&server.url()).expect("valid url"),
         MemoryBackend::default(),
     ));
     cache_runtime::register_arc("rt-tiered-remote", tiered.clone());
+    let _unregister = Unregister("rt-tiered-remote");
     let first = in_new_runtime(false, async {
         let value = tiered_remote_value(3).await;
         // The second call copies the value into the local tier (once the subscription is live).
@@ -254,5 +268,4 @@ fn tiered_subscription_outlives_its_runtime() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    cache_runtime::unregister("rt-tiered-remote");
 }

@@ -547,17 +547,19 @@ fn cached_fn(
                 #split
             };
             #errors
-                        let __cache_result = if __cache_refresh {
-                #rt::__private::refresh_call(
+            // The slow path, boxed: the fn's own future stays a few hundred bytes (what a hit
+            // builds and moves), not the size of the whole call machinery.
+            let __cache_result = if __cache_refresh {
+                ::std::boxed::Box::pin(#rt::__private::refresh_call(
                     &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
                     #ttl_from,
-                )
+                ))
                 .await
             } else {
-                #memoize(
+                ::std::boxed::Box::pin(#memoize(
                     &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
                     #ttl_from,
-                )
+                ))
                 .await
             };
             #joined

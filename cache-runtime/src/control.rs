@@ -230,7 +230,7 @@ pub async fn prime<T, X>(
     ttl_from: Option<TtlFrom<T>>,
 ) -> Result<(), CacheError>
 where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
 {
     if !key.is_keyable() {
         return Err(crate::__private::unkeyable(target));

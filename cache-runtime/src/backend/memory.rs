@@ -1,7 +1,7 @@
 //! The in-process backend: a bounded [`quick_cache`] cache that keeps typed values.
 //!
-//! Memoized calls store the value itself (behind an `Arc`), so a hit costs a lookup and a clone,
-//! with no serialization. The cache is bounded both by entry count and by bytes, where the size of a
+//! Memoized calls store the value itself (inline in the entry's one allocation), so a hit costs a
+//! lookup and a clone, with no serialization. The cache is bounded both by entry count and by bytes, where the size of a
 //! value is the length of its JSON form (measured once, when it is stored). Each entry carries its
 //! own expiry: a read past it is a miss that drops the entry, and a sweep at most every 10 s
 //! drops expired entries nobody reads.
@@ -53,12 +53,16 @@ const HOT_SHARE: f64 = 0.97;
 /// Hash-table slots reserved up front; the table grows up to the entry bound as it fills.
 const INITIAL_SLOTS: u64 = 1024;
 
+/// Keys of up to 24 bytes (templates such as `user:{id}`) are held inline in the store's slot, so a
+/// probe compares them without following a pointer.
+type StoreKey = compact_str::CompactString;
+
 type Store = quick_cache::sync::Cache<
-    String,
+    StoreKey,
     Arc<MemEntry>,
     EntryWeight,
     foldhash::fast::RandomState,
-    quick_cache::sync::DefaultLifecycle<String, Arc<MemEntry>>,
+    quick_cache::sync::DefaultLifecycle<StoreKey, Arc<MemEntry>>,
 >;
 
 /// A bounded in-process cache.
@@ -83,8 +87,10 @@ pub struct MemoryBackend {
     clears: AtomicU64,
 }
 
-struct MemEntry {
-    value: Stored,
+/// One entry, in one allocation with its value: a typed value (memoized calls) or a
+/// [`Serialized`] one (stored through the [`Backend`] trait). A hit follows one pointer from the
+/// store's slot to the header and the value.
+struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
     /// When the cache drops the entry (freshness plus any stale window).
     expires_at: Clock,
     /// When the value stops being fresh (ms since the Unix epoch); 0 when it is fresh for as long as
@@ -95,14 +101,23 @@ struct MemEntry {
     groups: Box<[String]>,
     generations: Box<[u64]>,
     weight: u64,
+    /// Last: the unsized part once the entry is erased to `MemEntry<dyn Any ..>`.
+    value: V,
 }
+
+/// Bytes stored through the [`Backend`] trait. A private type, so that no typed value of a
+/// caller's is ever taken for serialized bytes, or the other way round.
+struct Serialized(Vec<u8>);
 
 impl MemEntry {
     fn typed<T: 'static>(&self) -> Option<&T> {
-        match &self.value {
-            Stored::Typed(value) => value.downcast_ref::<T>(),
-            Stored::Bytes(_) => None,
-        }
+        self.value.downcast_ref::<T>()
+    }
+
+    fn serialized(&self) -> Option<&[u8]> {
+        self.value
+            .downcast_ref::<Serialized>()
+            .map(|s| s.0.as_slice())
     }
 
     /// Whether the value is still fresh (not yet in its stale window).
@@ -137,17 +152,12 @@ fn shard_count(max_bytes: u64) -> usize {
     default.min(1 << fitting.ilog2()).max(1)
 }
 
-enum Stored {
-    Typed(Arc<dyn Any + Send + Sync>),
-    Bytes(Vec<u8>),
-}
-
 /// Weighs entries by the weight computed once when they are stored.
 #[derive(Clone)]
 struct EntryWeight;
 
-impl quick_cache::Weighter<String, Arc<MemEntry>> for EntryWeight {
-    fn weight(&self, _key: &String, entry: &Arc<MemEntry>) -> u64 {
+impl quick_cache::Weighter<StoreKey, Arc<MemEntry>> for EntryWeight {
+    fn weight(&self, _key: &StoreKey, entry: &Arc<MemEntry>) -> u64 {
         entry.weight
     }
 }
@@ -279,8 +289,8 @@ impl MemoryBackend {
         Some(entry)
     }
 
-    fn insert(&self, key: String, entry: MemEntry) {
-        self.entries.insert(key, Arc::new(entry));
+    fn insert(&self, key: String, entry: Arc<MemEntry>) {
+        self.entries.insert(key.into(), entry);
         if self.sweeps.due() {
             self.run_pending_tasks();
         }
@@ -321,32 +331,32 @@ impl MemoryBackend {
 
     /// Stores a typed value kept for `ttl` and fresh until `fresh_until_ms` (0: while kept).
     /// Returns `false`, storing nothing, when its serialized size exceeds `max_value_bytes`.
-    pub(crate) fn set_typed<T: serde::Serialize + Send + Sync + 'static>(
+    pub(crate) fn set_typed<T: serde::Serialize + Clone + Send + Sync + 'static>(
         &self,
         key: String,
-        value: Arc<T>,
+        value: &T,
         ttl: Duration,
         fresh_until_ms: u64,
         (groups, generations): (&[String], Vec<u64>),
         max_value_bytes: u64,
     ) -> bool {
-        let size = serialized_len(value.as_ref());
+        let size = serialized_len(value);
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
         let weight = (size <= max_value_bytes)
             .then(|| self.weight(&key, size + (size_of::<T>() + group_bytes) as u64))
             .flatten();
         let Some(weight) = weight else {
-            self.entries.remove(&key); // an older value must not outlive this one
+            self.entries.remove(key.as_str()); // an older value must not outlive this one
             return false;
         };
-        let entry = MemEntry {
-            value: Stored::Typed(value),
+        let entry: Arc<MemEntry> = Arc::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms,
             groups: groups.into(),
             generations: generations.into_boxed_slice(),
             weight,
-        };
+            value: value.clone(),
+        });
         if entry.groups.is_empty() {
             self.insert(key, entry);
             return true;
@@ -359,10 +369,10 @@ impl MemoryBackend {
             if !table.storable(&entry.groups, &entry.generations) {
                 drop(table);
                 // Stale already (computed before an invalidation): the older value goes too.
-                self.entries.remove(&key);
+                self.entries.remove(key.as_str());
                 return true;
             }
-            self.entries.insert(key, Arc::new(entry));
+            self.entries.insert(key.into(), entry);
         }
         if self.sweeps.due() {
             self.run_pending_tasks();
@@ -417,10 +427,9 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        let value = self.live_entry(key).and_then(|entry| match &entry.value {
-            Stored::Bytes(bytes) => Some(bytes.clone()),
-            Stored::Typed(_) => None,
-        });
+        let value = self
+            .live_entry(key)
+            .and_then(|entry| entry.serialized().map(<[u8]>::to_vec));
         Ok(Lookup {
             value,
             generations: self.generations.current(groups),
@@ -438,14 +447,14 @@ impl Backend for MemoryBackend {
             self.remove(key);
             return Ok(());
         };
-        let entry = MemEntry {
-            value: Stored::Bytes(value),
+        let entry: Arc<MemEntry> = Arc::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms: 0,
             groups: Box::new([]),
             generations: Box::new([]),
             weight,
-        };
+            value: Serialized(value),
+        });
         self.insert(key.to_owned(), entry);
         Ok(())
     }
@@ -687,7 +696,7 @@ mod tests {
         let observed = mem.generations.current(groups);
         mem.set_typed(
             key.into(),
-            Arc::new(value),
+            &value,
             Duration::from_secs(60),
             0,
             (groups, observed),
@@ -696,7 +705,7 @@ mod tests {
     }
 
     /// Stores `value` under `key` for 60 s, fresh while kept, with no groups and no size limit.
-    fn put<T: serde::Serialize + Send + Sync + 'static>(
+    fn put<T: serde::Serialize + Clone + Send + Sync + 'static>(
         mem: &MemoryBackend,
         key: &str,
         value: T,
@@ -705,13 +714,13 @@ mod tests {
     }
 
     /// As [`put`], kept for `ttl`.
-    fn put_for<T: serde::Serialize + Send + Sync + 'static>(
+    fn put_for<T: serde::Serialize + Clone + Send + Sync + 'static>(
         mem: &MemoryBackend,
         key: &str,
         value: T,
         ttl: Duration,
     ) -> bool {
-        mem.set_typed(key.into(), Arc::new(value), ttl, 0, (&[], vec![]), u64::MAX)
+        mem.set_typed(key.into(), &value, ttl, 0, (&[], vec![]), u64::MAX)
     }
 
     #[test]
@@ -765,7 +774,7 @@ mod tests {
         // `before` was observed before the bump: storing with it must stay stale even after folding.
         mem.set_typed(
             "k".into(),
-            Arc::new(1u64),
+            &1u64,
             Duration::from_secs(60),
             0,
             (&g, before),
@@ -858,7 +867,7 @@ mod tests {
         assert_eq!(mem.get_fresh::<u64>("stored"), None);
         mem.set_typed(
             "late".into(),
-            Arc::new(3u64),
+            &3u64,
             Duration::from_secs(60),
             0,
             (&g, before),
@@ -910,7 +919,7 @@ mod tests {
         let past = crate::envelope::now_ms() - 1;
         mem.set_typed(
             "k".into(),
-            Arc::new(1u8),
+            &1u8,
             Duration::from_secs(60),
             past,
             (&[], vec![]),
@@ -928,7 +937,7 @@ mod tests {
         let mem = MemoryBackend::default();
         let stored = mem.set_typed(
             "k".into(),
-            Arc::new("x".repeat(100)),
+            &"x".repeat(100),
             Duration::from_secs(60),
             0,
             (&[], vec![]),

@@ -1,6 +1,6 @@
 //! Lookups: what a backend holds for a key (typed in process, decoded from bytes elsewhere).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -101,7 +101,6 @@ where
         let remaining = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
         let ttl = remaining.min(tiered.local_ttl());
         if !ttl.is_zero() {
-            let value = Arc::new(value.clone());
             let _ = local.set_typed(
                 key.to_owned(),
                 value,

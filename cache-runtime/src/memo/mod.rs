@@ -337,7 +337,7 @@ pub(crate) fn spawn_leader<T, E, F>(
     errors: Errors<E>,
 ) -> JoinHandle<Result<Arc<T>, E>>
 where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
     E: Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
@@ -356,7 +356,7 @@ async fn run_leader<T, E, F>(
     errors: Errors<E>,
 ) -> Result<Arc<T>, E>
 where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, E>>,
 {
     // Released when this leader ends, however it ends (a dropped caller or a panic included).
@@ -478,7 +478,7 @@ async fn run_body<T, E, F>(
     errors: Errors<E>,
 ) -> Result<Arc<T>, E>
 where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, E>>,
 {
     match body {

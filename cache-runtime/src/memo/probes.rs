@@ -50,7 +50,7 @@ pub trait ViaSpawn<T, E, F> {
 impl<T, E, F> ViaSpawn<T, E, F> for SpawnProbe<F>
 where
     F: Future<Output = Result<T, E>> + Send + 'static,
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
     E: Send + 'static,
 {
     fn body(&self) -> Body<T, E, F> {

@@ -53,7 +53,7 @@ pub(crate) async fn store<T>(
     value: &Arc<T>,
     policy: Policy,
 ) where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
 {
     let retention = policy.retention();
     if let Some(memory) = backend.memory() {
@@ -64,7 +64,7 @@ pub(crate) async fn store<T>(
         };
         let stored = memory.set_typed(
             key.to_owned(),
-            Arc::clone(value),
+            value.as_ref(),
             retention,
             fresh_until,
             (groups, generations),
@@ -169,7 +169,7 @@ pub(crate) async fn store_checked<T>(
     ttl_from: Option<TtlFrom<T>>,
 ) -> bool
 where
-    T: Serialize + Send + Sync + 'static,
+    T: Serialize + Clone + Send + Sync + 'static,
 {
     let policy = value_policy(site.policy, ttl_from, value);
     if policy.ttl_ms == 0 {
