@@ -201,21 +201,83 @@ impl std::fmt::Debug for Site {
 
 static SITES: Mutex<Vec<&'static Site>> = Mutex::new(Vec::new());
 
-/// Counter stripes per site.
-const STRIPES: usize = 4;
+/// Counter stripes per site. The first [`OWNED_STRIPES`] are leased to one thread each, which
+/// counts with a plain load and store (no read-modify-write on a hit); threads beyond those share
+/// the others and count with `fetch_add`.
+const STRIPES: usize = 8;
+const OWNED_STRIPES: usize = 6;
 
 /// One cache line of counters.
 #[repr(align(64))]
 struct Stripe([AtomicU64; 8]);
 
-/// This thread's stripe.
-fn stripe() -> usize {
+/// A thread's stripe, and whether no other thread counts in it.
+#[derive(Clone, Copy)]
+struct Lease {
+    stripe: usize,
+    owned: bool,
+}
+
+/// The owned stripes no live thread holds, one bit each.
+static FREE_STRIPES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new((1 << OWNED_STRIPES) - 1);
+
+/// Holds a thread's lease; gives an owned stripe back when the thread ends.
+struct LeaseHolder(Lease);
+
+impl LeaseHolder {
+    fn take() -> Self {
+        let mut free = FREE_STRIPES.load(Ordering::Acquire);
+        while free != 0 {
+            let stripe = free.trailing_zeros() as usize;
+            // Acquire: the counts of the thread that held the stripe before are visible here.
+            match FREE_STRIPES.compare_exchange_weak(
+                free,
+                free & !(1 << stripe),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Self(Lease {
+                        stripe,
+                        owned: true,
+                    })
+                }
+                Err(now) => free = now,
+            }
+        }
+        Self(shared_lease())
+    }
+}
+
+impl Drop for LeaseHolder {
+    fn drop(&mut self) {
+        if self.0.owned {
+            // Release: the next holder's plain increments start from this thread's last counts.
+            FREE_STRIPES.fetch_or(1 << self.0.stripe, Ordering::Release);
+        }
+    }
+}
+
+/// One of the shared stripes, spreading the threads over them.
+fn shared_lease() -> Lease {
     use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    let shared = STRIPES - OWNED_STRIPES;
+    Lease {
+        stripe: OWNED_STRIPES + NEXT.fetch_add(1, Ordering::Relaxed) % shared,
+        owned: false,
     }
-    STRIPE.with(|s| *s)
+}
+
+/// This thread's stripe (a shared one while the thread is ending).
+fn lease() -> Lease {
+    thread_local! {
+        static LEASE: LeaseHolder = LeaseHolder::take();
+    }
+    LEASE
+        .try_with(|holder| holder.0)
+        .unwrap_or_else(|_| shared_lease())
 }
 
 /// Whether to time this call: one in [`SAMPLE_EVERY`] calls on in-process backends (a clock read
@@ -273,7 +335,14 @@ impl Site {
 
     /// Counts one event (in this thread's stripe: threads hitting one function do not contend).
     pub(crate) fn count(&self, event: Event) {
-        self.counters[stripe()].0[event as usize].fetch_add(1, Ordering::Relaxed);
+        let lease = lease();
+        let counter = &self.counters[lease.stripe].0[event as usize];
+        if lease.owned {
+            // Only this thread writes this stripe.
+            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        } else {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         #[cfg(feature = "metrics")]
         metrics::counter!(
             event.metric_name(),
@@ -463,6 +532,30 @@ fn labels(s: &FnStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts from more threads than there are owned stripes, all at once, in waves of
+    /// short-lived threads (whose stripes are handed on): none is lost.
+    #[test]
+    fn counts_from_many_threads_and_handed_on_stripes_are_exact() {
+        static SITE: Site = Site::new("app", "counted", "memory", Policy::ttl(1000));
+        const PER_THREAD: u64 = 100_000;
+        const WAVE: usize = 2 * STRIPES;
+        const WAVES: u64 = 4;
+        for _ in 0..WAVES {
+            let start = std::sync::Barrier::new(WAVE);
+            std::thread::scope(|wave| {
+                for _ in 0..WAVE {
+                    wave.spawn(|| {
+                        start.wait();
+                        for _ in 0..PER_THREAD {
+                            SITE.count(Event::Hit);
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(SITE.snapshot().hits, WAVES * WAVE as u64 * PER_THREAD);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
