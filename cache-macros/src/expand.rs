@@ -825,15 +825,21 @@ fn cached_handler(
         ) -> #rt::http::Response #where_clause {
             #inner_fn
             #site
-            let (__cache_key, __cache_groups): (
-                #rt::__private::KeyBuf,
-                ::std::vec::Vec<::std::string::String>,
-            ) = {
+            // `mut`: a group value that cannot be serialized marks the key (the call runs uncached).
+            #[allow(unused_mut)]
+            let mut __cache_key: #rt::__private::KeyBuf = {
                 #bindings
-                #[allow(unused_mut)]
-                let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
-                let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
-                (__cache_key, __cache_groups)
+                #key_expr
+            };
+            // The hot path: a fresh in-process response, answered before anything else is built.
+            if let ::core::option::Option::Some(__cache_reply) =
+                #rt::http::fresh_reply(&__CACHE_SITE, &__cache_http, &__cache_key, #visibility)
+            {
+                return __cache_reply;
+            }
+            let __cache_groups: ::std::vec::Vec<::std::string::String> = {
+                #bindings
+                #groups
             };
             let __cache_body = #rt::http::outcome(
                 &__CACHE_SITE,
@@ -843,8 +849,11 @@ fn cached_handler(
                 },
             );
             #spawn_probe
-            #rt::http::serve(&__CACHE_SITE, __cache_http, __cache_key, __cache_groups, #visibility, __cache_run)
-                .await
+            // Boxed: the handler's own future stays the size of what a hit needs.
+            ::std::boxed::Box::pin(#rt::http::serve(
+                &__CACHE_SITE, __cache_http, __cache_key, __cache_groups, #visibility, __cache_run,
+            ))
+            .await
         }
     };
     Expansion { item, companions }

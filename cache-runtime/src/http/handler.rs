@@ -61,9 +61,29 @@ pub(crate) fn storable(response: &Response) -> bool {
         && !cc.private
 }
 
-/// Serves a `#[cached(http)]` handler: the cached response when there is one, else the handler's
-/// (see [`outcome`]), stored when it may be; both answered with validators and 304 where
-/// `If-None-Match` matches.
+/// The hot path of a `#[cached(http)]` handler, checked before its body is built: the reply from
+/// a fresh response in an in-process backend, if there is one (with validators, and `304` where
+/// `If-None-Match` matches).
+pub fn fresh_reply(
+    site: &'static Site,
+    request: &RequestInfo,
+    key: &KeyBuf,
+    visibility: &'static str,
+) -> Option<Response> {
+    if !request.cacheable_method() {
+        return None;
+    }
+    let cached = crate::memo::fresh_hit::<CachedResponse>(site, key)?;
+    Some(cached.reply(
+        ReplyCacheControl::Origin(visibility),
+        &request.if_none_match,
+        None,
+    ))
+}
+
+/// Serves a `#[cached(http)]` handler after [`fresh_reply`] found nothing: the cached response
+/// when a backend has one, else the handler's (see [`outcome`]), stored when it may be; both
+/// answered with validators and 304 where `If-None-Match` matches.
 pub async fn serve<F>(
     site: &'static Site,
     request: RequestInfo,
@@ -81,13 +101,6 @@ where
             Ok(cached) => cached.reply(ReplyCacheControl::Origin(visibility), &[], None),
             Err(response) => response,
         };
-    }
-    if let Some(cached) = crate::memo::fresh_hit::<CachedResponse>(site, &key) {
-        return cached.reply(
-            ReplyCacheControl::Origin(visibility),
-            &request.if_none_match,
-            None,
-        );
     }
     // An uncacheable response belongs to its request: concurrent requests each run the handler.
     // Only a server error lets a stale response stand in (stale-if-error).

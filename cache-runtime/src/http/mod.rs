@@ -30,6 +30,6 @@ pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
 
 #[doc(hidden)]
 pub use handler::{
-    after_mutation, outcome, serve, CachedResponse, HttpKeyArg, HttpKeyViaHeaders,
+    after_mutation, fresh_reply, outcome, serve, CachedResponse, HttpKeyArg, HttpKeyViaHeaders,
     HttpKeyViaSerialize, RequestInfo,
 };

@@ -98,14 +98,41 @@ pub struct ResponseParts {
     prepared: OnceLock<Prepared>,
 }
 
-/// The stored headers parsed once, and the handler's own `Cache-Control` directives.
+/// What every reply of one stored response shares, built once: its headers parsed, its `ETag`,
+/// and its `Cache-Control` values (`None` where a value is not a valid header value: not sent).
 #[derive(Debug)]
 struct Prepared {
     headers: Vec<(HeaderName, HeaderValue)>,
+    etag: Option<HeaderValue>,
     /// The handler's `Cache-Control` as stored, if it sent one.
-    cache_control: Option<String>,
-    /// Its directives other than visibility and freshness, each preceded by `", "`.
+    stored_cache_control: Option<HeaderValue>,
+    /// `public, max-age=<lifetime>`: what the layer sends when the origin sent none.
+    default_cache_control: Option<HeaderValue>,
+    /// The handler's directives other than visibility and freshness, each preceded by `", "`.
     kept_directives: String,
+    /// The attribute's `<visibility>, max-age=<lifetime><kept directives>`, for the visibility
+    /// first asked for (a handler always asks with the same one).
+    origin_cache_control: OnceLock<(String, Option<HeaderValue>)>,
+}
+
+impl Prepared {
+    fn origin_cache_control(&self, visibility: &str, lifetime: u64) -> Option<HeaderValue> {
+        let build = || {
+            HeaderValue::from_str(&format!(
+                "{visibility}, max-age={lifetime}{}",
+                self.kept_directives
+            ))
+            .ok()
+        };
+        let (built_for, value) = self
+            .origin_cache_control
+            .get_or_init(|| (visibility.to_owned(), build()));
+        if built_for == visibility {
+            value.clone()
+        } else {
+            build()
+        }
+    }
 }
 
 /// What to put in `Cache-Control` on a reply.
@@ -355,10 +382,19 @@ impl CachedResponse {
                     kept_directives.push_str(directive);
                 }
             }
+            let lifetime = self.ttl_ms / 1000;
             Prepared {
                 headers,
-                cache_control,
+                etag: HeaderValue::from_str(&self.etag).ok(),
+                stored_cache_control: cache_control
+                    .as_deref()
+                    .and_then(|value| HeaderValue::from_str(value).ok()),
+                default_cache_control: HeaderValue::from_str(&format!(
+                    "public, max-age={lifetime}"
+                ))
+                .ok(),
                 kept_directives,
+                origin_cache_control: OnceLock::new(),
             }
         })
     }
@@ -391,18 +427,16 @@ impl CachedResponse {
         let lifetime = self.ttl_ms / 1000;
         let prepared = self.prepared();
         let cache_control = match cache_control {
+            // The handler's own directives (no-cache, must-revalidate, s-maxage...) are kept;
+            // visibility and max-age are the cache's.
             ReplyCacheControl::Origin(visibility) => {
-                // The handler's own directives (no-cache, must-revalidate, s-maxage...) are kept;
-                // visibility and max-age are the cache's.
-                Some(format!(
-                    "{visibility}, max-age={lifetime}{}",
-                    prepared.kept_directives
-                ))
+                prepared.origin_cache_control(visibility, lifetime)
             }
-            ReplyCacheControl::Shared { default } => prepared
-                .cache_control
-                .clone()
-                .or_else(|| default.then(|| format!("public, max-age={lifetime}"))),
+            ReplyCacheControl::Shared { default } => match &prepared.stored_cache_control {
+                Some(stored) => Some(stored.clone()),
+                None if default => prepared.default_cache_control.clone(),
+                None => None,
+            },
         };
         let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
         for (name, value) in &prepared.headers {
@@ -415,18 +449,19 @@ impl CachedResponse {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let mut set = |name: HeaderName, value: &str| {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(name, value);
-            }
-        };
-        set(header::ETAG, &self.etag);
-        if let Some(cache_control) = &cache_control {
-            set(header::CACHE_CONTROL, cache_control);
+        if let Some(etag) = &prepared.etag {
+            headers.insert(header::ETAG, etag.clone());
         }
-        set(header::AGE, &(age_ms / 1000).to_string());
+        if let Some(cache_control) = cache_control {
+            headers.insert(header::CACHE_CONTROL, cache_control);
+        }
+        headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
         if let Some(x_cache) = x_cache {
-            set(HeaderName::from_static("x-cache"), x_cache);
+            // The layer's own constants (`HIT`, `STALE`, ...).
+            headers.insert(
+                HeaderName::from_static("x-cache"),
+                HeaderValue::from_static(x_cache),
+            );
         }
         let (status, body) = if not_modified {
             (StatusCode::NOT_MODIFIED, Body::empty())

@@ -21,7 +21,7 @@ use crate::{
         response::{CachedResponse, ReplyCacheControl, Stamp},
     },
     memo::{self, probe, store, Probe},
-    registry::{self, Registered},
+    registry::Registered,
     stats::{Event, Policy},
 };
 
@@ -107,7 +107,8 @@ where
     B: Send + 'static,
 {
     let config = &shared.config;
-    let Some(backend) = registry::resolve(&config.backend) else {
+    // The layer's site names its backend: resolved through the site's cached slot.
+    let Some(backend) = shared.site.resolve() else {
         return inner.call(request).await;
     };
     let (parts, body) = request.into_parts();

@@ -24,12 +24,19 @@ pub(super) fn cookie_bypass(config: &CacheLayer, parts: &Parts) -> bool {
 
 /// The base key of a request.
 pub(super) fn base(config: &CacheLayer, parts: &Parts) -> String {
-    let mut key = String::from("http:");
+    let mut key = String::with_capacity(64);
+    key.push_str("http:");
     escape_into(&mut key, &config.name);
     key.push(':');
     match &config.cache_key {
         Some(custom) => escape_into(&mut key, &custom(parts)),
-        None => escape_into(&mut key, &default_target(parts)),
+        None => {
+            // The default target, `<host><path and query>`, escaped as one text (escaping is
+            // per character).
+            let uri = original_uri(parts);
+            escape_into(&mut key, host(parts));
+            escape_into(&mut key, uri.path_and_query().map_or("/", |p| p.as_str()));
+        }
     }
     normalize_key(key)
 }
@@ -140,13 +147,6 @@ fn original_uri(parts: &Parts) -> &Uri {
         .extensions
         .get::<OriginalUri>()
         .map_or(&parts.uri, |original| &original.0)
-}
-
-fn default_target(parts: &Parts) -> String {
-    let uri = original_uri(parts);
-    let mut target = host(parts).to_owned();
-    target.push_str(uri.path_and_query().map_or("/", |p| p.as_str()));
-    target
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.
