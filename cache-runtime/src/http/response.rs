@@ -98,6 +98,38 @@ pub struct ResponseParts {
     prepared: OnceLock<Prepared>,
 }
 
+/// Ages below this many seconds are sent from a table built once (a reply then allocates nothing
+/// for its `Age`).
+const TABULATED_AGES: u64 = 3600;
+
+/// The `Age` header value for `seconds`.
+fn age_value(seconds: u64) -> HeaderValue {
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    if seconds >= TABULATED_AGES {
+        return HeaderValue::from(seconds);
+    }
+    let ages = AGES.get_or_init(|| {
+        // One allocation for all the digits, kept for the process: the values borrow it, so
+        // cloning one copies a pointer and a length.
+        let mut digits = String::new();
+        let mut ends = Vec::with_capacity(TABULATED_AGES as usize);
+        for age in 0..TABULATED_AGES {
+            digits.push_str(&age.to_string());
+            ends.push(digits.len());
+        }
+        let digits: &'static str = Box::leak(digits.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let value = HeaderValue::from_static(&digits[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    ages[seconds as usize].clone()
+}
+
 /// What every reply of one stored response shares, built once: its headers parsed, its `ETag`,
 /// and its `Cache-Control` values (`None` where a value is not a valid header value: not sent).
 #[derive(Debug)]
@@ -455,7 +487,7 @@ impl CachedResponse {
         if let Some(cache_control) = cache_control {
             headers.insert(header::CACHE_CONTROL, cache_control);
         }
-        headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
+        headers.insert(header::AGE, age_value(age_ms / 1000));
         if let Some(x_cache) = x_cache {
             // The layer's own constants (`HIT`, `STALE`, ...).
             headers.insert(
@@ -591,6 +623,23 @@ mod body_repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tabulated_ages_are_the_decimal_seconds() {
+        for seconds in [
+            0,
+            1,
+            9,
+            10,
+            59,
+            600,
+            TABULATED_AGES - 1,
+            TABULATED_AGES,
+            86_400,
+        ] {
+            assert_eq!(age_value(seconds).to_str().unwrap(), seconds.to_string());
+        }
+    }
 
     fn response(body: Body) -> Response<Body> {
         let mut r = Response::new(body);
