@@ -12,8 +12,9 @@ use std::{
     time::Duration,
 };
 
-use cache_runtime::{async_trait, cached, Backend, BackendError, Lookup, MemoryBackend};
+use cache_runtime::cached;
 use serde::{Deserialize, Serialize};
+use support::wrapped::{Call, Hold, Wrapped};
 use tokio::sync::Notify;
 
 /// Tests that invalidate groups (which reach every registered backend) or register backends take
@@ -274,52 +275,6 @@ async fn a_refresh_overtaken_by_an_invalidation_is_not_stored() {
     assert_eq!(slow_peek(2, "x").await, None);
 }
 
-/// A memory store, used through the serialized path, whose lookup waits while `hold` is set, once
-/// the `skip` lookups before it have passed (a prime reads generations twice: before and after
-/// its own invalidation of the key; the second read is the one held).
-struct HeldLookups {
-    inner: MemoryBackend,
-    hold: AtomicBool,
-    skip: AtomicUsize,
-    held: Notify,
-    resume: Notify,
-}
-
-#[async_trait]
-impl Backend for HeldLookups {
-    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        if self.hold.load(Ordering::SeqCst) {
-            let skipped = self
-                .skip
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if !skipped && self.hold.swap(false, Ordering::SeqCst) {
-                self.held.notify_one();
-                self.resume.notified().await;
-            }
-        }
-        self.inner.get(key, groups).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        groups: &[String],
-    ) -> Result<(), BackendError> {
-        self.inner.set(key, value, ttl, groups).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), BackendError> {
-        self.inner.delete(key).await
-    }
-    async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
-        self.inner.invalidate_group(group).await
-    }
-    async fn clear(&self) -> Result<(), BackendError> {
-        self.inner.clear().await
-    }
-}
-
 static HELD_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(ttl = 60, backend = "held", key = "held:{id}", group = "held")]
@@ -331,35 +286,33 @@ async fn held(id: u64) -> u64 {
 #[tokio::test]
 async fn a_prime_racing_an_invalidation_does_not_resurrect_its_value() {
     let _global = GLOBAL.lock().await;
-    let backend = Arc::new(HeldLookups {
-        inner: MemoryBackend::default(),
-        hold: AtomicBool::new(false),
-        skip: AtomicUsize::new(0),
-        held: Notify::new(),
-        resume: Notify::new(),
-    });
+    // A memory store, used through the serialized path, whose lookup can be held (a prime reads
+    // generations twice: before and after its own invalidation of the key; the second read is the
+    // one held).
+    let backend = Arc::new(Wrapped::new(Hold::new(Call::Get)));
     cache_runtime::register_arc("held", backend.clone());
+    let hold = &backend.hook;
 
     // The prime has invalidated the old entry and reads the generations to store under; an
     // invalidation of the key lands meanwhile and wins.
-    backend.skip.store(1, Ordering::SeqCst);
-    backend.hold.store(true, Ordering::SeqCst);
+    hold.skip.store(1, Ordering::SeqCst);
+    hold.hold.store(true, Ordering::SeqCst);
     let prime = tokio::spawn(held_prime(1, 500));
-    backend.held.notified().await;
+    hold.held.notified().await;
     cache_runtime::invalidate_key(&held_key(1)).await.unwrap();
-    backend.resume.notify_one();
+    hold.resume.notify_one();
     prime.await.unwrap().unwrap();
     assert_eq!(held_peek(1).await, None);
     assert_eq!(held(1).await, 1);
     assert_eq!(HELD_RUNS.load(Ordering::SeqCst), 1);
 
     // The same with a group invalidation.
-    backend.skip.store(1, Ordering::SeqCst);
-    backend.hold.store(true, Ordering::SeqCst);
+    hold.skip.store(1, Ordering::SeqCst);
+    hold.hold.store(true, Ordering::SeqCst);
     let prime = tokio::spawn(held_prime(2, 500));
-    backend.held.notified().await;
+    hold.held.notified().await;
     cache_runtime::invalidate_group("held").await.unwrap();
-    backend.resume.notify_one();
+    hold.resume.notify_one();
     prime.await.unwrap().unwrap();
     assert_eq!(held_peek(2).await, None);
 

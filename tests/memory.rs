@@ -1,5 +1,7 @@
 //! The attribute's behaviour on the in-process backend.
 
+mod support;
+
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -7,6 +9,7 @@ use std::{
 
 use cache_runtime::cached;
 use serde::{Deserialize, Serialize};
+use support::wrapped::{Call, Count, Wrapped};
 
 static SQUARE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -452,43 +455,6 @@ async fn a_call_whose_key_cannot_be_built_runs_uncached_and_reads_no_entry() {
     );
 }
 
-/// A user's wrapper around the memory store: the runtime cannot see the store inside, so it takes
-/// the serialized path, with the same answers.
-struct Counted {
-    inner: cache_runtime::MemoryBackend,
-    gets: AtomicUsize,
-}
-
-#[cache_runtime::async_trait]
-impl cache_runtime::Backend for Counted {
-    async fn get(
-        &self,
-        key: &str,
-        groups: &[String],
-    ) -> Result<cache_runtime::Lookup, cache_runtime::BackendError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key, groups).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        groups: &[String],
-    ) -> Result<(), cache_runtime::BackendError> {
-        self.inner.set(key, value, ttl, groups).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), cache_runtime::BackendError> {
-        self.inner.delete(key).await
-    }
-    async fn invalidate_group(&self, group: &str) -> Result<(), cache_runtime::BackendError> {
-        self.inner.invalidate_group(group).await
-    }
-    async fn clear(&self) -> Result<(), cache_runtime::BackendError> {
-        self.inner.clear().await
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
     id: u64,
@@ -513,16 +479,15 @@ async fn wrapped(n: u64) -> Profile {
 
 #[tokio::test]
 async fn a_wrapped_memory_store_takes_the_serialized_path_with_the_same_answers() {
-    let counted = std::sync::Arc::new(Counted {
-        inner: cache_runtime::MemoryBackend::default(),
-        gets: AtomicUsize::new(0),
-    });
+    // A user's wrapper around the memory store: the runtime cannot see the store inside, so it
+    // takes the serialized path, with the same answers.
+    let counted = std::sync::Arc::new(Wrapped::new(Count::new(Call::Get)));
     cache_runtime::register_arc("wrapped-memory", counted.clone());
     let first = wrapped(1).await;
     assert_eq!(wrapped(1).await, first);
     assert_eq!(WRAPPED_RUNS.load(Ordering::SeqCst), 1);
     assert!(
-        counted.gets.load(Ordering::SeqCst) >= 2,
+        counted.hook.count.load(Ordering::SeqCst) >= 2,
         "every lookup went through the wrapper"
     );
     cache_runtime::invalidate_group("wrapped").await.unwrap();

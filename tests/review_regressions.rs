@@ -2,19 +2,19 @@
 //! a wrong answer (or panicked) before its fix.
 #![allow(async_fn_in_trait)]
 
+mod support;
+
 use std::{
     marker::PhantomData,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
 };
 
-use cache_runtime::{
-    async_trait, cached, cached_impl, Backend, BackendError, Lookup, MemoryBackend,
-};
-use tokio::sync::Notify;
+use cache_runtime::{cached, cached_impl, MemoryBackend};
+use support::wrapped::{Call, Hold, Wrapped};
 
 pub struct Sized_<T>(PhantomData<T>);
 
@@ -81,43 +81,6 @@ async fn instantiations_of_a_generic_impl_never_share_an_entry() {
     assert_eq!(W::<u64>(PhantomData).sz().await, 8, "a named trait method");
 }
 
-/// A backend whose next delete waits until told to go on.
-struct HeldDeletes {
-    inner: MemoryBackend,
-    hold: AtomicBool,
-    held: Notify,
-    resume: Notify,
-}
-
-#[async_trait]
-impl Backend for HeldDeletes {
-    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        self.inner.get(key, groups).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        groups: &[String],
-    ) -> Result<(), BackendError> {
-        self.inner.set(key, value, ttl, groups).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), BackendError> {
-        if self.hold.swap(false, Ordering::SeqCst) {
-            self.held.notify_one();
-            self.resume.notified().await;
-        }
-        self.inner.delete(key).await
-    }
-    async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
-        self.inner.invalidate_group(group).await
-    }
-    async fn clear(&self) -> Result<(), BackendError> {
-        self.inner.clear().await
-    }
-}
-
 static HD_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(
@@ -134,17 +97,14 @@ async fn hd(id: u64) -> u64 {
 /// A group invalidation recorded while a prime invalidates its key wins over the primed value.
 #[tokio::test]
 async fn a_group_invalidation_during_a_prime_wins() {
-    let backend = Arc::new(HeldDeletes {
-        inner: MemoryBackend::default(),
-        hold: AtomicBool::new(true),
-        held: Notify::new(),
-        resume: Notify::new(),
-    });
+    // The next delete waits until told to go on.
+    let backend = Arc::new(Wrapped::new(Hold::new(Call::Delete)));
+    backend.hook.hold.store(true, Ordering::SeqCst);
     cache_runtime::register_arc("review-held-deletes", backend.clone());
     let prime = tokio::spawn(hd_prime(1, 500)); // computed before the group changed
-    backend.held.notified().await;
+    backend.hook.held.notified().await;
     cache_runtime::invalidate_group("review-hd").await.unwrap();
-    backend.resume.notify_one();
+    backend.hook.resume.notify_one();
     prime.await.unwrap().unwrap();
     assert_eq!(
         hd_peek(1).await,
