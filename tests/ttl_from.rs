@@ -145,32 +145,48 @@ async fn shared_token(id: u64) -> Token {
     }
 }
 
-#[tokio::test]
-async fn on_redis_the_entry_expires_with_the_value() {
-    let redis = support::RegisteredRedis::start("ttl-from-redis");
-    let first = shared_token(1).await;
-    assert_eq!(shared_token(1).await, first);
-    assert_eq!(SHARED_RUNS.load(Ordering::SeqCst), 1);
-    let key = format!("cache:k:{}", shared_token_key(1));
-    let stored_ttl: i64 = redis
-        .server
-        .cli(&["PTTL", &key])
-        .trim()
-        .parse()
-        .expect("PTTL answers a number");
-    assert!(
-        (1..=400).contains(&stored_ttl),
-        "Redis holds the entry for the value's 400 ms, not the fn's 600 s: PTTL {stored_ttl}"
-    );
+/// On a serialized backend: `token(1)` (a 400 ms value) is a hit, then, once `stored` has looked
+/// at the backend, recomputed after 400 ms; `token(2)` (a zero TTL) is never stored.
+async fn expires_with_the_value<Fut: std::future::Future<Output = Token>>(
+    token: impl Fn(u64) -> Fut,
+    runs: &AtomicUsize,
+    stored: impl FnOnce(),
+) {
+    let first = token(1).await;
+    assert_eq!(token(1).await, first, "a hit from the backend");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    stored();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_ne!(
-        shared_token(1).await.issued,
+        token(1).await.issued,
         first.issued,
         "recomputed after 400 ms"
     );
+    let zero = token(2).await;
+    assert_ne!(
+        token(2).await.issued,
+        zero.issued,
+        "a zero TTL is not stored"
+    );
+}
 
-    let zero = shared_token(2).await;
-    assert_ne!(shared_token(2).await.issued, zero.issued);
+#[tokio::test]
+async fn on_redis_the_entry_expires_with_the_value() {
+    let redis = support::RegisteredRedis::start("ttl-from-redis");
+    expires_with_the_value(shared_token, &SHARED_RUNS, || {
+        let key = format!("cache:k:{}", shared_token_key(1));
+        let stored_ttl: i64 = redis
+            .server
+            .cli(&["PTTL", &key])
+            .trim()
+            .parse()
+            .expect("PTTL answers a number");
+        assert!(
+            (1..=400).contains(&stored_ttl),
+            "Redis holds the entry for the value's 400 ms, not the fn's 600 s: PTTL {stored_ttl}"
+        );
+    })
+    .await;
     assert_eq!(
         redis
             .server
@@ -223,19 +239,6 @@ async fn filed_token(id: u64) -> Token {
 async fn in_files_the_entry_expires_with_the_value() {
     let dir = tempfile::tempdir().expect("a temp dir");
     cache_runtime::register("ttl-from-file", cache_runtime::FileBackend::new(dir.path()));
-    let first = filed_token(1).await;
-    assert_eq!(filed_token(1).await, first, "a hit from the file");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_ne!(
-        filed_token(1).await.issued,
-        first.issued,
-        "recomputed after 400 ms"
-    );
-    let zero = filed_token(2).await;
-    assert_ne!(
-        filed_token(2).await.issued,
-        zero.issued,
-        "a zero TTL is not stored"
-    );
-    cache_runtime::unregister("ttl-from-file");
+    let _unregister = support::Unregister("ttl-from-file");
+    expires_with_the_value(filed_token, &FILED_RUNS, || {}).await;
 }

@@ -1,10 +1,10 @@
 //! The in-process backend: a bounded [`quick_cache`] cache that keeps typed values.
 //!
 //! Memoized calls store the value itself (inline in the entry's one allocation), so a hit costs a
-//! lookup and a clone, with no serialization. The cache is bounded both by entry count and by bytes, where the size of a
-//! value is the length of its JSON form (measured once, when it is stored). Each entry carries its
-//! own expiry: a read past it is a miss that drops the entry, and a sweep at most every 10 s
-//! drops expired entries nobody reads.
+//! lookup and a clone, with no serialization. The cache is bounded both by entry count and by
+//! bytes, where the size of a value is the length of its JSON form (measured once, when it is
+//! stored). Each entry carries its own expiry: a read past it is a miss that drops the entry, and a
+//! sweep at most every 10 s drops expired entries nobody reads.
 //!
 //! Group invalidation keeps a bounded table of invalidated groups, whose oldest half is retired
 //! when it fills up without making any valid entry stale (the private `Generations` type has the proof). The

@@ -114,7 +114,7 @@ fn age_value(seconds: u64) -> HeaderValue {
         let mut digits = String::new();
         let mut ends = Vec::with_capacity(TABULATED_AGES as usize);
         for age in 0..TABULATED_AGES {
-            digits.push_str(&age.to_string());
+            let _ = std::fmt::Write::write_fmt(&mut digits, format_args!("{age}"));
             ends.push(digits.len());
         }
         let digits: &'static str = Box::leak(digits.into_boxed_str());
