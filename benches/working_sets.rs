@@ -112,7 +112,44 @@ criterion_group! {
     targets = working_sets
 }
 
+/// `WORKING_SETS_CALLS=N WORKING_SETS_ONLY=<contender> WORKING_SETS_SET=<size>`: N plain calls of
+/// one contender, timed, instead of criterion (for instruction counts under `valgrind`: the
+/// difference between two counts of N calls, divided by their difference in N, is one hit).
+fn plain_calls(calls: u64) {
+    let rt = common::runtime();
+    warm(&rt);
+    let only = std::env::var("WORKING_SETS_ONLY").unwrap_or_default();
+    let size: u64 = std::env::var("WORKING_SETS_SET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    macro_rules! run {
+        ($name:literal, $f:path) => {
+            if $name == only {
+                let took = time_loop(&rt, calls, |i| $f(scattered(i, size)));
+                println!(
+                    "{}: {:.1} ns per call",
+                    $name,
+                    took.as_nanos() as f64 / calls.max(1) as f64
+                );
+                return;
+            }
+        };
+    }
+    run!("default", rt_default);
+    run!("template", rt_template);
+    run!("concurrent_cached", crc);
+    run!("quick_cache", quick);
+    panic!("WORKING_SETS_ONLY: one of default, template, concurrent_cached, quick_cache");
+}
+
 fn main() {
     common::isolate_env();
-    benches();
+    match std::env::var("WORKING_SETS_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(calls) => plain_calls(calls),
+        None => benches(),
+    }
 }

@@ -208,6 +208,7 @@ pub(crate) fn resolve_global(name: &str) -> Option<&'static Registered> {
 
 /// [`resolve`] of `name`, cached in `slot` (a stats site's) until the registry changes: two atomic
 /// loads on the hot path.
+#[inline]
 pub(crate) fn resolve_cached(
     slot: &AtomicPtr<Resolved>,
     name: &str,
@@ -223,6 +224,16 @@ pub(crate) fn resolve_cached(
             return resolved.registered;
         }
     }
+    resolve_into(slot, name, version)
+}
+
+/// The slow part of [`resolve_cached`]: resolves `name` and caches it in `slot` under `version`.
+#[cold]
+fn resolve_into(
+    slot: &AtomicPtr<Resolved>,
+    name: &str,
+    version: u64,
+) -> Option<&'static Registered> {
     // The process-wide backend only: a scoped one cached here would serve unscoped callers.
     let registered = resolve_global(name);
     let fresh = Box::leak(Box::new(Resolved {

@@ -271,6 +271,7 @@ fn shared_lease() -> Lease {
 }
 
 /// This thread's stripe (a shared one while the thread is ending).
+#[inline]
 fn lease() -> Lease {
     thread_local! {
         static LEASE: LeaseHolder = LeaseHolder::take();
@@ -282,6 +283,7 @@ fn lease() -> Lease {
 
 /// Whether to time this call: one in [`SAMPLE_EVERY`] calls on in-process backends (a clock read
 /// costs as much as a hit there), every call elsewhere.
+#[inline]
 pub(crate) fn sample_timing() -> bool {
     thread_local! {
         static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -294,10 +296,11 @@ pub(crate) fn sample_timing() -> bool {
 }
 
 /// Latencies of in-process hits are sampled one call in this many.
-pub const SAMPLE_EVERY: u32 = 8;
+pub const SAMPLE_EVERY: u32 = 64;
 
 impl Site {
     /// The backend this site's backend name resolves to now.
+    #[inline]
     pub(crate) fn resolve(&self) -> Option<&'static crate::registry::Registered> {
         crate::registry::resolve_cached(&self.resolved, self.backend)
     }
@@ -323,9 +326,16 @@ impl Site {
     }
 
     /// Makes the site visible to [`stats`] (once).
+    #[inline]
     pub(crate) fn register(&'static self) {
-        if !self.registered.load(Ordering::Relaxed) && !self.registered.swap(true, Ordering::AcqRel)
-        {
+        if !self.registered.load(Ordering::Relaxed) {
+            self.register_now();
+        }
+    }
+
+    #[cold]
+    fn register_now(&'static self) {
+        if !self.registered.swap(true, Ordering::AcqRel) {
             SITES
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -334,6 +344,7 @@ impl Site {
     }
 
     /// Counts one event (in this thread's stripe: threads hitting one function do not contend).
+    #[inline]
     pub(crate) fn count(&self, event: Event) {
         let lease = lease();
         let counter = &self.counters[lease.stripe].0[event as usize];

@@ -37,11 +37,13 @@ impl Default for KeyText {
 
 impl KeyBuf {
     /// An empty key.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Appends literal text (not escaped).
+    #[inline]
     pub fn push_str(&mut self, text: &str) {
         match &mut self.text {
             KeyText::Inline(inline) => {
@@ -57,6 +59,7 @@ impl KeyBuf {
     }
 
     /// The key as built so far.
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.text {
             KeyText::Inline(inline) => inline,
@@ -65,6 +68,7 @@ impl KeyBuf {
     }
 
     /// Whether every value in the key could be serialized (if not, the call runs uncached).
+    #[inline]
     pub fn is_keyable(&self) -> bool {
         !self.unkeyable
     }

@@ -113,12 +113,14 @@ pub struct DefaultKey {
 
 impl DefaultKey {
     /// An empty argument list.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds one argument.
     #[allow(private_bounds)]
+    #[inline]
     pub fn arg<T: KeyArg + ?Sized>(mut self, value: &T) -> Self {
         self.json.append(if self.args == 0 { b"[" } else { b"," });
         self.args += 1;
@@ -149,10 +151,12 @@ impl DefaultKey {
     /// let key = DefaultKey::new().arg(&1u64).finish_prefixed("m::f:");
     /// assert_eq!(key.as_str(), DefaultKey::new().arg(&1u64).finish("m", "f").as_str());
     /// ```
+    #[inline]
     pub fn finish_prefixed(self, prefix: &str) -> KeyBuf {
         self.finish_with(|key| key.push_str(prefix))
     }
 
+    #[inline]
     fn finish_with(mut self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
         let mut key = KeyBuf::new();
         if self.failed {
@@ -205,6 +209,7 @@ impl Default for ArgsJson {
 }
 
 impl ArgsJson {
+    #[inline]
     fn append(&mut self, bytes: &[u8]) {
         match self {
             Self::Short(json) => {

@@ -89,6 +89,20 @@ fn end_value(key: &mut KeyBuf, follow: Follow) {
     }
 }
 
+/// Appends an integer's digits (and sign): no escaping unless the text that follows starts with
+/// a digit or `-` (the same output as [`escape_before`], without a scan for characters to escape).
+fn push_digits_before(key: &mut KeyBuf, digits: &str, follow: Follow) {
+    match follow {
+        Follow::Char(stop) if stop.is_ascii_digit() || stop == '-' => {
+            escape_before(key, digits, follow);
+        }
+        _ => {
+            key.push_str(digits);
+            end_value(key, follow);
+        }
+    }
+}
+
 /// Template values that render without serde: integers, booleans, characters and strings, the
 /// common key parts, written exactly as [`push_value_before`] would write them but without allocating.
 pub trait PlainKeyValue {
@@ -105,7 +119,7 @@ macro_rules! plain_integers {
     ($($ty:ty),*) => {$(
         impl PlainKeyValue for $ty {
             fn push_plain_before(&self, key: &mut KeyBuf, follow: Follow) {
-                escape_before(key, itoa::Buffer::new().format(*self), follow);
+                push_digits_before(key, itoa::Buffer::new().format(*self), follow);
             }
         }
     )*};

@@ -119,6 +119,28 @@ mod tests {
     }
 
     #[test]
+    fn plain_integers_escape_as_serde_does_before_any_text() {
+        let follows = [
+            Follow::End,
+            Follow::Terminator,
+            Follow::Char(':'),
+            Follow::Char('-'),
+            Follow::Char('0'),
+            Follow::Char('7'),
+            Follow::Char('x'),
+        ];
+        for follow in follows {
+            for n in [0i64, -1, -70, 7, 707, i64::MIN, i64::MAX] {
+                let mut plain = KeyBuf::new();
+                n.push_plain_before(&mut plain, follow);
+                let mut serde = KeyBuf::new();
+                push_value_before(&mut serde, &n, follow);
+                assert_eq!(plain.as_str(), serde.as_str(), "{n} before {follow:?}");
+            }
+        }
+    }
+
+    #[test]
     fn context_escapes_the_following_character_or_terminates() {
         let before = |value: &dyn Fn(&mut KeyBuf, Follow), follow| {
             let mut key = KeyBuf::new();

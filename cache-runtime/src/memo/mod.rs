@@ -69,10 +69,18 @@ where
     memoize_with(site, key.into_string(), groups, body, errors, ttl_from).await
 }
 
-/// The hot path: a fresh typed value in an in-process backend, found before anything else of the
-/// call is built (groups, body, span, flight, timers on untimed calls).
+/// The hot path: a fresh typed value in an in-process backend (or the local tier of a two-tier
+/// one), found before anything else of the call is built (groups, body, span, flight, timers on
+/// untimed calls).
+#[inline]
 pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
-    let memory = site.resolve()?.memory()?;
+    let backend = site.resolve()?;
+    let memory = match backend.memory() {
+        Some(memory) => memory,
+        // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
+        // groups, which include one standing for its key.
+        None => backend.tiered()?.usable_local()?,
+    };
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }

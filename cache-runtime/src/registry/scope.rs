@@ -161,10 +161,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The backend the current scope has under `name`: `None` outside a scope, `Some(None)` inside
 /// one that leaves the name to the process-wide registry.
+#[inline]
 pub(super) fn resolve(name: &str) -> Option<Option<&'static Registered>> {
     if LIVE.load(Ordering::Relaxed) == 0 {
         return None;
     }
+    resolve_in_scope(name)
+}
+
+#[cold]
+fn resolve_in_scope(name: &str) -> Option<Option<&'static Registered>> {
     CURRENT
         .try_with(|table| {
             let mut entries = lock(&table.entries);

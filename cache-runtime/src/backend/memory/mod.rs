@@ -53,17 +53,12 @@ const HOT_SHARE: f64 = 0.97;
 /// Hash-table slots reserved up front; the table grows up to the entry bound as it fills.
 const INITIAL_SLOTS: u64 = 1024;
 
-/// Keys of up to 24 bytes (templates such as `user:{id}`) are held inline in the store's slot, so a
-/// probe compares them without following a pointer.
-type StoreKey = compact_str::CompactString;
+mod store;
 
-type Store = quick_cache::sync::Cache<
-    StoreKey,
-    Arc<MemEntry>,
-    EntryWeight,
-    foldhash::fast::RandomState,
-    quick_cache::sync::DefaultLifecycle<StoreKey, Arc<MemEntry>>,
->;
+use store::{Sizing, Store, StoreKey};
+
+/// The entries, each in one allocation that the store alone owns.
+type Entries = Store<Box<MemEntry>, EntryWeight>;
 
 /// A bounded in-process cache.
 ///
@@ -74,8 +69,7 @@ type Store = quick_cache::sync::Cache<
 /// cache_runtime::register("sessions", backend);
 /// ```
 pub struct MemoryBackend {
-    /// foldhash: a fast hasher with a per-process random seed (keys carry outside input).
-    entries: Store,
+    entries: Entries,
     generations: Generations,
     max_entries: u64,
     max_bytes: u64,
@@ -89,7 +83,7 @@ pub struct MemoryBackend {
 
 /// One entry, in one allocation with its value: a typed value (memoized calls) or a
 /// [`Serialized`] one (stored through the [`Backend`] trait). A hit follows one pointer from the
-/// store's slot to the header and the value.
+/// store's slot to the header and the value, and clones the value under the shard's read lock.
 struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
     /// When the cache drops the entry (freshness plus any stale window).
     expires_at: Clock,
@@ -97,12 +91,29 @@ struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
     /// it is kept, which spares hits a second clock read.
     fresh_until_ms: u64,
     /// The groups the entry was stored under, and the stamp observed for each before the value
-    /// was computed (see [`Generations`]).
-    groups: Box<[String]>,
-    generations: Box<[u64]>,
+    /// was computed (see [`Generations`]); `None` when it has no groups.
+    stamps: Option<Arc<Stamps>>,
     weight: u64,
     /// Last: the unsized part once the entry is erased to `MemEntry<dyn Any ..>`.
     value: V,
+}
+
+/// An entry's groups and the stamp observed for each: shared, so that a hit takes them out of
+/// the shard's lock by a count, not a copy.
+struct Stamps {
+    groups: Box<[String]>,
+    generations: Box<[u64]>,
+}
+
+impl Stamps {
+    fn of(groups: &[String], generations: Vec<u64>) -> Option<Arc<Self>> {
+        (!groups.is_empty()).then(|| {
+            Arc::new(Self {
+                groups: groups.into(),
+                generations: generations.into_boxed_slice(),
+            })
+        })
+    }
 }
 
 /// Bytes stored through the [`Backend`] trait. A private type, so that no typed value of a
@@ -110,6 +121,16 @@ struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
 struct Serialized(Vec<u8>);
 
 impl MemEntry {
+    fn groups(&self) -> &[String] {
+        self.stamps.as_ref().map_or(&[], |stamps| &stamps.groups)
+    }
+
+    fn generations(&self) -> &[u64] {
+        self.stamps
+            .as_ref()
+            .map_or(&[], |stamps| &stamps.generations)
+    }
+
     fn typed<T: 'static>(&self) -> Option<&T> {
         self.value.downcast_ref::<T>()
     }
@@ -156,8 +177,8 @@ fn shard_count(max_bytes: u64) -> usize {
 #[derive(Clone)]
 struct EntryWeight;
 
-impl quick_cache::Weighter<StoreKey, Arc<MemEntry>> for EntryWeight {
-    fn weight(&self, _key: &StoreKey, entry: &Arc<MemEntry>) -> u64 {
+impl quick_cache::Weighter<StoreKey, Box<MemEntry>> for EntryWeight {
+    fn weight(&self, _key: &StoreKey, entry: &Box<MemEntry>) -> u64 {
         entry.weight
     }
 }
@@ -202,17 +223,14 @@ impl MemoryBackend {
         let table_bytes = max_bytes / GROUP_TABLE_SHARE;
         let store_bytes = (max_bytes - table_bytes).max(1);
         let slots = usize::try_from(max_entries.min(INITIAL_SLOTS)).unwrap_or(usize::MAX);
-        let entries = Store::with_options(
-            quick_cache::OptionsBuilder::new()
-                .estimated_items_capacity(slots)
-                .weight_capacity(store_bytes)
-                .shards(shard_count(store_bytes))
-                .hot_allocation(HOT_SHARE)
-                .build()
-                .expect("weight and item capacities are set"),
+        let entries = Entries::new(
+            Sizing {
+                estimated_items: slots,
+                weight_capacity: store_bytes,
+                shards: shard_count(store_bytes),
+                hot_allocation: HOT_SHARE,
+            },
             EntryWeight,
-            foldhash::fast::RandomState::default(),
-            Default::default(),
         );
         // quick_cache admits an entry only if it fits in its shard's main area.
         let admissible = (entries.shard_capacity() as f64 * HOT_SHARE) as u64;
@@ -278,19 +296,34 @@ impl MemoryBackend {
         (size <= self.admissible).then_some(size.max(floor))
     }
 
-    /// The entry under `key` unless it has expired (then it is dropped).
-    fn live_entry(&self, key: &str) -> Option<Arc<MemEntry>> {
-        let entry = self.entries.get(key)?;
-        if entry.expired(now()) {
-            self.entries
-                .remove_if(key, |current| Arc::ptr_eq(current, &entry));
-            return None;
+    /// Runs `read` on the entry under `key`, under its shard's read lock, unless the entry has
+    /// expired (then it is dropped). `read` must not take any other lock: the store's write path
+    /// takes the group table's lock while it holds a shard's.
+    #[inline]
+    fn read_live<R>(&self, key: &str, read: impl FnOnce(&MemEntry) -> R) -> Option<R> {
+        let now = now();
+        match self
+            .entries
+            .read(key, |entry| (!entry.expired(now)).then(|| read(entry)))?
+        {
+            Some(found) => Some(found),
+            None => {
+                self.drop_expired(key);
+                None
+            }
         }
-        Some(entry)
     }
 
-    fn insert(&self, key: String, entry: Arc<MemEntry>) {
-        self.entries.insert(key.into(), entry);
+    /// Drops the entry under `key` if it has expired (checked again under the write lock: a
+    /// value stored meanwhile stays).
+    #[cold]
+    fn drop_expired(&self, key: &str) {
+        let now = now();
+        self.entries.remove_if(key, |entry| entry.expired(now));
+    }
+
+    fn insert(&self, key: &str, entry: Box<MemEntry>) {
+        self.entries.insert(key, entry);
         if self.sweeps.due() {
             self.run_pending_tasks();
         }
@@ -298,11 +331,24 @@ impl MemoryBackend {
 
     /// The value under `key` if it is fresh, of type `T`, and no group it was stored under has
     /// been invalidated since: the hit path, which needs no group names from the caller.
+    #[inline]
     pub(crate) fn get_fresh<T: Clone + 'static>(&self, key: &str) -> Option<T> {
-        let entry = self.live_entry(key)?;
-        let value = entry.typed::<T>()?;
-        (entry.fresh() && self.generations.matches(&entry.groups, &entry.generations))
-            .then(|| value.clone())
+        let found = self.read_live(key, |entry| {
+            let value = entry.typed::<T>()?;
+            if !entry.fresh() {
+                return None;
+            }
+            let value = value.clone();
+            // Checked after the shard's lock is released (see `read_live`).
+            Some((value, entry.stamps.clone()))
+        })??;
+        match found {
+            (value, None) => Some(value),
+            (value, Some(stamps)) => self
+                .generations
+                .matches(&stamps.groups, &stamps.generations)
+                .then_some(value),
+        }
     }
 
     /// Looks `key` up for a call tagged with `groups`: a hit, a stale value, or a miss with the
@@ -312,18 +358,27 @@ impl MemoryBackend {
         key: &str,
         groups: &[String],
     ) -> TypedLookup<T> {
-        if let Some(entry) = self.live_entry(key) {
-            if let Some(value) = entry.typed::<T>() {
-                if self.generations.matches(&entry.groups, &entry.generations) {
-                    if !entry.fresh() {
-                        return TypedLookup::Stale(
-                            value.clone(),
-                            self.generations.current(groups),
-                            entry.fresh_until_ms,
-                        );
-                    }
-                    return TypedLookup::Hit(value.clone());
+        let found = self.read_live(key, |entry| {
+            entry.typed::<T>().map(|value| {
+                let stamps = entry.stamps.clone();
+                (value.clone(), stamps, entry.fresh(), entry.fresh_until_ms)
+            })
+        });
+        // The group table is read after the shard's lock is released (see `read_live`).
+        if let Some(Some((value, stamps, fresh, fresh_until_ms))) = found {
+            let valid = stamps.is_none_or(|stamps| {
+                self.generations
+                    .matches(&stamps.groups, &stamps.generations)
+            });
+            if valid {
+                if !fresh {
+                    return TypedLookup::Stale(
+                        value,
+                        self.generations.current(groups),
+                        fresh_until_ms,
+                    );
                 }
+                return TypedLookup::Hit(value);
             }
         }
         TypedLookup::Miss(self.generations.current(groups))
@@ -346,34 +401,29 @@ impl MemoryBackend {
             .then(|| self.weight(&key, size + (size_of::<T>() + group_bytes) as u64))
             .flatten();
         let Some(weight) = weight else {
-            self.entries.remove(key.as_str()); // an older value must not outlive this one
+            self.entries.remove(&key); // an older value must not outlive this one
             return false;
         };
-        let entry: Arc<MemEntry> = Arc::new(MemEntry {
+        let entry: Box<MemEntry> = Box::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms,
-            groups: groups.into(),
-            generations: generations.into_boxed_slice(),
+            stamps: Stamps::of(groups, generations),
             weight,
             value: value.clone(),
         });
-        if entry.groups.is_empty() {
-            self.insert(key, entry);
+        if entry.stamps.is_none() {
+            self.insert(&key, entry);
             return true;
         }
-        {
-            // Checked and inserted under the table's read lock: a retirement (which takes the write
-            // lock) sees this entry in its scan, or this check sees the retirement (see
-            // `Generations`).
-            let table = self.generations.read();
-            if !table.storable(&entry.groups, &entry.generations) {
-                drop(table);
-                // Stale already (computed before an invalidation): the older value goes too.
-                self.entries.remove(key.as_str());
-                return true;
-            }
-            self.entries.insert(key.into(), entry);
-        }
+        // Checked and inserted under the table's read lock (taken inside the shard's write lock,
+        // the one order of the two locks): a retirement (which takes the table's write lock) sees
+        // this entry in its scan, or this check sees the retirement (see `Generations`). Stale
+        // already (computed before an invalidation): the older value goes too.
+        self.entries.insert_if(&key, entry, |entry| {
+            self.generations
+                .read()
+                .storable(entry.groups(), entry.generations())
+        });
         if self.sweeps.due() {
             self.run_pending_tasks();
         }
@@ -381,7 +431,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn remove(&self, key: &str) {
-        self.entries.remove(key);
+        drop(self.entries.remove(key));
     }
 
     /// Drops every entry at once.
@@ -413,9 +463,9 @@ impl MemoryBackend {
                 retired.iter().map(|(g, n)| (g.as_ref(), *n)).collect();
             self.entries.retain(|_, entry| {
                 !entry
-                    .groups
+                    .groups()
                     .iter()
-                    .zip(entry.generations.iter())
+                    .zip(entry.generations())
                     .any(|(g, r)| by_name.get(g.as_str()).is_some_and(|n| r < n))
             });
             self.generations.finish_retirement(&retired);
@@ -428,8 +478,8 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let value = self
-            .live_entry(key)
-            .and_then(|entry| entry.serialized().map(<[u8]>::to_vec));
+            .read_live(key, |entry| entry.serialized().map(<[u8]>::to_vec))
+            .flatten();
         Ok(Lookup {
             value,
             generations: self.generations.current(groups),
@@ -447,15 +497,14 @@ impl Backend for MemoryBackend {
             self.remove(key);
             return Ok(());
         };
-        let entry: Arc<MemEntry> = Arc::new(MemEntry {
+        let entry: Box<MemEntry> = Box::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms: 0,
-            groups: Box::new([]),
-            generations: Box::new([]),
+            stamps: None,
             weight,
             value: Serialized(value),
         });
-        self.insert(key.to_owned(), entry);
+        self.insert(key, entry);
         Ok(())
     }
 
@@ -536,6 +585,9 @@ struct Generations {
     max_table_bytes: usize,
     /// Whether a retirement runs (at most one at a time).
     retiring: AtomicBool,
+    /// The table's `last`, written under its write lock before it is released: a hit whose
+    /// stamps all equal it was stored after the latest invalidation, and needs no lookup.
+    last: AtomicU64,
 }
 
 #[derive(Default)]
@@ -593,6 +645,7 @@ impl Generations {
             max_tracked,
             max_table_bytes,
             retiring: AtomicBool::new(false),
+            last: AtomicU64::new(0),
         }
     }
 
@@ -620,6 +673,12 @@ impl Generations {
         if groups.is_empty() {
             return recorded.is_empty();
         }
+        // No group was invalidated since these stamps were observed (an invalidation raises
+        // `last` before it returns): valid, without the table's lock.
+        let last = self.last.load(Ordering::Acquire);
+        if groups.len() == recorded.len() && recorded.iter().all(|r| *r == last) {
+            return true;
+        }
         self.read().valid(groups, recorded)
     }
 
@@ -640,6 +699,7 @@ impl Generations {
             None => table.bytes += weight,
         }
         table.by_age.insert(next, name);
+        self.last.store(next, Ordering::Release);
         self.over_bound(&table)
     }
 
@@ -748,6 +808,84 @@ mod tests {
             mem.get_typed::<u64>("k", &g),
             TypedLookup::Miss(_)
         ));
+    }
+
+    /// Hits, grouped stores, group invalidations (with retirements: a tiny table), removals and
+    /// sweeps from four threads at once, on few keys. Every value read is the one its key stores
+    /// (no value of another key, no hang); a watchdog fails the test if the threads stall.
+    #[test]
+    fn concurrent_hits_stores_and_invalidations_never_mix_keys_or_stall() {
+        let mem =
+            std::sync::Arc::new(MemoryBackend::with_limits(200, 1 << 30).max_tracked_groups(4));
+        let (done, finished) = std::sync::mpsc::channel();
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (mem, done) = (mem.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed(t);
+                    for _ in 0..30_000 {
+                        let n = rng.u64(0..64);
+                        let key = format!("k:{n}");
+                        let g = groups(&[&format!("g{}", n % 6), &format!("h{}", rng.u8(0..3))]);
+                        match rng.u8(0..10) {
+                            0..=2 => put_grouped(&mem, &key, n * 10, &g),
+                            3 => mem.bump_group(&format!("g{}", rng.u64(0..6))),
+                            4 => mem.remove(&key),
+                            5 => mem.run_pending_tasks(),
+                            6 => {
+                                if let TypedLookup::Hit(v) | TypedLookup::Stale(v, ..) =
+                                    mem.get_typed::<u64>(&key, &g)
+                                {
+                                    assert_eq!(v, n * 10, "{key}");
+                                }
+                            }
+                            _ => {
+                                if let Some(v) = mem.get_fresh::<u64>(&key) {
+                                    assert_eq!(v, n * 10, "{key}");
+                                }
+                            }
+                        }
+                    }
+                    done.send(()).expect("the test waits");
+                })
+            })
+            .collect();
+        for _ in 0..4 {
+            finished
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the threads stalled (a lock cycle?)");
+        }
+        for worker in workers {
+            worker.join().expect("no assertion failed");
+        }
+    }
+
+    #[test]
+    fn a_hit_after_an_invalidation_of_another_group_still_checks_its_own() {
+        let mem = MemoryBackend::default();
+        let g = groups(&["a", "b"]);
+        put_grouped(&mem, "k", 3u64, &g);
+        assert_eq!(
+            mem.get_fresh::<u64>("k"),
+            Some(3),
+            "no invalidation since: the fast path"
+        );
+        mem.bump_group("c");
+        assert_eq!(
+            mem.get_fresh::<u64>("k"),
+            Some(3),
+            "another group's invalidation"
+        );
+        put_grouped(&mem, "k2", 4u64, &g);
+        mem.bump_group("b");
+        assert_eq!(mem.get_fresh::<u64>("k"), None);
+        assert_eq!(mem.get_fresh::<u64>("k2"), None);
+        put_grouped(&mem, "k3", 5u64, &g);
+        assert_eq!(
+            mem.get_fresh::<u64>("k3"),
+            Some(5),
+            "stored after the invalidation"
+        );
     }
 
     #[test]
