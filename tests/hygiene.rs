@@ -24,9 +24,10 @@ static DEFAULT_KEY_RUNS: AtomicUsize = AtomicUsize::new(0);
 async fn default_key(__cache_key: u64, __cache_shape: u64) -> u64 {
     DEFAULT_KEY_RUNS.fetch_add(1, Ordering::SeqCst);
     let __cache_result = __cache_key * 10;
-    let __cache_out = __cache_result + __cache_shape;
-    let __cache_body = __cache_out;
-    __cache_body
+    let __cache_body = __cache_shape;
+    let mut __cache_out = __cache_result;
+    __cache_out += __cache_body;
+    __cache_out
 }
 
 #[tokio::test]

@@ -34,6 +34,16 @@ fn runtime() -> TokenStream {
     })
 }
 
+/// [`runtime`], spanned `span` when it is the default path (`::cache_runtime`, which resolves
+/// anywhere). A path given with `crate = ".."` keeps its own span: were it unknown, it is reported
+/// once, on the attribute.
+fn runtime_at(span: Span) -> TokenStream {
+    RUNTIME.with(|path| match &*path.borrow() {
+        Some(path) => quote!(#path),
+        None => quote_spanned!(span=> ::cache_runtime),
+    })
+}
+
 thread_local! {
     /// The runtime's path for the attribute being expanded (`crate = ".."`; `::cache_runtime`
     /// when not given). Expansions run one at a time on the compiler's thread.
@@ -514,11 +524,7 @@ fn cached_fn(
         unreachable!("signature::check rejects fns without a return type")
     };
     let kept = args.cache_if.is_some();
-    let memoize = if kept {
-        quote!(#rt::__private::memoize_kept)
-    } else {
-        quote!(#rt::__private::memoize)
-    };
+    let fresh_hit = value_call(ret, "fresh_hit", &quote!(&__CACHE_SITE, &#__cache_key));
     // A body that calls its own fn cannot be probed for `Send` (the compiler would need the fn's
     // future type while defining it): it runs in place, as with `spawn = false`.
     let spawn_probe = spawn_probe(checked, args.spawn && !calls_itself(block, ident));
@@ -534,6 +540,7 @@ fn cached_fn(
     // The return type's shape (Result: only `Ok` cached; Option: `None` not cached when told;
     // anything else: the value), chosen by the type, not its spelling.
     let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
+    let cacheable = assert_cacheable(ret, !args.cache_err, !args.cache_none);
     let split = split_kept(args, quote!(#__cache_shape.split(#__cache_out)));
     let joined = if kept {
         quote!(#__cache_shape.join(#rt::__private::kept(#__cache_result)))
@@ -542,6 +549,12 @@ fn cached_fn(
     };
     let token = refresh_token(ident);
     let ttl_from = ttl_from(args);
+    let call_args = quote! {
+        &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_run, #__cache_errors, #ttl_from,
+    };
+    let memoize = if kept { "memoize_kept" } else { "memoize" };
+    let memoize = value_await(ret, memoize, &call_args, true);
+    let refresh_call = value_await(ret, "refresh_call", &call_args, true);
     let force = args.force_refresh.as_ref().map(|force| {
         quote_spanned! {force.span()=>
             || {
@@ -555,12 +568,13 @@ fn cached_fn(
         #vis #sig {
             #site
             let #__cache_shape = #shape;
+            #cacheable
             let #__cache_refresh: bool = #rt::__private::take_refresh(#token) #force;
             #[allow(unused_mut)]
             let mut #__cache_key: #rt::__private::KeyBuf = #key_expr;
             if !#__cache_refresh {
                 if let ::core::option::Option::Some(#__cache_hit) =
-                    #rt::__private::fresh_hit(&__CACHE_SITE, &#__cache_key)
+                    #fresh_hit
                 {
                     return #__cache_shape.hit(#__cache_hit);
                 }
@@ -581,17 +595,9 @@ fn cached_fn(
             // The slow path, boxed: the fn's own future stays a few hundred bytes (what a hit
             // builds and moves), not the size of the whole call machinery.
             let #__cache_result = if #__cache_refresh {
-                ::std::boxed::Box::pin(#rt::__private::refresh_call(
-                    &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_run, #__cache_errors,
-                    #ttl_from,
-                ))
-                .await
+                #refresh_call
             } else {
-                ::std::boxed::Box::pin(#memoize(
-                    &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_run, #__cache_errors,
-                    #ttl_from,
-                ))
-                .await
+                #memoize
             };
             #joined
         }
@@ -732,6 +738,7 @@ fn control_fns(
     let inputs = &checked.helper_inputs;
     let site = site(args, &function_name);
     let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
+    let cacheable = assert_cacheable(ret, !args.cache_err, !args.cache_none);
     let groups = render_groups(&args.groups, &types);
     let (prime_key, peek_key) = (key_expr(&prime_fn), key_expr(&peek_fn));
     // The key and groups of one call, as both companions build them.
@@ -759,6 +766,12 @@ fn control_fns(
         Some(template) => format!("key `{}` of `{ident}`", template.literal.value()),
         None => format!("the default key of `{ident}`"),
     };
+    let prime = quote! {
+        &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_value, #target, #ttl_from,
+    };
+    let prime = value_await(ret, "prime", &prime, false);
+    let peek = quote!(&__CACHE_SITE, #__cache_key, #__cache_groups);
+    let peek = value_await(ret, "peek", &peek, false);
     let prime_doc = format!(
         "Stores `{value}` as the result of [`{ident}`] with these arguments, as if the call had \
          just returned it (write-through after an update). The entry is invalidated first, so \
@@ -780,12 +793,10 @@ fn control_fns(
         {
             #site
             let #__cache_shape = #shape;
+            #cacheable
             #prime_call
             let #__cache_value = #split;
-                        #rt::__private::prime(
-                &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_value, #target, #ttl_from,
-            )
-            .await
+            #prime
         }
 
         #[doc = #peek_doc]
@@ -795,10 +806,9 @@ fn control_fns(
         {
             #site
             let #__cache_shape = #shape;
+            #cacheable
             #peek_call
-            #rt::__private::peek(&__CACHE_SITE, #__cache_key, #__cache_groups)
-                .await
-                .map(|#__cache_hit| #__cache_shape.hit(#__cache_hit))
+            #peek.map(|#__cache_hit| #__cache_shape.hit(#__cache_hit))
         }
     }
 }
@@ -1032,6 +1042,51 @@ fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenS
         let #__cache_shape = (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape();
         #__cache_shape
     })
+}
+
+/// Asserts that the value the return type's shape caches (see [`shape_probe`]; `result` and
+/// `option` as there) is a `CacheValue`, spanned on the return type `ret`: a value type that cannot
+/// be cached is reported there, with the runtime's message (see
+/// `cache_runtime::__private::CacheValue`). The shape is probed again rather than taken from the
+/// generated local: the compiler would point at that local, whose span is the attribute's.
+///
+/// (The span is the return type's first token: a span joined over the whole type would need
+/// tokens spanned on its last one too, and the compiler then reports the runtime's bounds on
+/// several spans, no longer as repeats of this error.)
+fn assert_cacheable(ret: &syn::Type, result: bool, option: bool) -> TokenStream {
+    let rt = runtime();
+    let probe = quote!(#rt::__private::ShapeProbe::<#ret, #result, #option>::new());
+    quote_spanned! {ret.span()=>
+        {
+            #[allow(unused_imports)]
+            use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
+            #[allow(clippy::needless_borrow)]
+            (&&&#probe).shape().cached_value_is_cacheable();
+        }
+    }
+}
+
+/// `#rt::__private::#name(#args)`, every token but the arguments spanned on the return type `ret`:
+/// a call of one of the runtime's fns whose bounds are a cached value's. When the value type falls
+/// short, their errors are reported where [`assert_cacheable`] reports its own, and the compiler
+/// drops most of them as repeats of that one. (With a `crate = ".."` path, which keeps its own span
+/// (see [`runtime_at`]), they are reported on the attribute, after the assertion's.)
+fn value_call(ret: &syn::Type, name: &str, args: &TokenStream) -> TokenStream {
+    let span = ret.span();
+    let rt = runtime_at(span);
+    let name = syn::Ident::new(name, span);
+    quote_spanned!(span=> #rt::__private::#name(#args))
+}
+
+/// [`value_call`] awaited (boxed first when `boxed`), spanned on the return type too: the bounds of
+/// the fn's future and of its `.await` are reported there.
+fn value_await(ret: &syn::Type, name: &str, args: &TokenStream, boxed: bool) -> TokenStream {
+    let call = value_call(ret, name, args);
+    if boxed {
+        quote_spanned!(ret.span()=> ::std::boxed::Box::pin(#call).await)
+    } else {
+        quote_spanned!(ret.span()=> #call.await)
+    }
 }
 
 /// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when
