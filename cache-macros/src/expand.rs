@@ -11,10 +11,36 @@ use crate::{
     template::Template,
 };
 
+/// The identifier of a local of the generated code (or of a generated fn's own argument), spanned
+/// `Span::mixed_site()`: the user's code (the fn's body, its arguments, template values) neither
+/// sees it nor is shadowed by it, whatever names it uses. Items (`__CACHE_SITE`, the companions)
+/// are not locals: they keep the call site's span, so that the code that names them finds them.
+pub(crate) fn local(name: &str) -> syn::Ident {
+    syn::Ident::new(name, Span::mixed_site())
+}
+
+/// `locals!(__cache_key, ..)` binds each name to its [`local`] identifier, so that templates write
+/// `#__cache_key` where they mean the generated local.
+macro_rules! locals {
+    ($($name:ident),* $(,)?) => {
+        $(let $name = local(stringify!($name));)*
+    };
+}
+
 fn runtime() -> TokenStream {
     RUNTIME.with(|path| match &*path.borrow() {
         Some(path) => quote!(#path),
         None => quote!(::cache_runtime),
+    })
+}
+
+/// [`runtime`], spanned `span` when it is the default path (`::cache_runtime`, which resolves
+/// anywhere). A path given with `crate = ".."` keeps its own span: were it unknown, it is reported
+/// once, on the attribute.
+fn runtime_at(span: Span) -> TokenStream {
+    RUNTIME.with(|path| match &*path.borrow() {
+        Some(path) => quote!(#path),
+        None => quote_spanned!(span=> ::cache_runtime),
     })
 }
 
@@ -462,6 +488,21 @@ fn cached_fn(
         sig,
         block,
     } = function;
+    locals!(
+        __cache_shape,
+        __cache_refresh,
+        __cache_key,
+        __cache_hit,
+        __cache_groups,
+        __cache_body,
+        __cache_out,
+        __cache_errors,
+        __cache_probe,
+        __cache_sharing,
+        __cache_run,
+        __cache_result,
+        __cache_force,
+    );
     let ident = &sig.ident;
     let function_name = function_name(args, function);
     let site = site(args, &function_name);
@@ -483,39 +524,42 @@ fn cached_fn(
         unreachable!("signature::check rejects fns without a return type")
     };
     let kept = args.cache_if.is_some();
-    let memoize = if kept {
-        quote!(#rt::__private::memoize_kept)
-    } else {
-        quote!(#rt::__private::memoize)
-    };
+    let fresh_hit = value_call(ret, "fresh_hit", &quote!(&__CACHE_SITE, &#__cache_key));
     // A body that calls its own fn cannot be probed for `Send` (the compiler would need the fn's
     // future type while defining it): it runs in place, as with `spawn = false`.
     let spawn_probe = spawn_probe(checked, args.spawn && !calls_itself(block, ident));
     let errors = quote! {
-        let __cache_errors = {
+        let #__cache_errors = {
             use #rt::__private::{ViaClone as _, ViaNoClone as _};
-            let __cache_probe = #rt::__private::ErrorProbe::of(&__cache_body);
-            let __cache_sharing = (&__cache_probe).sharing();
-            __cache_sharing
+            let #__cache_probe = #rt::__private::ErrorProbe::of(&#__cache_body);
+            let #__cache_sharing = (&#__cache_probe).sharing();
+            #__cache_sharing
         };
         #spawn_probe
     };
     // The return type's shape (Result: only `Ok` cached; Option: `None` not cached when told;
     // anything else: the value), chosen by the type, not its spelling.
     let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
-    let split = split_kept(args, quote!(__cache_shape.split(__cache_out)));
+    let cacheable = assert_cacheable(ret, !args.cache_err, !args.cache_none);
+    let split = split_kept(args, quote!(#__cache_shape.split(#__cache_out)));
     let joined = if kept {
-        quote!(__cache_shape.join(#rt::__private::kept(__cache_result)))
+        quote!(#__cache_shape.join(#rt::__private::kept(#__cache_result)))
     } else {
-        quote!(__cache_shape.join(__cache_result))
+        quote!(#__cache_shape.join(#__cache_result))
     };
     let token = refresh_token(ident);
     let ttl_from = ttl_from(args);
+    let call_args = quote! {
+        &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_run, #__cache_errors, #ttl_from,
+    };
+    let memoize = if kept { "memoize_kept" } else { "memoize" };
+    let memoize = value_await(ret, memoize, &call_args, true);
+    let refresh_call = value_await(ret, "refresh_call", &call_args, true);
     let force = args.force_refresh.as_ref().map(|force| {
         quote_spanned! {force.span()=>
             || {
-                let __cache_force: bool = #force;
-                __cache_force
+                let #__cache_force: bool = #force;
+                #__cache_force
             }
         }
     });
@@ -523,25 +567,26 @@ fn cached_fn(
         #(#attrs)*
         #vis #sig {
             #site
-            let __cache_shape = #shape;
-            let __cache_refresh: bool = #rt::__private::take_refresh(#token) #force;
+            let #__cache_shape = #shape;
+            #cacheable
+            let #__cache_refresh: bool = #rt::__private::take_refresh(#token) #force;
             #[allow(unused_mut)]
-            let mut __cache_key: #rt::__private::KeyBuf = #key_expr;
-            if !__cache_refresh {
-                if let ::core::option::Option::Some(__cache_hit) =
-                    #rt::__private::fresh_hit(&__CACHE_SITE, &__cache_key)
+            let mut #__cache_key: #rt::__private::KeyBuf = #key_expr;
+            if !#__cache_refresh {
+                if let ::core::option::Option::Some(#__cache_hit) =
+                    #fresh_hit
                 {
-                    return __cache_shape.hit(__cache_hit);
+                    return #__cache_shape.hit(#__cache_hit);
                 }
             }
-            let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+            let #__cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
             // The user's block in an async block of its own, so that a `return` in it returns the
             // fn's type; the shape's split happens outside it.
-            let __cache_body = async move {
-                let __cache_out: #ret = async move {
-                    let __cache_out: #ret = #block;
+            let #__cache_body = async move {
+                let #__cache_out: #ret = async move {
+                    let #__cache_out: #ret = #block;
                     #[allow(unreachable_code)]
-                    __cache_out
+                    #__cache_out
                 }
                 .await;
                 #split
@@ -549,18 +594,10 @@ fn cached_fn(
             #errors
             // The slow path, boxed: the fn's own future stays a few hundred bytes (what a hit
             // builds and moves), not the size of the whole call machinery.
-            let __cache_result = if __cache_refresh {
-                ::std::boxed::Box::pin(#rt::__private::refresh_call(
-                    &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
-                    #ttl_from,
-                ))
-                .await
+            let #__cache_result = if #__cache_refresh {
+                #refresh_call
             } else {
-                ::std::boxed::Box::pin(#memoize(
-                    &__CACHE_SITE, __cache_key, __cache_groups, __cache_run, __cache_errors,
-                    #ttl_from,
-                ))
-                .await
+                #memoize
             };
             #joined
         }
@@ -651,6 +688,13 @@ fn control_fns(
     key_expr: &dyn Fn(&syn::Ident) -> TokenStream,
 ) -> TokenStream {
     let rt = runtime();
+    locals!(
+        __cache_key,
+        __cache_groups,
+        __cache_shape,
+        __cache_value,
+        __cache_hit
+    );
     let ItemFn { vis, sig, .. } = function;
     let vis = context.vis.as_ref().unwrap_or(vis);
     let ident = &sig.ident;
@@ -694,31 +738,40 @@ fn control_fns(
     let inputs = &checked.helper_inputs;
     let site = site(args, &function_name);
     let shape = shape_probe(ret, !args.cache_err, !args.cache_none);
+    let cacheable = assert_cacheable(ret, !args.cache_err, !args.cache_none);
     let groups = render_groups(&args.groups, &types);
     let (prime_key, peek_key) = (key_expr(&prime_fn), key_expr(&peek_fn));
     // The key and groups of one call, as both companions build them.
     let key_and_groups = |key: &TokenStream| {
         quote! {
-            let (__cache_key, __cache_groups) = {
+            let (#__cache_key, #__cache_groups) = {
                 #[allow(unused_mut)]
-                let mut __cache_key: #rt::__private::KeyBuf = #key;
-                let __cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
-                (__cache_key, __cache_groups)
+                let mut #__cache_key: #rt::__private::KeyBuf = #key;
+                let #__cache_groups: ::std::vec::Vec<::std::string::String> = #groups;
+                (#__cache_key, #__cache_groups)
             };
         }
     };
     let (prime_call, peek_call) = (key_and_groups(&prime_key), key_and_groups(&peek_key));
+    // The value's argument is hidden from the fn's own arguments (it cannot collide with them);
+    // its name still shows in the docs, where it should not read like one of them.
     let value = if checked.names().iter().any(|n| n == "value") {
-        format_ident!("cached_value")
+        local("cached_value")
     } else {
-        format_ident!("value")
+        local("value")
     };
-    let split = split_kept(args, quote!(__cache_shape.split(#value)));
+    let split = split_kept(args, quote!(#__cache_shape.split(#value)));
     let ttl_from = ttl_from(args);
     let target = match &args.key {
         Some(template) => format!("key `{}` of `{ident}`", template.literal.value()),
         None => format!("the default key of `{ident}`"),
     };
+    let prime = quote! {
+        &__CACHE_SITE, #__cache_key, #__cache_groups, #__cache_value, #target, #ttl_from,
+    };
+    let prime = value_await(ret, "prime", &prime, false);
+    let peek = quote!(&__CACHE_SITE, #__cache_key, #__cache_groups);
+    let peek = value_await(ret, "peek", &peek, false);
     let prime_doc = format!(
         "Stores `{value}` as the result of [`{ident}`] with these arguments, as if the call had \
          just returned it (write-through after an update). The entry is invalidated first, so \
@@ -739,13 +792,11 @@ fn control_fns(
             -> ::core::result::Result<(), #rt::CacheError> #where_clause
         {
             #site
-            let __cache_shape = #shape;
+            let #__cache_shape = #shape;
+            #cacheable
             #prime_call
-            let __cache_value = #split;
-                        #rt::__private::prime(
-                &__CACHE_SITE, __cache_key, __cache_groups, __cache_value, #target, #ttl_from,
-            )
-            .await
+            let #__cache_value = #split;
+            #prime
         }
 
         #[doc = #peek_doc]
@@ -754,11 +805,10 @@ fn control_fns(
             #where_clause
         {
             #site
-            let __cache_shape = #shape;
+            let #__cache_shape = #shape;
+            #cacheable
             #peek_call
-            #rt::__private::peek(&__CACHE_SITE, __cache_key, __cache_groups)
-                .await
-                .map(|__cache_hit| __cache_shape.hit(__cache_hit))
+            #peek.map(|#__cache_hit| #__cache_shape.hit(#__cache_hit))
         }
     }
 }
@@ -778,6 +828,14 @@ fn cached_handler(
 ) -> Expansion {
     let rt = runtime();
     let parts = HandlerParts::new(function, checked);
+    locals!(
+        __cache_http,
+        __cache_key,
+        __cache_reply,
+        __cache_groups,
+        __cache_body,
+        __cache_run,
+    );
     let HandlerParts {
         outer_inputs,
         arg_idents,
@@ -820,30 +878,30 @@ fn cached_handler(
     let item = quote! {
         #(#attrs)*
         #vis async fn #ident #impl_generics (
-            __cache_http: #rt::http::RequestInfo,
+            #__cache_http: #rt::http::RequestInfo,
             #outer_inputs
         ) -> #rt::http::Response #where_clause {
             #inner_fn
             #site
             // `mut`: a group value that cannot be serialized marks the key (the call runs uncached).
             #[allow(unused_mut)]
-            let mut __cache_key: #rt::__private::KeyBuf = {
+            let mut #__cache_key: #rt::__private::KeyBuf = {
                 #bindings
                 #key_expr
             };
             // The hot path: a fresh in-process response, answered before anything else is built.
-            if let ::core::option::Option::Some(__cache_reply) =
-                #rt::http::fresh_reply(&__CACHE_SITE, &__cache_http, &__cache_key, #visibility)
+            if let ::core::option::Option::Some(#__cache_reply) =
+                #rt::http::fresh_reply(&__CACHE_SITE, &#__cache_http, &#__cache_key, #visibility)
             {
-                return __cache_reply;
+                return #__cache_reply;
             }
-            let __cache_groups: ::std::vec::Vec<::std::string::String> = {
+            let #__cache_groups: ::std::vec::Vec<::std::string::String> = {
                 #bindings
                 #groups
             };
-            let __cache_body = #rt::http::outcome(
+            let #__cache_body = #rt::http::outcome(
                 &__CACHE_SITE,
-                __cache_http.cacheable_method(),
+                #__cache_http.cacheable_method(),
                 async move {
                     #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await)
                 },
@@ -851,7 +909,7 @@ fn cached_handler(
             #spawn_probe
             // Boxed: the handler's own future stays the size of what a hit needs.
             ::std::boxed::Box::pin(#rt::http::serve(
-                &__CACHE_SITE, __cache_http, __cache_key, __cache_groups, #visibility, __cache_run,
+                &__CACHE_SITE, #__cache_http, #__cache_key, #__cache_groups, #visibility, #__cache_run,
             ))
             .await
         }
@@ -862,6 +920,7 @@ fn cached_handler(
 /// `#[cache_invalidate]` on a plain async fn or method.
 fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_targets, __cache_out);
     let ItemFn {
         attrs,
         vis,
@@ -877,17 +936,17 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
     quote! {
         #(#attrs)*
         #vis #sig {
-            let __cache_targets: #rt::__private::Targets = #targets;
-            let __cache_out: #ret = async move {
-                let __cache_out: #ret = #block;
+            let #__cache_targets: #rt::__private::Targets = #targets;
+            let #__cache_out: #ret = async move {
+                let #__cache_out: #ret = #block;
                 #[allow(unreachable_code)]
-                __cache_out
+                #__cache_out
             }
             .await;
-            if #shape.succeeded(&__cache_out) {
-                __cache_targets.after_success().await;
+            if #shape.succeeded(&#__cache_out) {
+                #__cache_targets.after_success().await;
             }
-            __cache_out
+            #__cache_out
         }
     }
 }
@@ -895,6 +954,7 @@ fn invalidate_fn(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) ->
 /// `#[cache_invalidate(http)]` on an axum handler: invalidates after a 2xx response.
 fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checked) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_keys, __cache_groups, __cache_response);
     let HandlerParts {
         outer_inputs,
         arg_idents,
@@ -911,16 +971,16 @@ fn invalidate_handler(args: &InvalidateArgs, function: &ItemFn, checked: &Checke
         #(#attrs)*
         #vis async fn #ident #impl_generics (#outer_inputs) -> #rt::http::Response #where_clause {
             #inner_fn
-            let (__cache_keys, __cache_groups): (
+            let (#__cache_keys, #__cache_groups): (
                 ::std::vec::Vec<::std::string::String>,
                 ::std::vec::Vec<::std::string::String>,
             ) = {
                 #bindings
                 #targets.into_lists()
             };
-            let __cache_response =
+            let #__cache_response =
                 #rt::http::IntoResponse::into_response(__cache_handler(#(#arg_idents),*).await);
-            #rt::http::after_mutation(__cache_response, __cache_keys, __cache_groups).await
+            #rt::http::after_mutation(#__cache_response, #__cache_keys, #__cache_groups).await
         }
     }
 }
@@ -939,7 +999,7 @@ impl HandlerParts {
     fn new(function: &ItemFn, checked: &Checked) -> Self {
         let ItemFn { sig, block, .. } = function;
         let arg_idents: Vec<syn::Ident> = (0..checked.helper_inputs.len())
-            .map(|i| format_ident!("__cache_arg{}", i))
+            .map(|i| local(&format!("__cache_arg{i}")))
             .collect();
         let types = checked.helper_inputs.iter().map(|input| &input.ty);
         let outer_inputs = quote!(#(#arg_idents: #types),*);
@@ -974,13 +1034,59 @@ impl HandlerParts {
 /// `Some`.
 fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_shape);
     quote!({
         #[allow(unused_imports)]
         use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
         #[allow(clippy::needless_borrow)]
-        let __cache_shape = (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape();
-        __cache_shape
+        let #__cache_shape = (&&&#rt::__private::ShapeProbe::<#ret, #result, #option>::new()).shape();
+        #__cache_shape
     })
+}
+
+/// Asserts that the value the return type's shape caches (see [`shape_probe`]; `result` and
+/// `option` as there) is a `CacheValue`, spanned on the return type `ret`: a value type that cannot
+/// be cached is reported there, with the runtime's message (see
+/// `cache_runtime::__private::CacheValue`). The shape is probed again rather than taken from the
+/// generated local: the compiler would point at that local, whose span is the attribute's.
+///
+/// (The span is the return type's first token: a span joined over the whole type would need
+/// tokens spanned on its last one too, and the compiler then reports the runtime's bounds on
+/// several spans, no longer as repeats of this error.)
+fn assert_cacheable(ret: &syn::Type, result: bool, option: bool) -> TokenStream {
+    let rt = runtime();
+    let probe = quote!(#rt::__private::ShapeProbe::<#ret, #result, #option>::new());
+    quote_spanned! {ret.span()=>
+        {
+            #[allow(unused_imports)]
+            use #rt::__private::{ShapeViaOption as _, ShapeViaPlain as _, ShapeViaResult as _};
+            #[allow(clippy::needless_borrow)]
+            (&&&#probe).shape().cached_value_is_cacheable();
+        }
+    }
+}
+
+/// `#rt::__private::#name(#args)`, every token but the arguments spanned on the return type `ret`:
+/// a call of one of the runtime's fns whose bounds are a cached value's. When the value type falls
+/// short, their errors are reported where [`assert_cacheable`] reports its own, and the compiler
+/// drops most of them as repeats of that one. (With a `crate = ".."` path, which keeps its own span
+/// (see [`runtime_at`]), they are reported on the attribute, after the assertion's.)
+fn value_call(ret: &syn::Type, name: &str, args: &TokenStream) -> TokenStream {
+    let span = ret.span();
+    let rt = runtime_at(span);
+    let name = syn::Ident::new(name, span);
+    quote_spanned!(span=> #rt::__private::#name(#args))
+}
+
+/// [`value_call`] awaited (boxed first when `boxed`), spanned on the return type too: the bounds of
+/// the fn's future and of its `.await` are reported there.
+fn value_await(ret: &syn::Type, name: &str, args: &TokenStream, boxed: bool) -> TokenStream {
+    let call = value_call(ret, name, args);
+    if boxed {
+        quote_spanned!(ret.span()=> ::std::boxed::Box::pin(#call).await)
+    } else {
+        quote_spanned!(ret.span()=> #call.await)
+    }
 }
 
 /// Turns the future `__cache_body` into `__cache_run`, a `Body` that runs in a task of its own when
@@ -989,17 +1095,18 @@ fn shape_probe(ret: &impl quote::ToTokens, result: bool, option: bool) -> TokenS
 /// with `spawn = false` (`spawn` false).
 fn spawn_probe(checked: &Checked, spawn: bool) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_run, __cache_body, __cache_probe);
     if !spawn || !checked.may_be_static {
         return quote! {
-            let __cache_run = #rt::__private::Body::Local(__cache_body);
+            let #__cache_run = #rt::__private::Body::Local(#__cache_body);
         };
     }
     quote! {
-        let __cache_run = {
+        let #__cache_run = {
             use #rt::__private::{ViaLocal as _, ViaSpawn as _};
-            let __cache_probe = #rt::__private::SpawnProbe::new(__cache_body);
-            let __cache_run = (&__cache_probe).body();
-            __cache_run
+            let #__cache_probe = #rt::__private::SpawnProbe::new(#__cache_body);
+            let #__cache_run = (&#__cache_probe).body();
+            #__cache_run
         };
     }
 }
@@ -1086,15 +1193,16 @@ fn site(args: &CacheArgs, function_name: &str) -> TokenStream {
 /// runs uncached).
 fn render_groups(templates: &[Template], types: &[String]) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_key, __cache_names);
     let count = templates.len();
     let pushes = templates.iter().map(|t| {
         let rendered = t.render(&rt, types);
-        quote!(#rt::__private::push_group(&mut __cache_key, &mut __cache_names, #rendered);)
+        quote!(#rt::__private::push_group(&mut #__cache_key, &mut #__cache_names, #rendered);)
     });
     quote!({
-        let mut __cache_names = ::std::vec::Vec::with_capacity(#count);
+        let mut #__cache_names = ::std::vec::Vec::with_capacity(#count);
         #(#pushes)*
-        __cache_names
+        #__cache_names
     })
 }
 
@@ -1123,6 +1231,7 @@ fn helper_fns(
     key_expr: &dyn Fn(&syn::Ident) -> TokenStream,
 ) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_key);
     let ItemFn { vis, sig, .. } = function;
     let vis = context.vis.as_ref().unwrap_or(vis);
     let ident = &sig.ident;
@@ -1144,8 +1253,8 @@ fn helper_fns(
         #[allow(unused_variables, clippy::needless_pass_by_value, clippy::too_many_arguments)]
         #vis fn #key_fn #impl_generics (#inputs) -> ::std::string::String #where_clause {
             #bindings
-            let __cache_key: #rt::__private::KeyBuf = #key_fn_key;
-            #rt::key::normalize_key(__cache_key.into_string())
+            let #__cache_key: #rt::__private::KeyBuf = #key_fn_key;
+            #rt::key::normalize_key(#__cache_key.into_string())
         }
 
         #[doc = #invalidate_doc]
@@ -1153,14 +1262,14 @@ fn helper_fns(
         #vis async fn #invalidate_fn #impl_generics (#inputs)
             -> ::core::result::Result<(), #rt::CacheError> #where_clause
         {
-            let __cache_key: #rt::__private::KeyBuf = {
+            let #__cache_key: #rt::__private::KeyBuf = {
                 #bindings
                 #invalidate_fn_key
             };
-            if !__cache_key.is_keyable() {
+            if !#__cache_key.is_keyable() {
                 return ::core::result::Result::Err(#rt::__private::unkeyable(#target));
             }
-            #rt::__private::invalidate_entry(#backend, __cache_key.into_string()).await
+            #rt::__private::invalidate_entry(#backend, #__cache_key.into_string()).await
         }
     }
 }
@@ -1183,6 +1292,7 @@ fn key_expr(
     method: &syn::Ident,
 ) -> TokenStream {
     let rt = runtime();
+    locals!(__cache_prefix, __cache_prefix_owned, __cache_k);
     if let Some(template) = &args.key {
         return template.render(&rt, &checked.template_types());
     }
@@ -1207,17 +1317,17 @@ fn key_expr(
             || !checked.const_params.is_empty();
         let prefix = if generic {
             quote! {
-                let __cache_prefix_owned: ::std::string::String = #prefix;
-                let __cache_prefix: &str = &__cache_prefix_owned;
+                let #__cache_prefix_owned: ::std::string::String = #prefix;
+                let #__cache_prefix: &str = &#__cache_prefix_owned;
             }
         } else {
             quote! {
                 static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
                     ::std::sync::OnceLock::new();
-                let __cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
+                let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
             }
         };
-        (prefix, quote!(finish_prefixed(__cache_prefix)))
+        (prefix, quote!(finish_prefixed(#__cache_prefix)))
     } else if checked.has_receiver && args.name.is_none() && context.trait_path.is_none() {
         (
             TokenStream::new(),
@@ -1243,7 +1353,7 @@ fn key_expr(
         (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
         if impl_types.is_empty() && impl_consts.is_empty() {
             extra =
-                quote!(.refuse_if(#rt::__private::generic_parent(__cache_prefix, #function_name)));
+                quote!(.refuse_if(#rt::__private::generic_parent(#__cache_prefix, #function_name)));
         }
         let generated = generated.to_string();
         (
@@ -1251,7 +1361,7 @@ fn key_expr(
                 fn __cache_marker() {}
                 static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
                     ::std::sync::OnceLock::new();
-                let __cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| {
+                let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| {
                     #rt::__private::marker_prefix(
                         ::std::any::type_name_of_val(&__cache_marker),
                         #generated,
@@ -1259,7 +1369,7 @@ fn key_expr(
                     )
                 });
             },
-            quote!(finish_prefixed(__cache_prefix)),
+            quote!(finish_prefixed(#__cache_prefix)),
         )
     };
     let type_names = impl_types
@@ -1278,16 +1388,16 @@ fn key_expr(
         .filter(|(_, name)| !args.skip.contains(name));
     if handler {
         let steps = named.map(|(span, name)| {
-            quote_spanned!(span=> let __cache_k = (&#rt::http::HttpKeyArg(&*#name)).add_to(__cache_k);)
+            quote_spanned!(span=> let #__cache_k = (&#rt::http::HttpKeyArg(&*#name)).add_to(#__cache_k);)
         });
         let span = Span::call_site();
         quote_spanned! {span=> {
             #[allow(unused_imports)]
             use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
             #prefix
-            let __cache_k = #rt::__private::DefaultKey::new();
+            let #__cache_k = #rt::__private::DefaultKey::new();
             #(#steps)*
-            __cache_k.#finish
+            #__cache_k.#finish
         }}
     } else {
         let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));

@@ -20,7 +20,8 @@ pub(crate) struct Checked {
     /// Inputs without the receiver and without `mut`, for the generated helper fns.
     pub(crate) helper_inputs: Vec<PatType>,
     /// One plain name per helper input, for companions that pass the arguments on: the argument's
-    /// own name when its pattern is a plain name, else `__cache_argN`.
+    /// own name when its pattern is a plain name, else `__cache_argN` (a generated local, hidden from
+    /// the user's names).
     pub(crate) forward: Vec<syn::Ident>,
     /// Type and const parameters (lifetimes aside), in order: generic fns key each instantiation
     /// apart.
@@ -156,7 +157,7 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
                 StripMut.visit_pat_mut(&mut helper.pat);
                 forward.push(match &*helper.pat {
                     Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
-                    _ => quote::format_ident!("__cache_arg{}", helper_inputs.len()),
+                    _ => crate::expand::local(&format!("__cache_arg{}", helper_inputs.len())),
                 });
                 helper_inputs.push(helper);
                 let mut names = Vec::new();

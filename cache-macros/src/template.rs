@@ -78,16 +78,22 @@ impl Template {
     /// one of `types` renders that type parameter's `std::any::type_name`.
     pub(crate) fn render(&self, runtime: &TokenStream, types: &[String]) -> TokenStream {
         let span = self.literal.span();
+        // The buffer is a generated local (hidden from the fn's names, which the values are),
+        // reported at the template.
+        let buf = syn::Ident::new(
+            "__cache_text",
+            proc_macro2::Span::mixed_site().located_at(span),
+        );
         let pushes = self.parts.iter().enumerate().map(|(at, part)| match part {
             Part::Text(text) => {
-                quote_spanned!(span=> #runtime::__private::push_text(&mut __cache_text, #text);)
+                quote_spanned!(span=> #runtime::__private::push_text(&mut #buf, #text);)
             }
             Part::Value(root, _) if types.contains(root) => {
                 let ty = format_ident!("{}", root, span = span);
                 let follow = follow(self.parts.get(at + 1), runtime, span);
                 quote_spanned!(span=>
                     (&#runtime::__private::KeyValueProbe(::std::any::type_name::<#ty>()))
-                        .push_to(&mut __cache_text, #follow);
+                        .push_to(&mut #buf, #follow);
                 )
             }
             Part::Value(root, fields) => {
@@ -105,16 +111,16 @@ impl Template {
                 let follow = follow(self.parts.get(at + 1), runtime, span);
                 quote_spanned!(span=>
                     (&#runtime::__private::KeyValueProbe(&(#root #(#fields)*)))
-                        .push_to(&mut __cache_text, #follow);
+                        .push_to(&mut #buf, #follow);
                 )
             }
         });
         quote_spanned!(span=> {
             #[allow(unused_imports)]
             use #runtime::__private::{ViaPlain as _, ViaSerde as _};
-            let mut __cache_text = #runtime::__private::KeyBuf::new();
+            let mut #buf = #runtime::__private::KeyBuf::new();
             #(#pushes)*
-            __cache_text
+            #buf
         })
     }
 }

@@ -83,8 +83,8 @@ pub mod __private {
         ViaLocal, ViaNoClone, ViaSpawn,
     };
     pub use crate::shape::{
-        OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption, ShapeViaPlain,
-        ShapeViaResult,
+        CacheValue, OptionShape, PlainShape, ResultShape, ShapeProbe, ShapeViaOption,
+        ShapeViaPlain, ShapeViaResult,
     };
     pub use crate::stats::{Policy, Site};
 

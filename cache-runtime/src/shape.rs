@@ -15,7 +15,24 @@
 
 use std::marker::PhantomData;
 
+use serde::{de::DeserializeOwned, Serialize};
+
 use crate::{__private::NotCached, Never};
+
+/// What a cached value must be: serialized into its backend, read back, and cloned to each caller,
+/// across tasks. Implemented for every such type; the generated code asserts it on the value its
+/// shape caches (the `Ok` of a `Result`, the `Some` of an `Option` whose `None` is not cached, else
+/// the whole value) with the return type's span, so that a type that falls short is reported there,
+/// with this message, before the runtime's own bounds.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached: a cached value must be `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`",
+    label = "the value of this return type is cached",
+    note = "the value is serialized into the backend, deserialized on each hit and cloned to callers across tasks: derive (or implement) `Serialize`, `Deserialize` and `Clone` for it, and hold no references or non-thread-safe types (`Rc`, `RefCell`; use `Arc`, `Mutex`)",
+    note = "a `Result` caches its `Ok` value (the error too with `cache_err`); an `Option` is cached whole, or its `Some` value with `cache_none = false`"
+)]
+pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
 
 /// Selects a shape for the return type `R` (see the module docs). `RESULT`: a `Result`
 /// caches only `Ok`; `OPTION`: an `Option` caches only `Some`.
@@ -60,6 +77,14 @@ copy_shape!(OptionShape<T>);
 copy_shape!(PlainShape<R>);
 
 impl<T, E> ResultShape<T, E> {
+    /// Asserts that the `Ok` value, which is what is cached, is a [`CacheValue`] (see there).
+    #[inline(always)]
+    pub fn cached_value_is_cacheable(self)
+    where
+        T: CacheValue,
+    {
+    }
+
     /// The body's value as what `memoize` caches the `Ok` of.
     #[inline(always)]
     pub fn split(self, value: Result<T, E>) -> Result<T, E> {
@@ -86,6 +111,14 @@ impl<T, E> ResultShape<T, E> {
 }
 
 impl<T> OptionShape<T> {
+    /// Asserts that the `Some` value, which is what is cached, is a [`CacheValue`] (see there).
+    #[inline(always)]
+    pub fn cached_value_is_cacheable(self)
+    where
+        T: CacheValue,
+    {
+    }
+
     /// `Some(v)` → `Ok(v)`, `None` → `Err(NotCached)`.
     #[inline(always)]
     pub fn split(self, value: Option<T>) -> Result<T, NotCached> {
@@ -112,6 +145,14 @@ impl<T> OptionShape<T> {
 }
 
 impl<R> PlainShape<R> {
+    /// Asserts that the value, which is what is cached, is a [`CacheValue`] (see there).
+    #[inline(always)]
+    pub fn cached_value_is_cacheable(self)
+    where
+        R: CacheValue,
+    {
+    }
+
     /// The value, as a result that cannot fail.
     #[inline(always)]
     pub fn split(self, value: R) -> Result<R, Never> {
