@@ -1300,78 +1300,84 @@ fn key_expr(
     // More key parts: the receiver's type for a `name`d method, or the refusal of a key whose
     // parent is a generic impl of unknown parameters.
     let mut extra = TokenStream::new();
-    let (prefix, finish) = if let (Some(_), None, true) =
-        (&context.trait_path, &args.name, context.companions)
-    {
-        // `<Type as Trait>::method`, from the type name of the method's fn item, which a fn
-        // inherent to the type computes (inside the method itself, naming its own fn item would
-        // need the auto traits of its own future).
-        let helper = companion_ident(method, "prefix").to_string();
-        let helper = format_ident!("__cache_{}", helper);
-        let turbofish = checked.turbofish();
-        let prefix = quote!(Self::#helper #turbofish ());
-        // A static is shared by every instantiation: only a non-generic prefix is kept in one.
-        let generic = !context.impl_types.is_empty()
-            || !context.impl_consts.is_empty()
-            || !checked.type_params.is_empty()
-            || !checked.const_params.is_empty();
-        let prefix = if generic {
-            quote! {
-                let #__cache_prefix_owned: ::std::string::String = #prefix;
-                let #__cache_prefix: &str = &#__cache_prefix_owned;
+    let (prefix, finish) =
+        if let (Some(_), None, true) = (&context.trait_path, &args.name, context.companions) {
+            // `<Type as Trait>::method`, from the type name of the method's fn item, which a fn
+            // inherent to the type computes (inside the method itself, naming its own fn item would
+            // need the auto traits of its own future).
+            let helper = companion_ident(method, "prefix").to_string();
+            let helper = format_ident!("__cache_{}", helper);
+            let turbofish = checked.turbofish();
+            let prefix = quote!(Self::#helper #turbofish ());
+            // A static is shared by every instantiation: only a non-generic prefix is kept in one.
+            let generic = !context.impl_types.is_empty()
+                || !context.impl_consts.is_empty()
+                || !checked.type_params.is_empty()
+                || !checked.const_params.is_empty();
+            let prefix = if generic {
+                quote! {
+                    let #__cache_prefix_owned: ::std::string::String = #prefix;
+                    let #__cache_prefix: &str = &#__cache_prefix_owned;
+                }
+            } else {
+                quote! {
+                    static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
+                        ::std::sync::OnceLock::new();
+                    let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
+                }
+            };
+            (prefix, quote!(finish_prefixed(#__cache_prefix)))
+        } else if checked.has_receiver && args.name.is_none() && context.trait_path.is_none() {
+            (
+                TokenStream::new(),
+                quote!(finish(::std::any::type_name::<Self>(), #function_name)),
+            )
+        } else if args.name.is_some() {
+            // A `name` pins the key to the module path and that name; the impl's parameters (and
+            // the receiver's type) still tell instantiations apart.
+            (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
+            if checked.has_receiver {
+                extra = quote!(.arg(::std::any::type_name::<Self>()));
             }
+            (
+                TokenStream::new(),
+                quote!(finish_prefixed(
+                    ::core::concat!(::core::module_path!(), "::", #function_name, ":")
+                )),
+            )
         } else {
-            quote! {
-                static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
-                    ::std::sync::OnceLock::new();
-                let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
+            // `Type<_>` or `<Type<_> as Trait>` from the marker: the impl's parameters go into the
+            // hash. Where they are unknown (no `#[cached_impl]`), a generic parent would let every
+            // instantiation share one entry: such calls run uncached instead.
+            (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
+            // Whether the parent is generic is decided once, with the prefix (not on every call).
+            let __cache_generic = local("__cache_generic");
+            if impl_types.is_empty() && impl_consts.is_empty() {
+                extra = quote!(.refuse_if(#__cache_generic));
             }
+            let generated = generated.to_string();
+            (
+                quote! {
+                    fn __cache_marker() {}
+                    static __CACHE_PREFIX: ::std::sync::OnceLock<(::std::string::String, bool)> =
+                        ::std::sync::OnceLock::new();
+                    let (#__cache_prefix, #__cache_generic): (&str, bool) = {
+                        let (prefix, generic) = __CACHE_PREFIX.get_or_init(|| {
+                            let prefix = #rt::__private::marker_prefix(
+                                ::std::any::type_name_of_val(&__cache_marker),
+                                #generated,
+                                #function_name,
+                            );
+                            let generic = #rt::__private::generic_parent(&prefix, #function_name);
+                            (prefix, generic)
+                        });
+                        (prefix.as_str(), *generic)
+                    };
+                    let _ = #__cache_generic;
+                },
+                quote!(finish_prefixed(#__cache_prefix)),
+            )
         };
-        (prefix, quote!(finish_prefixed(#__cache_prefix)))
-    } else if checked.has_receiver && args.name.is_none() && context.trait_path.is_none() {
-        (
-            TokenStream::new(),
-            quote!(finish(::std::any::type_name::<Self>(), #function_name)),
-        )
-    } else if args.name.is_some() {
-        // A `name` pins the key to the module path and that name; the impl's parameters (and
-        // the receiver's type) still tell instantiations apart.
-        (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
-        if checked.has_receiver {
-            extra = quote!(.arg(::std::any::type_name::<Self>()));
-        }
-        (
-            TokenStream::new(),
-            quote!(finish_prefixed(
-                ::core::concat!(::core::module_path!(), "::", #function_name, ":")
-            )),
-        )
-    } else {
-        // `Type<_>` or `<Type<_> as Trait>` from the marker: the impl's parameters go into the
-        // hash. Where they are unknown (no `#[cached_impl]`), a generic parent would let every
-        // instantiation share one entry: such calls run uncached instead.
-        (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
-        if impl_types.is_empty() && impl_consts.is_empty() {
-            extra =
-                quote!(.refuse_if(#rt::__private::generic_parent(#__cache_prefix, #function_name)));
-        }
-        let generated = generated.to_string();
-        (
-            quote! {
-                fn __cache_marker() {}
-                static __CACHE_PREFIX: ::std::sync::OnceLock<::std::string::String> =
-                    ::std::sync::OnceLock::new();
-                let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| {
-                    #rt::__private::marker_prefix(
-                        ::std::any::type_name_of_val(&__cache_marker),
-                        #generated,
-                        #function_name,
-                    )
-                });
-            },
-            quote!(finish_prefixed(#__cache_prefix)),
-        )
-    };
     let type_names = impl_types
         .iter()
         .chain(&checked.type_params)

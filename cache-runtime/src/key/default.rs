@@ -227,7 +227,7 @@ impl ArgsJson {
     /// Appends the first 128 bits of the SHA-256 of the JSON, in lower-case hex.
     fn push_digest(self, key: &mut KeyBuf) {
         match self {
-            Self::Short(json) => key.push_str(&short_digest_hex(&json)),
+            Self::Short(json) => push_short_digest(&json, key),
             Self::Long(hasher) => push_hex(key, &hasher.finalize()[..16]),
         }
     }
@@ -244,43 +244,64 @@ impl std::io::Write for ArgsJson {
     }
 }
 
-/// The hex digest of a short argument list: SHA-256 is a third of a memory hit, and hot keys
-/// recur, so each thread remembers the digests of the argument lists it saw last (a small two-way
-/// table compared on the whole JSON: a slot holding other arguments is never taken for these).
-fn short_digest_hex(json: &[u8]) -> arrayvec::ArrayString<32> {
-    type Slot = Option<(
-        arrayvec::ArrayVec<u8, SHORT_ARGS>,
-        arrayvec::ArrayString<32>,
-    )>;
+#[cfg(test)]
+thread_local! {
+    /// How many short digests this thread computed (the table's misses).
+    pub(super) static DIGESTS_COMPUTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Ways of each set of the table of remembered digests.
+const WAYS: usize = 4;
+
+/// A remembered digest: the argument list it is the digest of (its hash first, to skip the
+/// comparison of lists that differ), and the digest in hex.
+#[derive(Clone)]
+struct Remembered {
+    hash: u64,
+    json: arrayvec::ArrayVec<u8, SHORT_ARGS>,
+    hex: arrayvec::ArrayString<32>,
+}
+
+/// Appends the hex digest of a short argument list: SHA-256 costs as much as the rest of a memory
+/// hit, and hot keys recur, so each thread remembers the digests of the argument lists it saw
+/// last (a small table of [`WAYS`]-way sets compared on the whole JSON: a slot holding other
+/// arguments is never taken for these).
+fn push_short_digest(json: &[u8], key: &mut KeyBuf) {
     thread_local! {
-        static DIGESTS: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+        static DIGESTS: std::cell::RefCell<Vec<Option<Remembered>>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
     let compute = || {
+        #[cfg(test)]
+        DIGESTS_COMPUTED.with(|n| n.set(n.get() + 1));
         let mut hex = arrayvec::ArrayString::new();
         push_hex(&mut hex, &Sha256::digest(json)[..16]);
         hex
     };
-    let hash = foldhash::fast::FixedState::with_seed(0).hash_one(json) as usize;
-    let first = (hash % (REMEMBERED_DIGESTS / 2)) * 2;
-    DIGESTS
-        .try_with(|table| {
-            let mut table = table.borrow_mut();
-            if table.is_empty() {
-                table.resize(REMEMBERED_DIGESTS, None);
+    let hash = foldhash::fast::FixedState::with_seed(0).hash_one(json);
+    // The hash's high bits pick the set (its low bits vary little between short lists).
+    let first = ((hash >> 32) as usize % (REMEMBERED_DIGESTS / WAYS)) * WAYS;
+    let remembered = DIGESTS.try_with(|table| {
+        let mut table = table.borrow_mut();
+        if table.is_empty() {
+            table.resize(REMEMBERED_DIGESTS, None);
+        }
+        let set = &mut table[first..first + WAYS];
+        for seen in set.iter().flatten() {
+            if seen.hash == hash && seen.json.as_slice() == json {
+                key.push_str(&seen.hex);
+                return;
             }
-            let ways = &mut table[first..first + 2];
-            for (seen, hex) in ways.iter().flatten() {
-                if seen.as_slice() == json {
-                    return *hex;
-                }
-            }
-            let hex = compute();
-            // The newest goes first; the one it displaces takes the second way.
-            ways.swap(0, 1);
-            ways[0] = arrayvec::ArrayVec::try_from(json)
-                .ok()
-                .map(|seen| (seen, hex));
-            hex
-        })
-        .unwrap_or_else(|_| compute())
+        }
+        let hex = compute();
+        key.push_str(&hex);
+        // The newest goes first; the oldest leaves.
+        set.rotate_right(1);
+        set[0] = arrayvec::ArrayVec::try_from(json)
+            .ok()
+            .map(|json| Remembered { hash, json, hex });
+    });
+    if remembered.is_err() {
+        key.push_str(&compute());
+    }
 }

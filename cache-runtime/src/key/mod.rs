@@ -240,6 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn hot_argument_lists_are_all_remembered() {
+        use super::default::DIGESTS_COMPUTED;
+        // 64 hot lists take an eighth of the table: none may be pushed out by another.
+        for (stride, start) in [(1u64, 0u64), (7_919, 0), (1, 1_000_000)] {
+            let hot = |n: u64| {
+                DefaultKey::new()
+                    .arg(&(start + n * stride))
+                    .finish("m", "f")
+            };
+            for round in 0..3 {
+                let before = DIGESTS_COMPUTED.with(|n| n.get());
+                for n in 0..64u64 {
+                    hot(n);
+                }
+                let computed = DIGESTS_COMPUTED.with(|n| n.get()) - before;
+                if round > 0 {
+                    assert_eq!(
+                        computed, 0,
+                        "64 hot argument lists (every {stride} from {start})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn remembered_digests_never_answer_for_other_arguments() {
         let keys: Vec<String> = (0..(4 * REMEMBERED_DIGESTS as u64))
             .map(|n| DefaultKey::new().arg(&n).finish("m", "f").into_string())
