@@ -338,9 +338,17 @@ impl MemoryBackend {
             if !entry.fresh() {
                 return None;
             }
-            let value = value.clone();
-            // Checked after the shard's lock is released (see `read_live`).
-            Some((value, entry.stamps.clone()))
+            // Valid at once when no group was invalidated since its stamps (an atomic load, no
+            // lock); otherwise checked after the shard's lock is released (see `read_live`).
+            let stamps = entry
+                .stamps
+                .as_ref()
+                .filter(|stamps| {
+                    stamps.groups.len() != stamps.generations.len()
+                        || !self.generations.unchanged_since(&stamps.generations)
+                })
+                .cloned();
+            Some((value.clone(), stamps))
         })??;
         match found {
             (value, None) => Some(value),
@@ -673,13 +681,19 @@ impl Generations {
         if groups.is_empty() {
             return recorded.is_empty();
         }
-        // No group was invalidated since these stamps were observed (an invalidation raises
-        // `last` before it returns): valid, without the table's lock.
-        let last = self.last.load(Ordering::Acquire);
-        if groups.len() == recorded.len() && recorded.iter().all(|r| *r == last) {
+        if groups.len() == recorded.len() && self.unchanged_since(recorded) {
             return true;
         }
         self.read().valid(groups, recorded)
+    }
+
+    /// Whether no group was invalidated since the stamps `recorded` were observed (an
+    /// invalidation raises `last` before it returns): then an entry recording them is valid,
+    /// whatever its groups. One atomic load, no lock.
+    #[inline]
+    fn unchanged_since(&self, recorded: &[u64]) -> bool {
+        let last = self.last.load(Ordering::Acquire);
+        recorded.iter().all(|r| *r == last)
     }
 
     /// Invalidates `group`; `true` when the table has grown past its bound.
