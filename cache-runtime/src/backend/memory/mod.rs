@@ -91,28 +91,12 @@ struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
     /// it is kept, which spares hits a second clock read.
     fresh_until_ms: u64,
     /// The groups the entry was stored under, and the stamp observed for each before the value
-    /// was computed (see [`Generations`]); `None` when it has no groups.
-    stamps: Option<Box<Stamps>>,
+    /// was computed (see [`Generations`]).
+    groups: Box<[String]>,
+    generations: Box<[u64]>,
     weight: u64,
     /// Last: the unsized part once the entry is erased to `MemEntry<dyn Any ..>`.
     value: V,
-}
-
-/// An entry's groups and the stamp observed for each.
-struct Stamps {
-    groups: Box<[String]>,
-    generations: Box<[u64]>,
-}
-
-impl Stamps {
-    fn of(groups: &[String], generations: Vec<u64>) -> Option<Box<Self>> {
-        (!groups.is_empty()).then(|| {
-            Box::new(Self {
-                groups: groups.into(),
-                generations: generations.into_boxed_slice(),
-            })
-        })
-    }
 }
 
 /// Bytes stored through the [`Backend`] trait. A private type, so that no typed value of a
@@ -120,16 +104,6 @@ impl Stamps {
 struct Serialized(Vec<u8>);
 
 impl MemEntry {
-    fn groups(&self) -> &[String] {
-        self.stamps.as_ref().map_or(&[], |stamps| &stamps.groups)
-    }
-
-    fn generations(&self) -> &[u64] {
-        self.stamps
-            .as_ref()
-            .map_or(&[], |stamps| &stamps.generations)
-    }
-
     fn typed<T: 'static>(&self) -> Option<&T> {
         self.value.downcast_ref::<T>()
     }
@@ -343,8 +317,7 @@ impl MemoryBackend {
     /// entries of that shard (under its write lock), so the check cannot see a group forgotten
     /// after the entry went stale while the entry is still held (see [`Generations`]).
     fn valid(&self, entry: &MemEntry) -> bool {
-        self.generations
-            .matches(entry.groups(), entry.generations())
+        self.generations.matches(&entry.groups, &entry.generations)
     }
 
     /// Looks `key` up for a call tagged with `groups`: a hit, a stale value, or a miss with the
@@ -391,11 +364,12 @@ impl MemoryBackend {
         let entry: Box<MemEntry> = Box::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms,
-            stamps: Stamps::of(groups, generations),
+            groups: groups.into(),
+            generations: generations.into_boxed_slice(),
             weight,
             value: value.clone(),
         });
-        if entry.stamps.is_none() {
+        if entry.groups.is_empty() {
             self.insert(&key, entry);
             return true;
         }
@@ -407,7 +381,7 @@ impl MemoryBackend {
         self.entries.insert_if(&key, entry, |entry| {
             self.generations
                 .read()
-                .storable(entry.groups(), entry.generations())
+                .storable(&entry.groups, &entry.generations)
         });
         if self.sweeps.due() {
             self.run_pending_tasks();
@@ -448,9 +422,9 @@ impl MemoryBackend {
                 retired.iter().map(|(g, n)| (g.as_ref(), *n)).collect();
             self.entries.retain(|_, entry| {
                 !entry
-                    .groups()
+                    .groups
                     .iter()
-                    .zip(entry.generations())
+                    .zip(entry.generations.iter())
                     .any(|(g, r)| by_name.get(g.as_str()).is_some_and(|n| r < n))
             });
             self.generations.finish_retirement(&retired);
@@ -485,7 +459,8 @@ impl Backend for MemoryBackend {
         let entry: Box<MemEntry> = Box::new(MemEntry {
             expires_at: expiry(ttl),
             fresh_until_ms: 0,
-            stamps: None,
+            groups: Box::new([]),
+            generations: Box::new([]),
             weight,
             value: Serialized(value),
         });

@@ -198,16 +198,7 @@ impl<V, W: Weighter<StoreKey, V> + Clone> Store<V, W> {
 
     /// Stores `value` under `key`, replacing any value there.
     pub(super) fn insert(&self, key: &str, value: V) {
-        let (shard, probe) = self.probe(key);
-        let key = StoreKey {
-            hash: probe.hash,
-            text: Text::from(key),
-        };
-        let mut evicted = Vec::new();
-        shard
-            .write()
-            .insert_with_lifecycle(key, value, &mut evicted);
-        drop(evicted);
+        self.insert_if(key, value, |_| true);
     }
 
     /// Stores `value` under `key` if `condition` holds for it, checked under the shard's write
