@@ -1326,11 +1326,11 @@ fn key_expr(
                     let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
                 }
             };
-            (prefix, quote!(finish_prefixed(#__cache_prefix)))
+            (prefix, quote!(finish_call(#__cache_prefix)))
         } else if checked.has_receiver && args.name.is_none() && context.trait_path.is_none() {
             (
                 TokenStream::new(),
-                quote!(finish(::std::any::type_name::<Self>(), #function_name)),
+                quote!(finish_call_of(::std::any::type_name::<Self>(), #function_name)),
             )
         } else if args.name.is_some() {
             // A `name` pins the key to the module path and that name; the impl's parameters (and
@@ -1341,7 +1341,7 @@ fn key_expr(
             }
             (
                 TokenStream::new(),
-                quote!(finish_prefixed(
+                quote!(finish_call(
                     ::core::concat!(::core::module_path!(), "::", #function_name, ":")
                 )),
             )
@@ -1375,7 +1375,7 @@ fn key_expr(
                     };
                     let _ = #__cache_generic;
                 },
-                quote!(finish_prefixed(#__cache_prefix)),
+                quote!(finish_call(#__cache_prefix)),
             )
         };
     let type_names = impl_types

@@ -128,7 +128,8 @@ where
         );
         return body.run_in_place().await;
     }
-    let key = normalize_key(key.into_string());
+    let (key, call) = key.into_key_and_call();
+    let key = normalize_key(key);
     if let Err(error) = invalidation::invalidate_key_in(site.backend, key.clone()).await {
         // The backend is not used by this process until the invalidation is applied there.
         tracing::warn!(function = site.function, %error, "refresh: the old entry could not be invalidated; running uncached");
@@ -156,7 +157,7 @@ where
             memo::lead(
                 site,
                 backend,
-                key,
+                memo::CallKey { key, call },
                 groups,
                 generations,
                 epoch,
@@ -178,6 +179,7 @@ where
                     site,
                     backend,
                     &key,
+                    call.as_deref(),
                     &groups,
                     generations,
                     epoch,
@@ -235,7 +237,8 @@ where
     if !key.is_keyable() {
         return Err(crate::__private::unkeyable(target));
     }
-    let key = normalize_key(key.into_string());
+    let (key, call) = key.into_key_and_call();
+    let key = normalize_key(key);
     let backend = site
         .resolve()
         .ok_or_else(|| CacheError::UnknownBackend(site.backend.to_owned()))?;
@@ -265,6 +268,7 @@ where
         site,
         backend,
         &key,
+        call.as_deref(),
         &groups,
         generations,
         epoch,
@@ -341,7 +345,7 @@ where
     F: Future<Output = Result<T, Uncached<E, V>>>,
 {
     let errors = Errors::failing_when(sharing, Uncached::is_failure);
-    memo::memoize_with(site, key.into_string(), groups, body, errors, ttl_from).await
+    memo::memoize_with(site, key, groups, body, errors, ttl_from).await
 }
 
 /// The head of the default key of a method of a trait impl, `"<Type as Trait>::{function}:"`, from

@@ -105,7 +105,7 @@ where
     // An uncacheable response belongs to its request: concurrent requests each run the handler.
     // Only a server error lets a stale response stand in (stale-if-error).
     let errors = Errors::independent(|response: &Response| response.status().is_server_error());
-    match memoize_with(site, key.into_string(), groups, handler, errors, None).await {
+    match memoize_with(site, key, groups, handler, errors, None).await {
         Ok(cached) => cached.reply(
             ReplyCacheControl::Origin(visibility),
             &request.if_none_match,

@@ -21,6 +21,9 @@ pub struct KeyBuf {
     text: KeyText,
     /// A value failed to serialize: the call runs uncached.
     unkeyable: bool,
+    /// The text is a default key's call text, `"{prefix}\0{json}"`, whose digest is not computed
+    /// yet (see [`DefaultKey::finish_call`](super::DefaultKey::finish_call)).
+    call: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,12 +62,54 @@ impl KeyBuf {
     }
 
     /// The key as built so far.
+    ///
+    /// (Not for the key of a generated call, which may still be its call text: those go through
+    /// [`into_string`](Self::into_string).)
     #[inline]
     pub fn as_str(&self) -> &str {
+        debug_assert!(!self.call, "the key of a call is read through into_string");
+        self.text()
+    }
+
+    #[inline]
+    fn text(&self) -> &str {
         match &self.text {
             KeyText::Inline(inline) => inline,
             KeyText::Heap(heap) => heap,
         }
+    }
+
+    /// A default key's call text, `"{prefix}\0{json}"`, when the key is one whose digest has not
+    /// been computed: in-process stores index entries by it (see `backend::memory`), so that a
+    /// hit needs no digest. It names the same call as the key, and no other; it never equals a
+    /// key (keys with a NUL byte run uncached).
+    #[inline]
+    pub(crate) fn call_text(&self) -> Option<&str> {
+        self.call.then(|| self.text())
+    }
+
+    /// The key as a `String` (as [`into_string`](Self::into_string)), and its call text if it
+    /// was built as one.
+    pub(crate) fn into_key_and_call(self) -> (String, Option<Box<str>>) {
+        let call = self.call_text().map(Box::from);
+        (self.into_string(), call)
+    }
+
+    /// Marks the text as a call text (built by `DefaultKey`).
+    pub(super) fn mark_call(&mut self) {
+        self.call = true;
+    }
+
+    /// The key itself: for a call text, the prefix and the digest of the arguments.
+    #[inline]
+    pub(crate) fn completed(&self) -> KeyBuf {
+        let mut key = KeyBuf::new();
+        match self.call_text() {
+            Some(call) => super::default::push_call_key(call, &mut key),
+            None => key.push_str(self.text()),
+        }
+        key.unkeyable = self.unkeyable;
+        key
     }
 
     /// Whether every value in the key could be serialized (if not, the call runs uncached).
@@ -78,6 +123,9 @@ impl KeyBuf {
     pub fn into_string(self) -> String {
         if self.unkeyable {
             return unkeyable();
+        }
+        if self.call {
+            return self.completed().into_string();
         }
         match self.text {
             KeyText::Inline(inline) => inline.as_str().to_owned(),

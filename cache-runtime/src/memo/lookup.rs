@@ -103,6 +103,7 @@ where
         if !ttl.is_zero() {
             let _ = local.set_typed(
                 key.to_owned(),
+                None,
                 value,
                 ttl,
                 0,

@@ -40,6 +40,8 @@ pub struct Lead<T> {
     ttl_from: Option<TtlFrom<T>>,
     backend: &'static Registered,
     key: String,
+    /// The call text of a default key, which in-process backends store the entry under.
+    call: Option<Box<str>>,
     groups: Vec<String>,
     generations: Option<Vec<u64>>,
     epoch: u64,
@@ -66,7 +68,7 @@ where
     F: Future<Output = Result<T, E>>,
 {
     let errors = Errors::new(errors);
-    memoize_with(site, key.into_string(), groups, body, errors, ttl_from).await
+    memoize_with(site, key, groups, body, errors, ttl_from).await
 }
 
 /// The hot path: a fresh typed value in an in-process backend (or the local tier of a two-tier
@@ -75,16 +77,22 @@ where
 #[inline]
 pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Option<T> {
     let backend = site.resolve()?;
-    let memory = match backend.memory() {
-        Some(memory) => memory,
-        // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
-        // groups, which include one standing for its key.
-        None => backend.tiered()?.usable_local()?,
-    };
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }
-    let key = key.as_str();
+    let completed;
+    let (memory, key) = match (backend.memory(), key.call_text()) {
+        // A default key's entry is stored under its call text: no digest to compute.
+        (Some(memory), Some(call)) => (memory, call),
+        (Some(memory), None) => (memory, key.as_str()),
+        // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
+        // groups, which include one standing for its key.
+        (None, _) => {
+            let local = backend.tiered()?.usable_local()?;
+            completed = key.completed();
+            (local, completed.as_str())
+        }
+    };
     if key.len() > crate::key::MAX_KEY_LEN {
         return None; // the full path normalizes the key
     }
@@ -96,9 +104,29 @@ pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Optio
     Some(value)
 }
 
+/// The key of a call, with its call text when it is a default key built as one (see
+/// [`KeyBuf::call_text`]).
+pub(crate) struct CallKey {
+    pub(crate) key: String,
+    pub(crate) call: Option<Box<str>>,
+}
+
+impl From<KeyBuf> for CallKey {
+    fn from(key: KeyBuf) -> Self {
+        let (key, call) = key.into_key_and_call();
+        Self { key, call }
+    }
+}
+
+impl From<String> for CallKey {
+    fn from(key: String) -> Self {
+        Self { key, call: None }
+    }
+}
+
 pub(crate) async fn memoize_with<T, E, F>(
     site: &'static Site,
-    key: String,
+    key: impl Into<CallKey>,
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Errors<E>,
@@ -108,6 +136,7 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: Future<Output = Result<T, E>>,
 {
+    let CallKey { key, call } = key.into();
     let span = tracing::debug_span!(
         "cache",
         function = site.function,
@@ -118,14 +147,16 @@ where
     if !span.is_disabled() {
         span.record("key", key.as_str());
     }
-    memoize_in_span(site, key, groups, body, errors, ttl_from, span.clone())
+    memoize_in_span(site, key, call, groups, body, errors, ttl_from, span.clone())
         .instrument(span)
         .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn memoize_in_span<T, E, F>(
     site: &'static Site,
     key: String,
+    call: Option<Box<str>>,
     groups: Vec<String>,
     body: Body<T, E, F>,
     errors: Errors<E>,
@@ -265,6 +296,7 @@ where
                     ttl_from,
                     backend,
                     key: key.clone(),
+                    call: call.clone(),
                     groups: groups.clone(),
                     generations,
                     epoch,
@@ -392,6 +424,7 @@ where
                         lead.site,
                         lead.backend,
                         &lead.key,
+                        lead.call.as_deref(),
                         &lead.groups,
                         generations,
                         &shared,
@@ -446,7 +479,7 @@ pub async fn invalidate_entry(backend: &str, key: String) -> Result<(), crate::C
 pub(crate) async fn lead<T, E, F>(
     site: &'static Site,
     backend: &'static Registered,
-    key: String,
+    CallKey { key, call }: CallKey,
     groups: Vec<String>,
     generations: Vec<u64>,
     epoch: u64,
@@ -465,6 +498,7 @@ where
         ttl_from,
         backend,
         key,
+        call,
         groups,
         generations: Some(generations),
         epoch,

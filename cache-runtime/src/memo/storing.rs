@@ -44,10 +44,13 @@ pub(crate) fn groups_for(backend: &Registered, key: &str, mut groups: Vec<String
 
 /// Stores `value` under `key`, fresh for `policy.ttl_ms` and kept for its stale windows too; in
 /// serialized backends with the codec and schema versions of `site`'s policy, which its reads use.
+/// `call` is the call text of a default key: in-process backends store the entry under it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn store<T>(
     site: &Site,
     backend: &Registered,
     key: &str,
+    call: Option<&str>,
     groups: &[String],
     generations: Vec<u64>,
     value: &Arc<T>,
@@ -64,6 +67,7 @@ pub(crate) async fn store<T>(
         };
         let stored = memory.set_typed(
             key.to_owned(),
+            call,
             value.as_ref(),
             retention,
             fresh_until,
@@ -161,6 +165,7 @@ pub(crate) async fn store_checked<T>(
     site: &'static Site,
     backend: &'static Registered,
     key: &str,
+    call: Option<&str>,
     groups: &[String],
     generations: Vec<u64>,
     epoch: u64,
@@ -181,7 +186,7 @@ where
     {
         return false;
     }
-    store(site, backend, key, groups, generations, value, policy).await;
+    store(site, backend, key, call, groups, generations, value, policy).await;
     if invalidation::invalidated_since(backend, epoch, key, &[]) {
         let removed = backend.backend.delete(key);
         let _ = backend.guard.run_always("delete", removed).await;

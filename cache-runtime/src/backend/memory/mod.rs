@@ -53,8 +53,10 @@ const HOT_SHARE: f64 = 0.97;
 /// Hash-table slots reserved up front; the table grows up to the entry bound as it fills.
 const INITIAL_SLOTS: u64 = 1024;
 
+mod links;
 mod store;
 
+use links::{LinkGuard, Links};
 use store::{Sizing, Store, StoreKey};
 
 /// The entries, each in one allocation that the store alone owns.
@@ -79,6 +81,8 @@ pub struct MemoryBackend {
     sweeps: Periodic,
     /// Counts [`clear_now`](Self::clear_now)s: a copy started before one must not land after it.
     clears: AtomicU64,
+    /// Default keys whose entries are stored under their call texts (see `links.rs`).
+    links: Arc<Links>,
 }
 
 /// One entry, in one allocation with its value: a typed value (memoized calls) or a
@@ -95,6 +99,8 @@ struct MemEntry<V: ?Sized = dyn Any + Send + Sync> {
     groups: Box<[String]>,
     generations: Box<[u64]>,
     weight: u64,
+    /// For an entry stored under a call text: the link of its key, removed with the entry.
+    link: Option<Box<LinkGuard>>,
     /// Last: the unsized part once the entry is erased to `MemEntry<dyn Any ..>`.
     value: V,
 }
@@ -219,6 +225,7 @@ impl MemoryBackend {
             max_bytes,
             sweeps: Periodic::new(SWEEP_EVERY),
             clears: AtomicU64::new(0),
+            links: Arc::default(),
         }
     }
 
@@ -272,8 +279,20 @@ impl MemoryBackend {
     /// Runs `read` on the entry under `key`, under its shard's read lock, unless the entry has
     /// expired (then it is dropped). `read` may take the group table's lock (the one order of the
     /// two: a shard's, then the table's), never another shard's.
+    ///
+    /// An entry of a default key stored under its call text is found through the key's link.
+    fn read_live<R>(&self, key: &str, read: impl Fn(&MemEntry) -> R) -> Option<R> {
+        if let Some(found) = self.read_at(key, &read) {
+            return Some(found);
+        }
+        let call = self.links.call_of(key)?;
+        self.read_at(&call, &read)
+    }
+
+    /// As [`read_live`](Self::read_live), for the entry stored under `text` itself.
     #[inline]
-    fn read_live<R>(&self, key: &str, read: impl FnOnce(&MemEntry) -> R) -> Option<R> {
+    fn read_at<R>(&self, text: &str, read: impl FnOnce(&MemEntry) -> R) -> Option<R> {
+        let key = text;
         let now = now();
         match self
             .entries
@@ -295,8 +314,10 @@ impl MemoryBackend {
         self.entries.remove_if(key, |entry| entry.expired(now));
     }
 
+    /// Stores `entry` under `key` itself; an entry of the same key stored under its call text goes.
     fn insert(&self, key: &str, entry: Box<MemEntry>) {
         self.entries.insert(key, entry);
+        self.remove_linked(key);
         if self.sweeps.due() {
             self.run_pending_tasks();
         }
@@ -304,9 +325,10 @@ impl MemoryBackend {
 
     /// The value under `key` if it is fresh, of type `T`, and no group it was stored under has
     /// been invalidated since: the hit path, which needs no group names from the caller.
+    /// `key` is the text the entry is stored under: a template key, or a default key's call text.
     #[inline]
     pub(crate) fn get_fresh<T: Clone + 'static>(&self, key: &str) -> Option<T> {
-        self.read_live(key, |entry| {
+        self.read_at(key, |entry| {
             let value = entry.typed::<T>()?;
             (entry.fresh() && self.valid(entry)).then(|| value.clone())
         })?
@@ -341,11 +363,14 @@ impl MemoryBackend {
         }
     }
 
-    /// Stores a typed value kept for `ttl` and fresh until `fresh_until_ms` (0: while kept).
+    /// Stores a typed value kept for `ttl` and fresh until `fresh_until_ms` (0: while kept),
+    /// under `key`, or under `call`, the call text of the default key `key` (see `links.rs`).
     /// Returns `false`, storing nothing, when its serialized size exceeds `max_value_bytes`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn set_typed<T: serde::Serialize + Clone + Send + Sync + 'static>(
         &self,
         key: String,
+        call: Option<&str>,
         value: &T,
         ttl: Duration,
         fresh_until_ms: u64,
@@ -354,11 +379,16 @@ impl MemoryBackend {
     ) -> bool {
         let size = serialized_len(value);
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
+        let stored_under = call.unwrap_or(&key);
+        let link_bytes = call.map_or(0, |call| LinkGuard::weight(&key, call));
         let weight = (size <= max_value_bytes)
-            .then(|| self.weight(&key, size + (size_of::<T>() + group_bytes) as u64))
+            .then(|| {
+                let extra = (size_of::<T>() + group_bytes) as u64 + link_bytes;
+                self.weight(stored_under, size + extra)
+            })
             .flatten();
         let Some(weight) = weight else {
-            self.entries.remove(&key); // an older value must not outlive this one
+            self.remove(&key); // an older value must not outlive this one
             return false;
         };
         let entry: Box<MemEntry> = Box::new(MemEntry {
@@ -367,30 +397,48 @@ impl MemoryBackend {
             groups: groups.into(),
             generations: generations.into_boxed_slice(),
             weight,
+            link: call.map(|_| Box::new(self.links.guard(&key))),
             value: value.clone(),
         });
-        if entry.groups.is_empty() {
-            self.insert(&key, entry);
-            return true;
-        }
         // Checked against the table (its read lock taken inside the shard's write lock, the one
         // order of the two) and inserted under that shard's write lock: a retirement's scan of the
         // shard (which needs its write lock) comes after the insertion and sees this entry, or its
         // first step came before the check and the check sees it (see `Generations`). Stale
         // already (computed before an invalidation): the older value goes too.
-        self.entries.insert_if(&key, entry, |entry| {
-            self.generations
-                .read()
-                .storable(&entry.groups, &entry.generations)
+        // Under the same lock, an entry stored under a call text links its key to it (`links.rs`).
+        self.entries.insert_if(stored_under, entry, |entry| {
+            let storable = entry.groups.is_empty()
+                || self
+                    .generations
+                    .read()
+                    .storable(&entry.groups, &entry.generations);
+            if let (true, Some(guard), Some(call)) = (storable, &entry.link, call) {
+                self.links.link(guard, call);
+            }
+            storable
         });
+        match call {
+            // A value stored under the key itself is older: it must not be found by key.
+            Some(_) => drop(self.entries.remove(&key)),
+            None => self.remove_linked(&key),
+        }
         if self.sweeps.due() {
             self.run_pending_tasks();
         }
         true
     }
 
+    /// Removes the entry of `key` stored under its call text, if there is one.
+    fn remove_linked(&self, key: &str) {
+        if let Some(call) = self.links.call_of(key) {
+            drop(self.entries.remove(&call));
+        }
+    }
+
+    /// Removes the entry of `key`, stored under the key or under its call text.
     pub(crate) fn remove(&self, key: &str) {
         drop(self.entries.remove(key));
+        self.remove_linked(key);
     }
 
     /// Drops every entry at once.
@@ -462,6 +510,7 @@ impl Backend for MemoryBackend {
             groups: Box::new([]),
             generations: Box::new([]),
             weight,
+            link: None,
             value: Serialized(value),
         });
         self.insert(key, entry);
@@ -727,6 +776,7 @@ mod tests {
         let observed = mem.generations.current(groups);
         mem.set_typed(
             key.into(),
+            None,
             &value,
             Duration::from_secs(60),
             0,
@@ -751,7 +801,7 @@ mod tests {
         value: T,
         ttl: Duration,
     ) -> bool {
-        mem.set_typed(key.into(), &value, ttl, 0, (&[], vec![]), u64::MAX)
+        mem.set_typed(key.into(), None, &value, ttl, 0, (&[], vec![]), u64::MAX)
     }
 
     #[test]
@@ -850,7 +900,7 @@ mod tests {
                     let observed = mem.generations.current(&g);
                     let value = observed[0];
                     let ttl = Duration::from_secs(60);
-                    mem.set_typed("k".into(), &value, ttl, 0, (&g, observed), u64::MAX);
+                    mem.set_typed("k".into(), None, &value, ttl, 0, (&g, observed), u64::MAX);
                 }
             }));
         }
@@ -943,6 +993,7 @@ mod tests {
         // `before` was observed before the bump: storing with it must stay stale even after folding.
         mem.set_typed(
             "k".into(),
+            None,
             &1u64,
             Duration::from_secs(60),
             0,
@@ -1036,6 +1087,7 @@ mod tests {
         assert_eq!(mem.get_fresh::<u64>("stored"), None);
         mem.set_typed(
             "late".into(),
+            None,
             &3u64,
             Duration::from_secs(60),
             0,
@@ -1088,6 +1140,7 @@ mod tests {
         let past = crate::envelope::now_ms() - 1;
         mem.set_typed(
             "k".into(),
+            None,
             &1u8,
             Duration::from_secs(60),
             past,
@@ -1106,6 +1159,7 @@ mod tests {
         let mem = MemoryBackend::default();
         let stored = mem.set_typed(
             "k".into(),
+            None,
             &"x".repeat(100),
             Duration::from_secs(60),
             0,

@@ -969,7 +969,7 @@ async fn save(
     if shared.config.groups_header.is_some() {
         let key = keys::groups(base);
         let named = Arc::new(header_groups);
-        store(site, backend, &key, &[], Vec::new(), &named, side_policy).await;
+        store(site, backend, &key, None, &[], Vec::new(), &named, side_policy).await;
     }
     // The response names groups whose generations were not read before it was fetched: an
     // invalidation of them during the fetch would go unseen. Only the groups are recorded; the
@@ -983,7 +983,7 @@ async fn save(
     let names = vary_names(&cached);
     if names.is_empty() && !keys::always_variants(&shared.config) {
         let entry = Arc::new(UriEntry::Whole(cached));
-        store(site, backend, base, &groups, generations, &entry, policy).await;
+        store(site, backend, base, None, &groups, generations, &entry, policy).await;
         return true;
     }
     let nonce = match observed.vary {
@@ -996,6 +996,7 @@ async fn save(
         site,
         backend,
         base,
+        None,
         &groups,
         generations.clone(),
         &index,
@@ -1007,6 +1008,7 @@ async fn save(
         site,
         backend,
         &variant,
+        None,
         &groups,
         generations,
         &cached,
