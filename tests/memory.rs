@@ -498,3 +498,57 @@ async fn a_wrapped_memory_store_takes_the_serialized_path_with_the_same_answers(
         "the group invalidation reached it"
     );
 }
+
+static RATE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A default key: in process, its entry is stored under the call's text (no digest on a hit),
+/// and everything that names it by key reaches it.
+#[cached(ttl = 600)]
+async fn rate(from: String, to: u32) -> u64 {
+    RATE_RUNS.fetch_add(1, Ordering::SeqCst);
+    u64::from(to) * 10 + from.len() as u64
+}
+
+#[tokio::test]
+async fn default_keys_in_process_are_reached_by_their_key_strings() {
+    let runs = || RATE_RUNS.load(Ordering::SeqCst);
+    let from = || "eur".to_string();
+    assert_eq!(rate(from(), 1).await, 13);
+    assert_eq!(rate(from(), 1).await, 13);
+    assert_eq!(runs(), 1, "a hit");
+    assert_eq!(rate_peek(from(), 1).await, Some(13));
+
+    cache_runtime::invalidate_key(&rate_key(from(), 1))
+        .await
+        .unwrap();
+    assert_eq!(rate_peek(from(), 1).await, None);
+    assert_eq!(rate(from(), 1).await, 13);
+    assert_eq!(
+        runs(),
+        2,
+        "invalidate_key with the key string reached the entry"
+    );
+
+    rate_prime(from(), 1, 99).await.unwrap();
+    assert_eq!(
+        rate(from(), 1).await,
+        99,
+        "the primed value, not the older one"
+    );
+    assert_eq!(runs(), 2);
+
+    assert_eq!(rate_refresh(from(), 1).await, 13);
+    assert_eq!(runs(), 3);
+    assert_eq!(rate(from(), 1).await, 13, "the refreshed value");
+    assert_eq!(runs(), 3);
+
+    rate_invalidate(from(), 1).await.unwrap();
+    assert_eq!(rate(from(), 1).await, 13);
+    assert_eq!(runs(), 4);
+    // Other arguments are other entries, untouched by all of the above.
+    assert_eq!(rate(from(), 2).await, 23);
+    assert_eq!(rate("usd".into(), 1).await, 13);
+    assert_eq!(runs(), 6);
+    assert_eq!(rate("usd".into(), 1).await, 13);
+    assert_eq!(runs(), 6);
+}

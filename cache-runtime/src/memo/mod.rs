@@ -84,18 +84,15 @@ pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Optio
     let (memory, key) = match (backend.memory(), key.call_text()) {
         // A default key's entry is stored under its call text: no digest to compute.
         (Some(memory), Some(call)) => (memory, call),
-        (Some(memory), None) => (memory, key.as_str()),
+        (Some(memory), None) => (memory, short(key.as_str())?),
         // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
         // groups, which include one standing for its key.
         (None, _) => {
             let local = backend.tiered()?.usable_local()?;
             completed = key.completed();
-            (local, completed.as_str())
+            (local, short(completed.as_str())?)
         }
     };
-    if key.len() > crate::key::MAX_KEY_LEN {
-        return None; // the full path normalizes the key
-    }
     let started = crate::stats::sample_timing().then(Instant::now);
     let value = memory.get_fresh::<T>(key)?;
     site.register();
@@ -124,6 +121,12 @@ impl From<String> for CallKey {
     }
 }
 
+/// A key stored as it is (the full path normalizes longer ones).
+#[inline]
+fn short(key: &str) -> Option<&str> {
+    (key.len() <= crate::key::MAX_KEY_LEN).then_some(key)
+}
+
 pub(crate) async fn memoize_with<T, E, F>(
     site: &'static Site,
     key: impl Into<CallKey>,
@@ -147,9 +150,18 @@ where
     if !span.is_disabled() {
         span.record("key", key.as_str());
     }
-    memoize_in_span(site, key, call, groups, body, errors, ttl_from, span.clone())
-        .instrument(span)
-        .await
+    memoize_in_span(
+        site,
+        key,
+        call,
+        groups,
+        body,
+        errors,
+        ttl_from,
+        span.clone(),
+    )
+    .instrument(span)
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1109,6 +1109,210 @@ mod tests {
         assert_eq!(mem.get_fresh::<u64>("after"), None);
     }
 
+    /// Stores `value` for the default key `key` under its call text `call`, for 60 s.
+    fn put_call(mem: &MemoryBackend, key: &str, call: &str, value: u64) {
+        let ttl = Duration::from_secs(60);
+        mem.set_typed(
+            key.into(),
+            Some(call),
+            &value,
+            ttl,
+            0,
+            (&[], vec![]),
+            u64::MAX,
+        );
+    }
+
+    #[test]
+    fn an_entry_under_its_call_text_is_found_and_removed_by_its_key() {
+        let mem = MemoryBackend::default();
+        put_call(&mem, "m::f:abc", "m::f:\0[1]", 7);
+        assert_eq!(mem.get_fresh::<u64>("m::f:\0[1]"), Some(7));
+        assert!(matches!(
+            mem.get_typed::<u64>("m::f:abc", &[]),
+            TypedLookup::Hit(7)
+        ));
+        assert_eq!(mem.entry_count(), 1);
+        mem.remove("m::f:abc");
+        assert_eq!(mem.get_fresh::<u64>("m::f:\0[1]"), None);
+        assert!(matches!(
+            mem.get_typed::<u64>("m::f:abc", &[]),
+            TypedLookup::Miss(_)
+        ));
+        assert_eq!(mem.links.len(), 0);
+    }
+
+    #[test]
+    fn a_store_by_key_replaces_the_entry_under_the_call_text_and_back() {
+        let mem = MemoryBackend::default();
+        put_call(&mem, "k", "k\0[1]", 1);
+        put(&mem, "k", 2u64);
+        assert_eq!(
+            mem.get_fresh::<u64>("k\0[1]"),
+            None,
+            "the older value is gone"
+        );
+        assert!(matches!(
+            mem.get_typed::<u64>("k", &[]),
+            TypedLookup::Hit(2)
+        ));
+        put_call(&mem, "k", "k\0[1]", 3);
+        assert!(matches!(
+            mem.get_typed::<u64>("k", &[]),
+            TypedLookup::Hit(3)
+        ));
+        assert_eq!(mem.entry_count(), 1, "one entry per key");
+        let serialized = Backend::set(&mem, "k", b"4".to_vec(), Duration::from_secs(60), &[]);
+        let set = futures_util::FutureExt::now_or_never(serialized).expect("memory never waits");
+        set.expect("memory never fails");
+        assert_eq!(mem.get_fresh::<u64>("k\0[1]"), None);
+        assert_eq!(mem.links.len(), 0);
+        put_call(&mem, "k", "k\0[1]", 5);
+        // Refused (oversized): neither the older value nor its link stays.
+        let refused = mem.set_typed(
+            "k".into(),
+            Some("k\0[1]"),
+            &6u64,
+            Duration::from_secs(60),
+            0,
+            (&[], vec![]),
+            0,
+        );
+        assert!(!refused);
+        assert!(matches!(
+            mem.get_typed::<u64>("k", &[]),
+            TypedLookup::Miss(_)
+        ));
+        assert_eq!(mem.links.len(), 0);
+    }
+
+    #[test]
+    fn links_leave_with_their_entries() {
+        let mem = MemoryBackend::with_limits(64, 1 << 30);
+        for n in 0..1_000u64 {
+            put_call(&mem, &format!("k{n}"), &format!("k\0[{n}]"), n);
+        }
+        // Evicted entries took their links along.
+        assert!(mem.entry_count() <= 64);
+        assert_eq!(mem.links.len() as u64, mem.entry_count());
+        for n in 0..1_000u64 {
+            if let Some(v) = mem.get_fresh::<u64>(&format!("k\0[{n}]")) {
+                assert_eq!(v, n);
+                mem.remove(&format!("k{n}"));
+                assert_eq!(mem.get_fresh::<u64>(&format!("k\0[{n}]")), None);
+            }
+        }
+        assert_eq!(mem.links.len(), 0);
+        for n in 0..10u64 {
+            put_call(&mem, &format!("k{n}"), &format!("k\0[{n}]"), n);
+        }
+        mem.clear_now();
+        assert_eq!(mem.links.len(), 0);
+        for n in 0..10u64 {
+            let ttl = Duration::from_millis(1);
+            mem.set_typed(
+                format!("k{n}"),
+                Some(&format!("k\0[{n}]")),
+                &n,
+                ttl,
+                0,
+                (&[], vec![]),
+                u64::MAX,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1_100)); // past the coarse clock's resolution
+        mem.run_pending_tasks();
+        assert_eq!(mem.links.len(), 0);
+    }
+
+    /// Stores of default keys under their call texts (and under their keys), removals by key
+    /// behind a store barrier as `invalidation.rs` runs them, evictions, sweeps and hits, from
+    /// four threads: once a removal has returned, no hit (by call text or by key) returns a value
+    /// stored before it, and no thread stalls.
+    #[test]
+    fn no_hit_by_call_text_outlives_a_removal_by_key() {
+        use std::sync::atomic::AtomicBool;
+        const KEYS: usize = 6;
+        let mem = Arc::new(MemoryBackend::with_limits(24, 1 << 30));
+        let barrier = Arc::new(RwLock::new(()));
+        let versions: Arc<[AtomicU64; KEYS]> = Arc::new(Default::default());
+        let removed_up_to: Arc<[AtomicU64; KEYS]> = Arc::new(Default::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let key = |n: usize| format!("m::f:{n:x}");
+        let call = |n: usize| format!("m::f:\0[{n}]");
+        let mut threads = Vec::new();
+        for t in 0..4u64 {
+            let (mem, barrier, versions, removed_up_to, stop, failure) = (
+                mem.clone(),
+                barrier.clone(),
+                versions.clone(),
+                removed_up_to.clone(),
+                stop.clone(),
+                failure.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                while !stop.load(Ordering::Relaxed) {
+                    let n = rng.usize(0..KEYS);
+                    match rng.u8(0..10) {
+                        // A store: the value is the key's version when it was "computed".
+                        0..=2 => {
+                            let _permit = barrier.read().expect("not poisoned");
+                            let value = versions[n].load(Ordering::SeqCst);
+                            if rng.u8(0..4) == 0 {
+                                put(&mem, &key(n), value);
+                            } else {
+                                put_call(&mem, &key(n), &call(n), value);
+                            }
+                        }
+                        // An invalidation: a new version, the barrier, the removal.
+                        3 => {
+                            let version = versions[n].fetch_add(1, Ordering::SeqCst) + 1;
+                            drop(barrier.write().expect("not poisoned"));
+                            mem.remove(&key(n));
+                            removed_up_to[n].fetch_max(version, Ordering::SeqCst);
+                        }
+                        // Evictions of the call texts' entries by other keys.
+                        4 => drop(put(&mem, &format!("filler:{}", rng.u16(..)), 0u64)),
+                        5 => mem.run_pending_tasks(),
+                        _ => {
+                            let before = removed_up_to[n].load(Ordering::SeqCst);
+                            let found = if rng.bool() {
+                                mem.get_fresh::<u64>(&call(n))
+                            } else {
+                                match mem.get_typed::<u64>(&key(n), &[]) {
+                                    TypedLookup::Hit(v) => Some(v),
+                                    _ => None,
+                                }
+                            };
+                            if let Some(v) = found.filter(|v| *v < before) {
+                                *failure.lock().expect("not poisoned") =
+                                    Some(format!("key {n}: read {v} after removal {before}"));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for thread in threads {
+                thread.join().expect("no thread panicked");
+            }
+            done.send(()).expect("the test waits");
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the threads stalled (a lock cycle?)");
+        assert_eq!(*failure.lock().expect("not poisoned"), None);
+        // Every link belongs to a live entry under its call text.
+        mem.run_pending_tasks();
+        assert!(mem.links.len() as u64 <= mem.entry_count());
+    }
+
     #[test]
     fn bounded_by_entries() {
         let mem = MemoryBackend::with_limits(100, 1 << 30);

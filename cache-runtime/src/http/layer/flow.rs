@@ -969,7 +969,17 @@ async fn save(
     if shared.config.groups_header.is_some() {
         let key = keys::groups(base);
         let named = Arc::new(header_groups);
-        store(site, backend, &key, None, &[], Vec::new(), &named, side_policy).await;
+        store(
+            site,
+            backend,
+            &key,
+            None,
+            &[],
+            Vec::new(),
+            &named,
+            side_policy,
+        )
+        .await;
     }
     // The response names groups whose generations were not read before it was fetched: an
     // invalidation of them during the fetch would go unseen. Only the groups are recorded; the
@@ -983,7 +993,17 @@ async fn save(
     let names = vary_names(&cached);
     if names.is_empty() && !keys::always_variants(&shared.config) {
         let entry = Arc::new(UriEntry::Whole(cached));
-        store(site, backend, base, None, &groups, generations, &entry, policy).await;
+        store(
+            site,
+            backend,
+            base,
+            None,
+            &groups,
+            generations,
+            &entry,
+            policy,
+        )
+        .await;
         return true;
     }
     let nonce = match observed.vary {
