@@ -513,6 +513,9 @@ async fn rate(from: String, to: u32) -> u64 {
 async fn default_keys_in_process_are_reached_by_their_key_strings() {
     let runs = || RATE_RUNS.load(Ordering::SeqCst);
     let from = || "eur".to_string();
+    // The key is the documented default key (integers are written without serde, alike).
+    let documented = cache_runtime::key::default_key(module_path!(), "rate", &("eur", 1u32));
+    assert_eq!(rate_key(from(), 1), documented);
     assert_eq!(rate(from(), 1).await, 13);
     assert_eq!(rate(from(), 1).await, 13);
     assert_eq!(runs(), 1, "a hit");

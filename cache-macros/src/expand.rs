@@ -1300,7 +1300,7 @@ fn key_expr(
     // More key parts: the receiver's type for a `name`d method, or the refusal of a key whose
     // parent is a generic impl of unknown parameters.
     let mut extra = TokenStream::new();
-    let (prefix, finish) =
+    let (prefix, head) =
         if let (Some(_), None, true) = (&context.trait_path, &args.name, context.companions) {
             // `<Type as Trait>::method`, from the type name of the method's fn item, which a fn
             // inherent to the type computes (inside the method itself, naming its own fn item would
@@ -1326,11 +1326,11 @@ fn key_expr(
                     let #__cache_prefix: &str = __CACHE_PREFIX.get_or_init(|| #prefix);
                 }
             };
-            (prefix, quote!(finish_call(#__cache_prefix)))
+            (prefix, Head::Prefix(quote!(#__cache_prefix)))
         } else if checked.has_receiver && args.name.is_none() && context.trait_path.is_none() {
             (
                 TokenStream::new(),
-                quote!(finish_call_of(::std::any::type_name::<Self>(), #function_name)),
+                Head::Of(quote!(::std::any::type_name::<Self>(), #function_name)),
             )
         } else if args.name.is_some() {
             // A `name` pins the key to the module path and that name; the impl's parameters (and
@@ -1341,9 +1341,12 @@ fn key_expr(
             }
             (
                 TokenStream::new(),
-                quote!(finish_call(
-                    ::core::concat!(::core::module_path!(), "::", #function_name, ":")
-                )),
+                Head::Prefix(quote!(::core::concat!(
+                    ::core::module_path!(),
+                    "::",
+                    #function_name,
+                    ":"
+                ))),
             )
         } else {
             // `Type<_>` or `<Type<_> as Trait>` from the marker: the impl's parameters go into the
@@ -1375,7 +1378,7 @@ fn key_expr(
                     };
                     let _ = #__cache_generic;
                 },
-                quote!(finish_call(#__cache_prefix)),
+                Head::Prefix(quote!(#__cache_prefix)),
             )
         };
     let type_names = impl_types
@@ -1386,16 +1389,27 @@ fn key_expr(
         .iter()
         .chain(&checked.const_params)
         .map(|c| quote!(.arg(&#c)));
-    let generics = quote!(#(#type_names)* #(#consts)* #extra);
+    let generics: Vec<TokenStream> = type_names
+        .chain(consts)
+        .chain((!extra.is_empty()).then_some(extra))
+        .collect();
     let named = checked
         .key_args
         .iter()
-        .flat_map(|arg| arg.names.iter().map(move |name| (arg.span, name)))
-        .filter(|(_, name)| !args.skip.contains(name));
+        .flat_map(|arg| {
+            arg.names
+                .iter()
+                .map(move |name| (arg.span, name, arg.integer))
+        })
+        .filter(|(_, name, _)| !args.skip.contains(name));
     if handler {
-        let steps = named.map(|(span, name)| {
+        let steps = named.map(|(span, name, _)| {
             quote_spanned!(span=> let #__cache_k = (&#rt::http::HttpKeyArg(&*#name)).add_to(#__cache_k);)
         });
+        let finish = match head {
+            Head::Prefix(prefix) => quote!(finish_call(#prefix)),
+            Head::Of(of) => quote!(finish_call_of(#of)),
+        };
         let span = Span::call_site();
         quote_spanned! {span=> {
             #[allow(unused_imports)]
@@ -1406,12 +1420,29 @@ fn key_expr(
             #__cache_k.#finish
         }}
     } else {
-        let parts = named.map(|(span, name)| quote_spanned!(span=> .arg(&#name)));
+        // Written in place: the call text, with no digest (see `CallKeyBuilder`).
+        let start = match head {
+            Head::Prefix(prefix) => quote!(new(#prefix)),
+            Head::Of(of) => quote!(new_of(#of)),
+        };
+        let steps = named.map(|(span, name, integer)| match integer {
+            true => quote_spanned!(span=> #__cache_k.arg_int(#name);),
+            false => quote_spanned!(span=> #__cache_k.arg(&#name);),
+        });
         quote!({
             #prefix
-            #rt::__private::DefaultKey::new() #generics #(#parts)* .#finish
+            let mut #__cache_k = #rt::__private::CallKeyBuilder::#start;
+            #(#__cache_k #generics;)*
+            #(#steps)*
+            #__cache_k.finish()
         })
     }
+}
+
+/// How a default key's head is given: whole (`"{parent}::{function}:"`), or as module and name.
+enum Head {
+    Prefix(TokenStream),
+    Of(TokenStream),
 }
 
 #[cfg(test)]

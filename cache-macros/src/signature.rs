@@ -9,6 +9,8 @@ use syn::{
 pub(crate) struct KeyArg {
     pub(crate) names: Vec<syn::Ident>,
     pub(crate) span: proc_macro2::Span,
+    /// A plain name of a primitive integer type: its JSON is its digits, written without serde.
+    pub(crate) integer: bool,
 }
 
 /// The checked signature.
@@ -167,6 +169,8 @@ pub(crate) fn check(sig: &Signature, needs: Needs) -> syn::Result<Checked> {
                     continue;
                 }
                 key_args.push(KeyArg {
+                    integer: matches!(&*arg.pat, Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none())
+                        && is_integer(&arg.ty),
                     names,
                     span: arg.pat.span(),
                 });
@@ -339,5 +343,21 @@ impl VisitMut for StripMut {
     fn visit_pat_ident_mut(&mut self, node: &mut syn::PatIdent) {
         node.mutability = None;
         syn::visit_mut::visit_pat_ident_mut(self, node);
+    }
+}
+
+/// Whether `ty` names a primitive integer type (`u64`, `i32`, ..) as it is.
+fn is_integer(ty: &syn::Type) -> bool {
+    const INTEGERS: [&str; 12] = [
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    ];
+    match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path
+            .path
+            .get_ident()
+            .is_some_and(|ident| INTEGERS.iter().any(|int| ident == int)),
+        syn::Type::Group(group) => is_integer(&group.elem),
+        syn::Type::Paren(paren) => is_integer(&paren.elem),
+        _ => false,
     }
 }

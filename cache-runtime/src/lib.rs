@@ -75,7 +75,7 @@ pub mod __private {
     };
     pub use crate::invalidation::invalidate_after_success;
     pub use crate::key::{
-        generic_parent, marker_prefix, push_value, DefaultKey, Follow, KeyBuf, KeyValueProbe,
+        generic_parent, marker_prefix, push_value, CallKeyBuilder, DefaultKey, Follow, KeyBuf, KeyValueProbe,
         ViaPlain, ViaSerde,
     };
     pub use crate::memo::{

@@ -48,14 +48,23 @@ impl KeyBuf {
     /// Appends literal text (not escaped).
     #[inline]
     pub fn push_str(&mut self, text: &str) {
+        if let KeyText::Inline(inline) = &mut self.text {
+            if inline.try_push_str(text).is_ok() {
+                return;
+            }
+        }
+        self.push_spilled(text);
+    }
+
+    /// Appends to a key on the heap, moving it there first if it is still inline.
+    #[cold]
+    fn push_spilled(&mut self, text: &str) {
         match &mut self.text {
             KeyText::Inline(inline) => {
-                if inline.try_push_str(text).is_err() {
-                    let mut heap = String::with_capacity(inline.len() + text.len() + 32);
-                    heap.push_str(inline);
-                    heap.push_str(text);
-                    self.text = KeyText::Heap(heap);
-                }
+                let mut heap = String::with_capacity(inline.len() + text.len() + 32);
+                heap.push_str(inline);
+                heap.push_str(text);
+                self.text = KeyText::Heap(heap);
             }
             KeyText::Heap(heap) => heap.push_str(text),
         }
@@ -69,6 +78,24 @@ impl KeyBuf {
     pub fn as_str(&self) -> &str {
         debug_assert!(!self.call, "the key of a call is read through into_string");
         self.text()
+    }
+
+    /// Bytes of the text so far.
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.text().len()
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        self.text().as_bytes()
+    }
+
+    /// Keeps the first `len` bytes (a character boundary).
+    pub(super) fn truncate(&mut self, len: usize) {
+        match &mut self.text {
+            KeyText::Inline(inline) => inline.truncate(len),
+            KeyText::Heap(heap) => heap.truncate(len),
+        }
     }
 
     #[inline]

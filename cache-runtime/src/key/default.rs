@@ -31,7 +31,7 @@ pub fn default_key<A: Serialize + ?Sized>(module: &str, function: &str, args: &A
 }
 
 /// `"{module}::{function}:"`, the head of a default key.
-fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
+pub(super) fn push_prefix(key: &mut KeyBuf, module: &str, function: &str) {
     key.push_str(module);
     key.push_str("::");
     key.push_str(function);
@@ -192,7 +192,7 @@ impl DefaultKey {
         };
         let mut key = KeyBuf::new();
         prefix(&mut key);
-        key.push_str(CALL_SEPARATOR);
+        push_call_separator(&mut key);
         key.push_str(text);
         key.mark_call();
         key
@@ -238,6 +238,15 @@ fn digest_key(json: ArgsJson, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
 /// holds a NUL byte.
 const CALL_SEPARATOR: &str = "\0";
 
+/// Ends the prefix of a call text.
+#[inline]
+pub(super) fn push_call_separator(key: &mut KeyBuf) {
+    key.push_str(CALL_SEPARATOR);
+}
+
+/// The separator and the opening of the argument list, pushed at once.
+pub(super) const CALL_OPENING: &str = "\0[";
+
 /// Appends the key a call text (`"{prefix}\0{json}"`) stands for: the prefix and the digest of
 /// the JSON.
 pub(super) fn push_call_key(call: &str, key: &mut KeyBuf) {
@@ -265,7 +274,7 @@ impl<T: Serialize + ?Sized> KeyArg for T {
 
 /// Longest JSON argument list kept whole (whose digest can be remembered); longer lists are
 /// hashed as they are written.
-const SHORT_ARGS: usize = 64;
+pub(super) const SHORT_ARGS: usize = 64;
 
 /// How many digests of short argument lists each thread remembers.
 pub(super) const REMEMBERED_DIGESTS: usize = 512;

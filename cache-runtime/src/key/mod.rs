@@ -33,11 +33,13 @@
 //! render the string `"5"` and the number `5` alike.)
 
 mod buf;
+mod call;
 mod default;
 mod escape;
 mod hash;
 
 pub use buf::KeyBuf;
+pub use call::CallKeyBuilder;
 pub(crate) use default::fn_prefix;
 pub use default::{default_key, generic_parent, marker_prefix, DefaultKey, KeyArg};
 pub use escape::{

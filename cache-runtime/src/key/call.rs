@@ -1,0 +1,246 @@
+//! [`CallKeyBuilder`]: the default key of a generated call, written as its call text.
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    default::{KeyArg, CALL_OPENING, SHORT_ARGS},
+    hash::push_hex,
+    KeyBuf,
+};
+
+/// Builds the default key of one call in place, as the generated code does: the prefix, then
+/// the arguments' JSON written straight after it, so that the result is the call text
+/// `"{prefix}\0{json}"` (see [`KeyBuf::call_text`]) with no digest computed. An argument list
+/// longer than 64 bytes of JSON is hashed as it is written, and the result is the key itself.
+///
+/// Either way the key is the one [`DefaultKey`](super::DefaultKey) builds from the same
+/// arguments: the JSON bytes are the same, and so is their digest.
+///
+/// ```
+/// use cache_runtime::key::{CallKeyBuilder, DefaultKey};
+/// let mut call = CallKeyBuilder::new("app::f:");
+/// call.arg_int(7u64);
+/// call.arg("a\"b");
+/// let built = DefaultKey::new().arg(&7u64).arg("a\"b").finish_prefixed("app::f:");
+/// assert_eq!(call.finish().into_string(), built.into_string());
+/// ```
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CallKeyBuilder {
+    key: KeyBuf,
+    /// Where the JSON starts in `key` (after the separator).
+    json_at: usize,
+    /// The argument list so far, once it is too long to keep: `key` then holds the prefix only.
+    /// (Boxed: the builder stays small, and a list that long costs a SHA-256 anyway.)
+    long: Option<Box<Sha256>>,
+    args: usize,
+    failed: bool,
+}
+
+impl CallKeyBuilder {
+    /// A call of the fn whose keys start with `prefix` (`"{parent}::{function}:"`).
+    #[inline]
+    pub fn new(prefix: &str) -> Self {
+        let mut call = Self::empty();
+        call.key.push_str(prefix);
+        call.open();
+        call
+    }
+
+    /// A call of `module::function`.
+    #[inline]
+    pub fn new_of(module: &str, function: &str) -> Self {
+        let mut call = Self::empty();
+        super::default::push_prefix(&mut call.key, module, function);
+        call.open();
+        call
+    }
+
+    #[inline]
+    fn empty() -> Self {
+        Self {
+            key: KeyBuf::new(),
+            json_at: 0,
+            long: None,
+            args: 0,
+            failed: false,
+        }
+    }
+
+    /// Ends the prefix: the separator and the list's opening bracket, in one go.
+    #[inline]
+    fn open(&mut self) {
+        self.key.push_str(CALL_OPENING);
+        self.json_at = self.key.len() - 1;
+    }
+
+    #[inline]
+    fn next_arg(&mut self) {
+        if self.args > 0 {
+            self.push_json(",");
+        }
+        self.args += 1;
+    }
+
+    /// Adds one argument, as serde_json writes it.
+    #[allow(private_bounds)]
+    #[inline]
+    pub fn arg<T: KeyArg + ?Sized>(&mut self, value: &T) {
+        self.next_arg();
+        if value.write_json(&mut JsonSink(self)).is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// Adds an integer argument: its digits, as serde_json writes them, without serde.
+    #[allow(private_bounds)]
+    #[inline]
+    pub fn arg_int<I: IntegerArg>(&mut self, value: I) {
+        self.next_arg();
+        self.push_json(itoa::Buffer::new().format(value));
+    }
+
+    /// Makes the key unkeyable when `refuse` holds (the call then runs uncached).
+    #[inline]
+    pub fn refuse_if(&mut self, refuse: bool) {
+        self.failed |= refuse;
+    }
+
+    /// The call text, or for a long argument list the key itself.
+    #[inline]
+    pub fn finish(&mut self) -> KeyBuf {
+        if self.failed {
+            let mut key = KeyBuf::new();
+            key.mark_unkeyable();
+            return key;
+        }
+        self.push_json("]");
+        match self.long.take() {
+            Some(hasher) => push_hex(&mut self.key, &hasher.finalize()[..16]),
+            None => self.key.mark_call(),
+        }
+        std::mem::take(&mut self.key)
+    }
+
+    #[inline]
+    fn push_json(&mut self, json: &str) {
+        match &mut self.long {
+            Some(hasher) => hasher.update(json),
+            None if self.key.len() - self.json_at + json.len() <= SHORT_ARGS => {
+                self.key.push_str(json);
+            }
+            None => self.hash_from_now_on(json.as_bytes()),
+        }
+    }
+
+    /// The list no longer fits: from here on it is hashed as it is written.
+    #[cold]
+    fn hash_from_now_on(&mut self, more: &[u8]) {
+        let mut hasher = Sha256::new();
+        hasher.update(&self.key.as_bytes()[self.json_at..]);
+        hasher.update(more);
+        self.key.truncate(self.json_at - 1); // the prefix, without the separator
+        self.long = Some(Box::new(hasher));
+    }
+}
+
+/// Writes serde_json's output into the call text.
+struct JsonSink<'a>(&'a mut CallKeyBuilder);
+
+impl std::io::Write for JsonSink<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let call = &mut *self.0;
+        match (&call.long, std::str::from_utf8(bytes)) {
+            (None, Ok(json)) => call.push_json(json),
+            (Some(_), _) => call.push_json_bytes(bytes),
+            // serde_json writes whole characters; bytes that are not text are hashed all the same.
+            (None, Err(_)) => call.hash_from_now_on(bytes),
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CallKeyBuilder {
+    fn push_json_bytes(&mut self, bytes: &[u8]) {
+        if let Some(hasher) = &mut self.long {
+            hasher.update(bytes);
+        }
+    }
+}
+
+/// The integer types [`CallKeyBuilder::arg_int`] takes: serde_json writes them as their digits.
+trait IntegerArg: itoa::Integer {}
+
+macro_rules! integer_args {
+    ($($ty:ty),*) => {$( impl IntegerArg for $ty {} )*};
+}
+
+integer_args!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::DefaultKey;
+
+    /// Both builders, on the same arguments (`ints` through `arg_int`, then `texts`).
+    fn both(ints: &[i64], texts: &[&str]) -> (String, String) {
+        let mut call = CallKeyBuilder::new("m::f:");
+        let mut built = DefaultKey::new();
+        for n in ints {
+            call.arg_int(*n);
+            built = built.arg(n);
+        }
+        for text in texts {
+            call.arg(*text);
+            built = built.arg(*text);
+        }
+        let built = built.finish_prefixed("m::f:").into_string();
+        (call.finish().into_string(), built)
+    }
+
+    #[test]
+    fn call_texts_name_the_same_key_as_the_default_key() {
+        let long = "x".repeat(100);
+        let unicode = "é日本\u{1F600}\"\\\n\u{1}\u{7f}";
+        let cases: [(&[i64], &[&str]); 7] = [
+            (&[], &[]),
+            (&[0, -1, i64::MAX, i64::MIN], &[]),
+            (&[], &["", "a:b", unicode]),
+            (&[42], &[&long]),
+            (&[1; 20], &[]),
+            (&[7], &["exactly at the limit...........................!"]),
+            (&[], &[&"é".repeat(40)]),
+        ];
+        for (ints, texts) in cases {
+            let (call, built) = both(ints, texts);
+            assert_eq!(call, built, "{ints:?} {texts:?}");
+        }
+    }
+
+    #[test]
+    fn short_lists_stay_call_texts_and_long_ones_are_hashed() {
+        let mut short = CallKeyBuilder::new("m::f:");
+        short.arg_int(12u64);
+        short.arg("ab");
+        let short = short.finish();
+        assert_eq!(short.call_text(), Some("m::f:\0[12,\"ab\"]"));
+        let mut long = CallKeyBuilder::new("m::f:");
+        long.arg(&"y".repeat(70));
+        let long = long.finish();
+        assert_eq!(long.call_text(), None);
+        assert_eq!(long.as_str().len(), "m::f:".len() + 32);
+    }
+
+    #[test]
+    fn a_refused_or_failed_call_is_unkeyable() {
+        let mut refused = CallKeyBuilder::new_of("m", "f");
+        refused.arg_int(1u8);
+        refused.refuse_if(true);
+        assert!(!refused.finish().is_keyable());
+    }
+}
