@@ -123,3 +123,56 @@ async fn another_process_invalidation_reaches_the_local_tier_within_100ms() {
     );
     only_in_local_tier(&server, 4).await;
 }
+
+static DEFAULT_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// A default key: the local tier keeps its copy under the call's text, reached by the key string.
+#[cached(ttl = 60, backend = "tiered-default")]
+async fn tiered_default(n: u64) -> u64 {
+    DEFAULT_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_invalidations_reach_local_copies_of_default_keys() {
+    let server = RedisServer::start();
+    let tiered = Arc::new(TieredBackend::new(
+        RedisBackend::open(&server.url()).unwrap(),
+        MemoryBackend::with_limits(1_000, 1 << 20),
+    ));
+    cache_runtime::register_arc("tiered-default", tiered.clone());
+    tiered_default(0).await; // starts the subscriber
+    wait_until(Duration::from_secs(3), "the subscription", || {
+        tiered.is_subscribed()
+    })
+    .await;
+    let runs = || DEFAULT_RUNS.load(Ordering::SeqCst);
+    // Served by the local tier: no body run, no Redis read.
+    let local_copy = || async {
+        for _ in 0..100 {
+            let (reads, before) = (server.reads(), runs());
+            let value = tiered_default(5).await;
+            if server.reads() == reads && runs() == before {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("never served by the local tier");
+    };
+
+    // From another process, by the key string.
+    let old = local_copy().await;
+    invalidate_from_another_process(&server, "invalidate-key", &tiered_default_key(5));
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while tiered_default(5).await == old {
+        assert!(
+            Instant::now() < deadline,
+            "the old value outlived its invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // From this process.
+    let old = local_copy().await;
+    tiered_default_invalidate(5).await.unwrap();
+    assert_ne!(tiered_default(5).await, old);
+}

@@ -204,9 +204,10 @@ where
     if !key.is_keyable() {
         return None;
     }
-    let key = normalize_key(key.into_string());
+    let (key, call) = key.into_key_and_call();
+    let key = normalize_key(key);
     let groups = memo::groups_for(backend, &key, groups);
-    match memo::probe::<T>(site, backend, &key, &groups).await {
+    match memo::probe::<T>(site, backend, &key, call.as_deref(), &groups).await {
         Probe::Hit(value) => Some(value),
         Probe::Stale { .. } | Probe::Miss(_) => None,
     }

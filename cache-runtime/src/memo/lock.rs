@@ -66,8 +66,14 @@ where
         match locked {
             Ok(true) => {
                 // The previous holder may have stored the value just before releasing the lock.
-                if let Probe::Hit(value) =
-                    probe::<T>(lead.site, backend, &lead.key, &lead.groups).await
+                if let Probe::Hit(value) = probe::<T>(
+                    lead.site,
+                    backend,
+                    &lead.key,
+                    lead.call.as_deref(),
+                    &lead.groups,
+                )
+                .await
                 {
                     release_lock(backend, &lead.key, token).await;
                     return Wait::Found(value);
@@ -81,7 +87,15 @@ where
             return Wait::Proceed;
         }
         tokio::time::sleep(LOCK_POLL).await;
-        if let Probe::Hit(value) = probe::<T>(lead.site, backend, &lead.key, &lead.groups).await {
+        if let Probe::Hit(value) = probe::<T>(
+            lead.site,
+            backend,
+            &lead.key,
+            lead.call.as_deref(),
+            &lead.groups,
+        )
+        .await
+        {
             return Wait::Found(value);
         }
     }

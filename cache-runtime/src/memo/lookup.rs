@@ -42,10 +42,13 @@ pub(super) fn type_fingerprint<T: 'static>(site: &Site) -> u64 {
     }
 }
 
+/// `call` is the call text of a default key (see `KeyBuf::call_text`): an in-process tier keeps
+/// what it copies under it.
 pub(crate) async fn probe<T>(
     site: &Site,
     backend: &Registered,
     key: &str,
+    call: Option<&str>,
     groups: &[String],
 ) -> Probe<T>
 where
@@ -64,7 +67,7 @@ where
         };
     }
     if let Some(tiered) = backend.tiered() {
-        return probe_tiered(site, backend, tiered, key, groups).await;
+        return probe_tiered(site, backend, tiered, key, call, groups).await;
     }
     probe_stored(site, backend, key, groups).await.0
 }
@@ -76,6 +79,7 @@ async fn probe_tiered<T>(
     backend: &Registered,
     tiered: &crate::TieredBackend,
     key: &str,
+    call: Option<&str>,
     groups: &[String],
 ) -> Probe<T>
 where
@@ -103,7 +107,7 @@ where
         if !ttl.is_zero() {
             let _ = local.set_typed(
                 key.to_owned(),
-                None,
+                call,
                 value,
                 ttl,
                 0,

@@ -80,18 +80,16 @@ pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Optio
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }
-    let completed;
-    let (memory, key) = match (backend.memory(), key.call_text()) {
-        // A default key's entry is stored under its call text: no digest to compute.
-        (Some(memory), Some(call)) => (memory, call),
-        (Some(memory), None) => (memory, short(key.as_str())?),
+    let memory = match backend.memory() {
+        Some(memory) => memory,
         // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
         // groups, which include one standing for its key.
-        (None, _) => {
-            let local = backend.tiered()?.usable_local()?;
-            completed = key.completed();
-            (local, short(completed.as_str())?)
-        }
+        None => backend.tiered()?.usable_local()?,
+    };
+    // A default key's entry is stored under its call text: no digest to compute.
+    let key = match key.call_text() {
+        Some(call) => call,
+        None => short(key.as_str())?,
     };
     let started = crate::stats::sample_timing().then(Instant::now);
     let value = memory.get_fresh::<T>(key)?;
@@ -206,20 +204,21 @@ where
     let mut flight_key = None;
     loop {
         let epoch = invalidation::invalidation_epoch();
-        let (stale, generations) = match probe::<T>(site, backend, &key, &groups).await {
-            Probe::Hit(value) => {
-                site.count(Event::Hit);
-                site.hit_took(took());
-                outcome("hit");
-                return Ok(value);
-            }
-            Probe::Stale {
-                value,
-                generations,
-                revalidate,
-            } => (Some((value, revalidate)), Some(generations)),
-            Probe::Miss(generations) => (None, generations),
-        };
+        let (stale, generations) =
+            match probe::<T>(site, backend, &key, call.as_deref(), &groups).await {
+                Probe::Hit(value) => {
+                    site.count(Event::Hit);
+                    site.hit_took(took());
+                    outcome("hit");
+                    return Ok(value);
+                }
+                Probe::Stale {
+                    value,
+                    generations,
+                    revalidate,
+                } => (Some((value, revalidate)), Some(generations)),
+                Probe::Miss(generations) => (None, generations),
+            };
         let serve_stale = |stale: Option<(T, bool)>, only_revalidating: bool| {
             let (value, revalidate) = stale?;
             (revalidate || !only_revalidating).then(|| {

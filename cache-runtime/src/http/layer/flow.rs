@@ -415,12 +415,12 @@ async fn lookup(
     observed: &mut Observed,
 ) -> Option<CachedResponse> {
     let (site, backend, base) = (cx.shared.site, cx.backend, cx.base.as_str());
-    match probe::<UriEntry>(site, backend, base, &observed.groups).await {
+    match probe::<UriEntry>(site, backend, base, None, &observed.groups).await {
         Probe::Hit(UriEntry::Whole(cached)) => return Some(cached),
         Probe::Hit(UriEntry::Vary { names, nonce }) => {
             let variant = keys::variant(&cx.shared.config, base, nonce, &names, request);
             observed.vary = Some((names, nonce));
-            match probe::<CachedResponse>(site, backend, &variant, &observed.groups).await {
+            match probe::<CachedResponse>(site, backend, &variant, None, &observed.groups).await {
                 Probe::Hit(cached) => return Some(cached),
                 Probe::Stale { generations, .. } => observed.generations = Some(generations),
                 Probe::Miss(generations) => observed.generations = generations,
@@ -1044,7 +1044,7 @@ async fn lookup_groups(shared: &Shared, backend: &Registered, base: &str) -> Vec
     let mut groups = shared.config.groups.clone();
     if shared.config.groups_header.is_some() {
         if let Probe::Hit(extra) =
-            probe::<Vec<String>>(shared.site, backend, &keys::groups(base), &[]).await
+            probe::<Vec<String>>(shared.site, backend, &keys::groups(base), None, &[]).await
         {
             groups.extend(extra);
         }
