@@ -174,3 +174,35 @@ async fn handler_patterns_named_like_generated_arguments_are_the_users() {
     assert_eq!(server.get("/http/8").await.body, "http-8");
     assert_eq!(HANDLER_RUNS.load(Ordering::SeqCst), 3);
 }
+
+/// A type named like a primitive integer (an alias, here) is keyed through serde like any other:
+/// the generated code writes only real integers without serde.
+mod shadowed {
+    use super::*;
+
+    #[allow(non_camel_case_types)]
+    type u32 = String;
+
+    pub(super) static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    #[cached(ttl = 60)]
+    pub(super) async fn shadowed_integer(id: u32, n: u64) -> usize {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        id.len() + n as usize
+    }
+}
+
+#[tokio::test]
+async fn a_type_named_like_an_integer_is_keyed_as_what_it_is() {
+    use shadowed::{shadowed_integer, shadowed_integer_key, RUNS};
+    assert_eq!(shadowed_integer("abc".into(), 1).await, 4);
+    assert_eq!(shadowed_integer("abc".into(), 1).await, 4);
+    assert_eq!(shadowed_integer("abcd".into(), 1).await, 5);
+    assert_eq!(RUNS.load(Ordering::SeqCst), 2);
+    let documented = cache_runtime::key::default_key(
+        &format!("{}::shadowed", module_path!()),
+        "shadowed_integer",
+        &("abc", 1u64),
+    );
+    assert_eq!(shadowed_integer_key("abc".into(), 1), documented);
+}

@@ -1426,11 +1426,15 @@ fn key_expr(
             Head::Of(of) => quote!(new_of(#of)),
         };
         let steps = named.map(|(span, name, integer)| match integer {
-            true => quote_spanned!(span=> #__cache_k.arg_int(#name);),
+            true => quote_spanned! {span=>
+                (&#rt::__private::IntegerProbe(&#name)).add_to(&mut #__cache_k);
+            },
             false => quote_spanned!(span=> #__cache_k.arg(&#name);),
         });
         quote!({
             #prefix
+            #[allow(unused_imports)]
+            use #rt::__private::{ViaInteger as _, ViaKeyArg as _};
             let mut #__cache_k = #rt::__private::CallKeyBuilder::#start;
             #(#__cache_k #generics;)*
             #(#steps)*

@@ -75,8 +75,8 @@ pub mod __private {
     };
     pub use crate::invalidation::invalidate_after_success;
     pub use crate::key::{
-        generic_parent, marker_prefix, push_value, CallKeyBuilder, DefaultKey, Follow, KeyBuf,
-        KeyValueProbe, ViaPlain, ViaSerde,
+        generic_parent, marker_prefix, push_value, CallKeyBuilder, DefaultKey, Follow,
+        IntegerProbe, KeyBuf, KeyValueProbe, ViaInteger, ViaKeyArg, ViaPlain, ViaSerde,
     };
     pub use crate::memo::{
         fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, TtlFrom, ViaClone,

@@ -174,7 +174,40 @@ impl CallKeyBuilder {
 }
 
 /// The integer types [`CallKeyBuilder::arg_int`] takes: serde_json writes them as their digits.
-trait IntegerArg: itoa::Integer {}
+pub(crate) trait IntegerArg: itoa::Integer {}
+
+/// Adds an argument through [`CallKeyBuilder::arg_int`] when its type is a primitive integer, and
+/// through [`CallKeyBuilder::arg`] otherwise (autoref specialization in the generated code,
+/// `(&IntegerProbe(&value)).add_to(&mut call)`, used where the argument's type is spelled as an
+/// integer type: a type alias or parameter of that name still works).
+#[doc(hidden)]
+pub struct IntegerProbe<'a, T: ?Sized>(pub &'a T);
+
+#[doc(hidden)]
+pub trait ViaInteger {
+    fn add_to(&self, call: &mut CallKeyBuilder);
+}
+
+#[allow(private_bounds)]
+impl<T: IntegerArg> ViaInteger for IntegerProbe<'_, T> {
+    #[inline]
+    fn add_to(&self, call: &mut CallKeyBuilder) {
+        call.arg_int(*self.0);
+    }
+}
+
+#[doc(hidden)]
+pub trait ViaKeyArg {
+    fn add_to(&self, call: &mut CallKeyBuilder);
+}
+
+#[allow(private_bounds)]
+impl<T: KeyArg + ?Sized> ViaKeyArg for &IntegerProbe<'_, T> {
+    #[inline]
+    fn add_to(&self, call: &mut CallKeyBuilder) {
+        call.arg(self.0);
+    }
+}
 
 macro_rules! integer_args {
     ($($ty:ty),*) => {$( impl IntegerArg for $ty {} )*};
@@ -234,6 +267,14 @@ mod tests {
         let long = long.finish();
         assert_eq!(long.call_text(), None);
         assert_eq!(long.as_str().len(), "m::f:".len() + 32);
+    }
+
+    #[test]
+    fn a_prefix_with_a_nul_byte_names_the_same_key() {
+        let mut call = CallKeyBuilder::new("m::a\0b:");
+        call.arg_int(1u8);
+        let built = DefaultKey::new().arg(&1u8).finish_prefixed("m::a\0b:");
+        assert_eq!(call.finish().into_string(), built.into_string());
     }
 
     #[test]

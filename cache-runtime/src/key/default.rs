@@ -234,8 +234,7 @@ fn digest_key(json: ArgsJson, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
     key
 }
 
-/// Separates the prefix of a call text from its JSON: neither a prefix (a path) nor compact JSON
-/// holds a NUL byte.
+/// Separates the prefix of a call text from its JSON (compact JSON never holds a NUL byte).
 const CALL_SEPARATOR: &str = "\0";
 
 /// Ends the prefix of a call text.
@@ -250,7 +249,8 @@ pub(super) const CALL_OPENING: &str = "\0[";
 /// Appends the key a call text (`"{prefix}\0{json}"`) stands for: the prefix and the digest of
 /// the JSON.
 pub(super) fn push_call_key(call: &str, key: &mut KeyBuf) {
-    let (prefix, json) = call.split_once(CALL_SEPARATOR).unwrap_or((call, "[]"));
+    // The last NUL: compact JSON never holds one, a prefix might (a `name` spelled with one).
+    let (prefix, json) = call.rsplit_once(CALL_SEPARATOR).unwrap_or((call, "[]"));
     key.push_str(prefix);
     push_short_digest(json.as_bytes(), key);
 }

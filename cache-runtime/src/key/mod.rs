@@ -39,7 +39,7 @@ mod escape;
 mod hash;
 
 pub use buf::KeyBuf;
-pub use call::CallKeyBuilder;
+pub use call::{CallKeyBuilder, IntegerProbe, ViaInteger, ViaKeyArg};
 pub(crate) use default::fn_prefix;
 pub use default::{default_key, generic_parent, marker_prefix, DefaultKey, KeyArg};
 pub use escape::{

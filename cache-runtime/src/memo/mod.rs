@@ -119,10 +119,11 @@ impl From<String> for CallKey {
     }
 }
 
-/// A key stored as it is (the full path normalizes longer ones).
+/// A key stored as it is (the full path normalizes longer ones, and runs keys with a NUL byte
+/// uncached: only call texts hold one).
 #[inline]
 fn short(key: &str) -> Option<&str> {
-    (key.len() <= crate::key::MAX_KEY_LEN).then_some(key)
+    (key.len() <= crate::key::MAX_KEY_LEN && !key.as_bytes().contains(&UNKEYABLE)).then_some(key)
 }
 
 pub(crate) async fn memoize_with<T, E, F>(

@@ -282,6 +282,9 @@ impl MemoryBackend {
     ///
     /// An entry of a default key stored under its call text is found through the key's link.
     fn read_live<R>(&self, key: &str, read: impl Fn(&MemEntry) -> R) -> Option<R> {
+        if !keyable(key) {
+            return None;
+        }
         if let Some(found) = self.read_at(key, &read) {
             return Some(found);
         }
@@ -377,6 +380,9 @@ impl MemoryBackend {
         (groups, generations): (&[String], Vec<u64>),
         max_value_bytes: u64,
     ) -> bool {
+        if call.is_none() && !keyable(&key) {
+            return true; // nothing is stored under such a key (see `keyable`)
+        }
         let size = serialized_len(value);
         let group_bytes: usize = groups.iter().map(|g| g.len() + size_of::<String>()).sum();
         let stored_under = call.unwrap_or(&key);
@@ -500,6 +506,9 @@ impl Backend for MemoryBackend {
         ttl: Duration,
         _groups: &[String],
     ) -> Result<(), BackendError> {
+        if !keyable(key) {
+            return Ok(()); // nothing is stored under such a key (see `keyable`)
+        }
         let Some(weight) = self.weight(key, value.len() as u64) else {
             self.remove(key);
             return Ok(());
@@ -531,6 +540,14 @@ impl Backend for MemoryBackend {
         self.clear_now();
         Ok(())
     }
+}
+
+/// Whether a value may be stored or read under `key` itself: not when it holds a NUL byte, which
+/// only call texts do (a key spelled like one would stand in for that call's entry, out of reach of
+/// its key's invalidation). Such keys come from no template value (escaped) and run uncached.
+#[inline]
+fn keyable(key: &str) -> bool {
+    !key.as_bytes().contains(&crate::key::UNKEYABLE)
 }
 
 /// Length of `value`'s JSON form, measured without building it.
@@ -1184,6 +1201,36 @@ mod tests {
             TypedLookup::Miss(_)
         ));
         assert_eq!(mem.links.len(), 0);
+    }
+
+    /// A key spelled like a call text (a NUL byte: from no template, but a `Cache` key or a
+    /// `Backend::set` can hold one) neither replaces that call's entry nor reads it (it did,
+    /// out of reach of the call key's invalidation; found by review 4).
+    #[test]
+    fn a_key_spelled_like_a_call_text_cannot_stand_in_for_the_call() {
+        let mem = MemoryBackend::default();
+        put_call(&mem, "m::f:abc", "m::f:\0[1]", 1);
+        put(&mem, "m::f:\0[1]", 2u64);
+        let set = Backend::set(
+            &mem,
+            "m::f:\0[1]",
+            b"3".to_vec(),
+            Duration::from_secs(60),
+            &[],
+        );
+        let set = futures_util::FutureExt::now_or_never(set).expect("memory never waits");
+        set.expect("memory never fails");
+        assert!(matches!(
+            mem.get_typed::<u64>("m::f:\0[1]", &[]),
+            TypedLookup::Miss(_)
+        ));
+        assert_eq!(
+            mem.get_fresh::<u64>("m::f:\0[1]"),
+            Some(1),
+            "the call's own value"
+        );
+        mem.remove("m::f:abc");
+        assert_eq!(mem.get_fresh::<u64>("m::f:\0[1]"), None);
     }
 
     #[test]
