@@ -363,7 +363,7 @@ impl Drop for Registration {
 async fn torture(kind: Kind, group_only: bool) -> Report {
     let _global = GLOBAL.lock().await;
     let source = RedisServer::start();
-    let cache = matches!(kind, Kind::Redis | Kind::Tiered).then(RedisServer::start);
+    let cache = kind.uses_redis().then(RedisServer::start);
     let dir = tempfile::tempdir().expect("cache dir");
     let cache_url = cache.as_ref().map(RedisServer::url);
     workload::connect_source(&source.url()).await;
@@ -376,7 +376,7 @@ async fn torture(kind: Kind, group_only: bool) -> Report {
     let seed = fastrand::u64(..);
     println!("torture {}: seed {seed}", kind.name());
 
-    let child = (kind != Kind::Memory).then(|| {
+    let child = kind.shared().then(|| {
         let child = Command::new(env!("CARGO_BIN_EXE_torture_child"))
             .args([
                 kind.name().to_owned(),
@@ -504,6 +504,13 @@ fn assert_none(report: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_never_serves_a_value_older_than_an_acknowledged_invalidation() {
     assert_none(&torture(Kind::Memory, false).await);
+}
+
+/// Default keys: in process, entries are stored under the call's text, and invalidated by the key
+/// string (`<fn>_key`) through its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_default_keys_never_serve_a_value_older_than_an_acknowledged_invalidation() {
+    assert_none(&torture(Kind::MemoryDefault, false).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,12 @@ async fn read_memory(item: u64, grp: u64) -> u64 {
     body(item).await
 }
 
+/// As `read_memory`, with the default key (the memory backend stores it under the call's text).
+#[cached(ttl = 600, backend = "torture-memory-default", group = "grp:{grp}")]
+async fn read_memory_default(item: u64, grp: u64) -> u64 {
+    body(item).await
+}
+
 #[cached(
     ttl = 600,
     backend = "torture-redis",
@@ -160,6 +166,10 @@ pub enum Kind {
     Redis,
     Tiered,
     File,
+    /// Memory with a default key (invalidated by the key string `<fn>_key` gives). In process
+    /// only: a default key names the fn's module path, which differs between this binary and the
+    /// test that includes it, so the two processes would not share entries.
+    MemoryDefault,
 }
 
 impl Kind {
@@ -169,13 +179,39 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::Tiered => "tiered",
             Kind::File => "file",
+            Kind::MemoryDefault => "memory-default",
+        }
+    }
+
+    /// Whether other processes share the backend (through Redis or files).
+    pub fn shared(self) -> bool {
+        !matches!(self, Kind::Memory | Kind::MemoryDefault)
+    }
+
+    /// Whether the backend needs a Redis of its own.
+    pub fn uses_redis(self) -> bool {
+        matches!(self, Kind::Redis | Kind::Tiered)
+    }
+
+    /// The key string of an item's entry, as `invalidate_key` takes it.
+    pub fn key(self, item: u64) -> String {
+        let grp = item % GROUPS;
+        match self {
+            Kind::MemoryDefault => read_memory_default_key(item, grp),
+            _ => format!("item:{item}"),
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Kind::Memory, Kind::Redis, Kind::Tiered, Kind::File]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Kind::Memory,
+            Kind::Redis,
+            Kind::Tiered,
+            Kind::File,
+            Kind::MemoryDefault,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 
     /// The name it is registered under.
@@ -190,7 +226,7 @@ impl Kind {
                 .expect("valid cache url")
         };
         match self {
-            Kind::Memory => {
+            Kind::Memory | Kind::MemoryDefault => {
                 cache_runtime::register(self.registered(), cache_runtime::MemoryBackend::default())
             }
             Kind::Redis => cache_runtime::register(self.registered(), redis()),
@@ -213,6 +249,7 @@ impl Kind {
             Kind::Redis => read_redis(item, grp).await,
             Kind::Tiered => read_tiered(item, grp).await,
             Kind::File => read_file(item, grp).await,
+            Kind::MemoryDefault => read_memory_default(item, grp).await,
         }
     }
 }
@@ -397,7 +434,7 @@ struct Writes {
     first_failure: Option<String>,
 }
 
-async fn writer(proc: u8, seed: u64, end: u64, group_only: bool) -> Writes {
+async fn writer(kind: Kind, proc: u8, seed: u64, end: u64, group_only: bool) -> Writes {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut writes = Writes {
         events: Vec::new(),
@@ -411,7 +448,7 @@ async fn writer(proc: u8, seed: u64, end: u64, group_only: bool) -> Writes {
         let result = if group {
             cache_runtime::invalidate_group(&format!("grp:{}", item % GROUPS)).await
         } else {
-            cache_runtime::invalidate_key(&format!("item:{item}")).await
+            cache_runtime::invalidate_key(&kind.key(item)).await
         };
         let t_ok = now_ns();
         match result {
@@ -455,6 +492,7 @@ pub async fn run(kind: Kind, group_only: bool, proc: u8, seed: u64, start: u64, 
     let writers: Vec<_> = (0..WRITERS)
         .map(|i| {
             tokio::spawn(writer(
+                kind,
                 proc,
                 seed.wrapping_mul(31).wrapping_add(1_000 + i),
                 end,

@@ -58,6 +58,15 @@ where
     let lock_ttl = Duration::from_millis(lead.site.policy.lock_ms);
     let token = fastrand::u64(1..);
     let deadline = Instant::now() + lock_ttl;
+    let look = || {
+        probe::<T>(
+            lead.site,
+            backend,
+            &lead.key,
+            lead.call.as_deref(),
+            &lead.groups,
+        )
+    };
     loop {
         let locked = backend
             .guard
@@ -66,15 +75,7 @@ where
         match locked {
             Ok(true) => {
                 // The previous holder may have stored the value just before releasing the lock.
-                if let Probe::Hit(value) = probe::<T>(
-                    lead.site,
-                    backend,
-                    &lead.key,
-                    lead.call.as_deref(),
-                    &lead.groups,
-                )
-                .await
-                {
+                if let Probe::Hit(value) = look().await {
                     release_lock(backend, &lead.key, token).await;
                     return Wait::Found(value);
                 }
@@ -87,15 +88,7 @@ where
             return Wait::Proceed;
         }
         tokio::time::sleep(LOCK_POLL).await;
-        if let Probe::Hit(value) = probe::<T>(
-            lead.site,
-            backend,
-            &lead.key,
-            lead.call.as_deref(),
-            &lead.groups,
-        )
-        .await
-        {
+        if let Probe::Hit(value) = look().await {
             return Wait::Found(value);
         }
     }
