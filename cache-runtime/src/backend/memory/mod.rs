@@ -281,6 +281,7 @@ impl MemoryBackend {
     /// two: a shard's, then the table's), never another shard's.
     ///
     /// An entry of a default key stored under its call text is found through the key's link.
+    #[inline]
     fn read_live<R>(&self, key: &str, read: impl Fn(&MemEntry) -> R) -> Option<R> {
         if !keyable(key) {
             return None;
@@ -288,8 +289,14 @@ impl MemoryBackend {
         if let Some(found) = self.read_at(key, &read) {
             return Some(found);
         }
+        self.read_linked(key, read)
+    }
+
+    /// The entry of the default key `key` stored under its call text, if there is one.
+    #[cold]
+    fn read_linked<R>(&self, key: &str, read: impl FnOnce(&MemEntry) -> R) -> Option<R> {
         let call = self.links.call_of(key)?;
-        self.read_at(&call, &read)
+        self.read_at(&call, read)
     }
 
     /// As [`read_live`](Self::read_live), for the entry stored under `text` itself.
