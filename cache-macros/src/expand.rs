@@ -1402,45 +1402,37 @@ fn key_expr(
                 .map(move |name| (arg.span, name, arg.integer))
         })
         .filter(|(_, name, _)| !args.skip.contains(name));
-    if handler {
-        let steps = named.map(|(span, name, _)| {
-            quote_spanned!(span=> let #__cache_k = (&#rt::http::HttpKeyArg(&*#name)).add_to(#__cache_k);)
-        });
-        let finish = match head {
-            Head::Prefix(prefix) => quote!(finish_call(#prefix)),
-            Head::Of(of) => quote!(finish_call_of(#of)),
-        };
-        let span = Span::call_site();
-        quote_spanned! {span=> {
-            #[allow(unused_imports)]
-            use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};
-            #prefix
-            let #__cache_k = #rt::__private::DefaultKey::new();
-            #(#steps)*
-            #__cache_k.#finish
-        }}
-    } else {
-        // Written in place: the call text, with no digest (see `CallKeyBuilder`).
-        let start = match head {
-            Head::Prefix(prefix) => quote!(new(#prefix)),
-            Head::Of(of) => quote!(new_of(#of)),
-        };
-        let steps = named.map(|(span, name, integer)| match integer {
-            true => quote_spanned! {span=>
+    // Written in place: the call text, with no digest (see `CallKeyBuilder`).
+    let start = match head {
+        Head::Prefix(prefix) => quote!(new(#prefix)),
+        Head::Of(of) => quote!(new_of(#of)),
+    };
+    let steps: Vec<TokenStream> = named
+        .map(|(span, name, integer)| match (handler, integer) {
+            (true, _) => quote_spanned! {span=>
+                (&#rt::http::HttpKeyArg(&*#name)).add_to(&mut #__cache_k);
+            },
+            (false, true) => quote_spanned! {span=>
                 (&#rt::__private::IntegerProbe(&#name)).add_to(&mut #__cache_k);
             },
-            false => quote_spanned!(span=> #__cache_k.arg(&#name);),
-        });
-        quote!({
-            #prefix
-            #[allow(unused_imports)]
-            use #rt::__private::{ViaInteger as _, ViaKeyArg as _};
-            let mut #__cache_k = #rt::__private::CallKeyBuilder::#start;
-            #(#__cache_k #generics;)*
-            #(#steps)*
-            #__cache_k.finish()
+            (false, false) => quote_spanned!(span=> #__cache_k.arg(&#name);),
         })
-    }
+        .collect();
+    let probes = if handler {
+        quote!(use #rt::http::{HttpKeyViaHeaders as _, HttpKeyViaSerialize as _};)
+    } else {
+        quote!(use #rt::__private::{ViaInteger as _, ViaKeyArg as _};)
+    };
+    let span = Span::call_site();
+    quote_spanned! {span=> {
+        #prefix
+        #[allow(unused_imports)]
+        #probes
+        let mut #__cache_k = #rt::__private::CallKeyBuilder::#start;
+        #(#__cache_k #generics;)*
+        #(#steps)*
+        #__cache_k.finish()
+    }}
 }
 
 /// How a default key's head is given: whole (`"{parent}::{function}:"`), or as module and name.

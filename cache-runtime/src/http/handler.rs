@@ -15,7 +15,7 @@ use super::{
     DEFAULT_MAX_BODY,
 };
 use crate::{
-    key::{DefaultKey, KeyBuf},
+    key::{CallKeyBuilder, KeyBuf},
     memo::{memoize_with, Body, Errors},
     stats::Site,
 };
@@ -154,41 +154,41 @@ pub struct HttpKeyArg<'a, T: ?Sized>(pub &'a T);
 /// Key contribution of request metadata types.
 pub trait HttpKeyViaHeaders {
     /// Adds the value to the key.
-    fn add_to(&self, key: DefaultKey) -> DefaultKey;
+    fn add_to(&self, key: &mut CallKeyBuilder);
 }
 
 impl HttpKeyViaHeaders for HttpKeyArg<'_, HeaderMap> {
-    fn add_to(&self, key: DefaultKey) -> DefaultKey {
+    fn add_to(&self, key: &mut CallKeyBuilder) {
         let mut pairs: Vec<(&str, &[u8])> = self
             .0
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         pairs.sort();
-        key.arg(&pairs)
+        key.arg(&pairs);
     }
 }
 
 impl HttpKeyViaHeaders for HttpKeyArg<'_, Uri> {
-    fn add_to(&self, key: DefaultKey) -> DefaultKey {
-        key.arg(&self.0.to_string())
+    fn add_to(&self, key: &mut CallKeyBuilder) {
+        key.arg(&self.0.to_string());
     }
 }
 
 impl HttpKeyViaHeaders for HttpKeyArg<'_, Method> {
-    fn add_to(&self, key: DefaultKey) -> DefaultKey {
-        key.arg(self.0.as_str())
+    fn add_to(&self, key: &mut CallKeyBuilder) {
+        key.arg(self.0.as_str());
     }
 }
 
 /// Key contribution of any serializable argument.
 pub trait HttpKeyViaSerialize {
     /// Adds the value to the key.
-    fn add_to(&self, key: DefaultKey) -> DefaultKey;
+    fn add_to(&self, key: &mut CallKeyBuilder);
 }
 
 impl<T: serde::Serialize + ?Sized> HttpKeyViaSerialize for &HttpKeyArg<'_, T> {
-    fn add_to(&self, key: DefaultKey) -> DefaultKey {
-        key.arg(self.0)
+    fn add_to(&self, key: &mut CallKeyBuilder) {
+        key.arg(self.0);
     }
 }

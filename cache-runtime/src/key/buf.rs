@@ -22,7 +22,7 @@ pub struct KeyBuf {
     /// A value failed to serialize: the call runs uncached.
     unkeyable: bool,
     /// The text is a default key's call text, `"{prefix}\0{json}"`, whose digest is not computed
-    /// yet (see [`DefaultKey::finish_call`](super::DefaultKey::finish_call)).
+    /// yet (see [`CallKeyBuilder`](super::CallKeyBuilder)).
     call: bool,
 }
 
@@ -122,7 +122,7 @@ impl KeyBuf {
         (self.into_string(), call)
     }
 
-    /// Marks the text as a call text (built by `DefaultKey`).
+    /// Marks the text as a call text (built by `CallKeyBuilder`).
     pub(super) fn mark_call(&mut self) {
         self.call = true;
     }

@@ -151,25 +151,19 @@ impl std::io::Write for JsonSink<'_> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let call = &mut *self.0;
-        match (&call.long, std::str::from_utf8(bytes)) {
-            (None, Ok(json)) => call.push_json(json),
-            (Some(_), _) => call.push_json_bytes(bytes),
-            // serde_json writes whole characters; bytes that are not text are hashed all the same.
-            (None, Err(_)) => call.hash_from_now_on(bytes),
+        match &mut call.long {
+            Some(hasher) => hasher.update(bytes),
+            None => match std::str::from_utf8(bytes) {
+                Ok(json) => call.push_json(json),
+                // serde_json writes whole characters; bytes that are not text are hashed all the same.
+                Err(_) => call.hash_from_now_on(bytes),
+            },
         }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-impl CallKeyBuilder {
-    fn push_json_bytes(&mut self, bytes: &[u8]) {
-        if let Some(hasher) = &mut self.long {
-            hasher.update(bytes);
-        }
     }
 }
 

@@ -140,7 +140,7 @@ impl DefaultKey {
     /// The key of a call of `module::function` with the arguments added.
     /// The key of a call with an argument that failed to serialize is not [keyable](KeyBuf::is_keyable).
     pub fn finish(self, module: &str, function: &str) -> KeyBuf {
-        self.finish_closed(|key| push_prefix(key, module, function))
+        self.finish_with(|key| push_prefix(key, module, function))
     }
 
     /// As [`finish`](Self::finish), with `"{module}::{function}:"` given whole (the generated code
@@ -153,95 +153,26 @@ impl DefaultKey {
     /// ```
     #[inline]
     pub fn finish_prefixed(self, prefix: &str) -> KeyBuf {
-        self.finish_closed(|key| key.push_str(prefix))
-    }
-
-    /// As [`finish_prefixed`](Self::finish_prefixed), for the generated code: a short argument
-    /// list is kept as the call text `"{prefix}\0{json}"`, whose digest is computed only when the
-    /// key itself is needed ([`KeyBuf::into_string`]); an in-process hit needs none.
-    ///
-    /// ```
-    /// use cache_runtime::key::DefaultKey;
-    /// let key = DefaultKey::new().arg(&1u64).finish_call("m::f:");
-    /// assert_eq!(key.into_string(), DefaultKey::new().arg(&1u64).finish("m", "f").into_string());
-    /// ```
-    #[doc(hidden)]
-    #[inline]
-    pub fn finish_call(self, prefix: &str) -> KeyBuf {
-        self.finish_call_with(|key| key.push_str(prefix))
-    }
-
-    /// As [`finish`](Self::finish), kept as a call text like [`finish_call`](Self::finish_call).
-    #[doc(hidden)]
-    #[inline]
-    pub fn finish_call_of(self, module: &str, function: &str) -> KeyBuf {
-        self.finish_call_with(|key| push_prefix(key, module, function))
+        self.finish_with(|key| key.push_str(prefix))
     }
 
     #[inline]
-    fn finish_call_with(self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
-        let Some(json) = self.closed() else {
-            return unkeyable_key();
-        };
-        let text = match &json {
-            ArgsJson::Short(short) => std::str::from_utf8(short).ok(),
-            ArgsJson::Long(_) => None, // hashed as it was written
-        };
-        let Some(text) = text else {
-            return digest_key(json, prefix);
-        };
+    fn finish_with(mut self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
         let mut key = KeyBuf::new();
-        prefix(&mut key);
-        push_call_separator(&mut key);
-        key.push_str(text);
-        key.mark_call();
-        key
-    }
-
-    #[inline]
-    fn finish_closed(self, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
-        match self.closed() {
-            Some(json) => digest_key(json, prefix),
-            None => unkeyable_key(),
-        }
-    }
-
-    /// The whole JSON array of the arguments; `None` when one failed to serialize.
-    #[inline]
-    fn closed(mut self) -> Option<ArgsJson> {
         if self.failed {
-            return None;
+            key.mark_unkeyable();
+            return key;
         }
         let closing: &[u8] = if self.args == 0 { b"[]" } else { b"]" };
         self.json.append(closing);
-        Some(self.json)
+        prefix(&mut key);
+        self.json.push_digest(&mut key);
+        key
     }
-}
-
-/// The key of a call whose arguments could not be serialized.
-fn unkeyable_key() -> KeyBuf {
-    let mut key = KeyBuf::new();
-    key.mark_unkeyable();
-    key
-}
-
-/// The prefix and the digest of the argument list.
-#[inline]
-fn digest_key(json: ArgsJson, prefix: impl FnOnce(&mut KeyBuf)) -> KeyBuf {
-    let mut key = KeyBuf::new();
-    prefix(&mut key);
-    json.push_digest(&mut key);
-    key
 }
 
 /// Separates the prefix of a call text from its JSON (compact JSON never holds a NUL byte).
 const CALL_SEPARATOR: &str = "\0";
-
-/// Ends the prefix of a call text.
-#[inline]
-pub(super) fn push_call_separator(key: &mut KeyBuf) {
-    key.push_str(CALL_SEPARATOR);
-}
 
 /// The separator and the opening of the argument list, pushed at once.
 pub(super) const CALL_OPENING: &str = "\0[";
