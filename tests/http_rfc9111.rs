@@ -2263,7 +2263,16 @@ async fn ranges_are_served_from_a_stored_complete_response() {
         let reply = get_with(&server, "/r", &[("range", range)]).await;
         assert_eq!((reply.status, reply.body.as_str()), (206, body), "{range}");
         assert_eq!(reply.header("content-range"), Some(content_range));
+        let length = body.len().to_string();
+        assert_eq!(
+            reply.header("content-length"),
+            Some(length.as_str()),
+            "{range}"
+        );
     }
+    let whole = server.get("/r").await;
+    assert_eq!(whole.header("x-cache"), Some("HIT"));
+    assert_eq!(whole.header("content-length"), Some("10"));
     let matching = get_with(
         &server,
         "/r",

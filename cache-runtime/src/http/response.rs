@@ -38,6 +38,9 @@ const NOT_STORED: &[&str] = &[
     "content-length",
 ];
 
+/// The field that says how the layer answered (`HIT`, `MISS`, `STALE`...).
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
 /// Headers a `304` does not update in the stored response (RFC 9111 §3.2): besides those never
 /// stored, the body's length and the validator this cache made itself.
 const NOT_UPDATED: &[&str] = &["content-length"];
@@ -145,9 +148,39 @@ struct Prepared {
     /// The attribute's `<visibility>, max-age=<lifetime><kept directives>`, for the visibility
     /// first asked for (a handler always asks with the same one).
     origin_cache_control: OnceLock<(String, Option<HeaderValue>)>,
+    /// The fields of a full reply, without and with `X-Cache`: the stored headers, `ETag`,
+    /// `Content-Length`, and `Cache-Control`, `Age` (and `X-Cache`) whose values a reply
+    /// replaces, so that it never grows the map.
+    full_replies: [HeaderMap; 2],
+    /// The fields of a full reply with the `Cache-Control` and `X-Cache` first asked for in
+    /// place (a layer or a handler always asks with the same ones): such a reply clones them
+    /// and replaces `Age` only.
+    shaped_reply: OnceLock<(Option<HeaderValue>, Option<&'static str>, HeaderMap)>,
 }
 
 impl Prepared {
+    /// The fields of a full reply with these `Cache-Control` and `X-Cache` values, and `Age` to
+    /// be replaced.
+    fn full_reply(
+        &self,
+        cache_control: Option<HeaderValue>,
+        x_cache: Option<&'static str>,
+    ) -> HeaderMap {
+        let build = |cache_control: Option<HeaderValue>| {
+            let mut headers = self.full_replies[usize::from(x_cache.is_some())].clone();
+            set_reply_fields(&mut headers, cache_control, x_cache);
+            headers
+        };
+        let (shaped_cache_control, shaped_x_cache, shaped) = self
+            .shaped_reply
+            .get_or_init(|| (cache_control.clone(), x_cache, build(cache_control.clone())));
+        if *shaped_cache_control == cache_control && *shaped_x_cache == x_cache {
+            shaped.clone()
+        } else {
+            build(cache_control)
+        }
+    }
+
     fn origin_cache_control(&self, visibility: &str, lifetime: u64) -> Option<HeaderValue> {
         let build = || {
             HeaderValue::from_str(&format!(
@@ -389,7 +422,7 @@ impl CachedResponse {
 
     fn prepared(&self) -> &Prepared {
         self.prepared.get_or_init(|| {
-            let headers = self
+            let headers: Vec<(HeaderName, HeaderValue)> = self
                 .headers
                 .iter()
                 .filter(|(name, _)| !name.eq_ignore_ascii_case("cache-control"))
@@ -415,9 +448,30 @@ impl CachedResponse {
                 }
             }
             let lifetime = self.ttl_ms / 1000;
+            let etag = HeaderValue::from_str(&self.etag).ok();
+            let full_reply = |x_cache: bool| {
+                let mut full = HeaderMap::with_capacity(headers.len() + 5);
+                for (name, value) in &headers {
+                    full.append(name.clone(), value.clone());
+                }
+                if let Some(etag) = &etag {
+                    full.insert(header::ETAG, etag.clone());
+                }
+                // No body, no length (RFC 9110 §8.6).
+                if !matches!(self.status, 100..=199 | 204 | 304) {
+                    full.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+                }
+                full.insert(header::CACHE_CONTROL, HeaderValue::from_static(""));
+                full.insert(header::AGE, HeaderValue::from_static("0"));
+                if x_cache {
+                    full.insert(X_CACHE, HeaderValue::from_static("HIT"));
+                }
+                full
+            };
+            let full_replies = [full_reply(false), full_reply(true)];
             Prepared {
                 headers,
-                etag: HeaderValue::from_str(&self.etag).ok(),
+                etag,
                 stored_cache_control: cache_control
                     .as_deref()
                     .and_then(|value| HeaderValue::from_str(value).ok()),
@@ -427,6 +481,8 @@ impl CachedResponse {
                 .ok(),
                 kept_directives,
                 origin_cache_control: OnceLock::new(),
+                full_replies,
+                shaped_reply: OnceLock::new(),
             }
         })
     }
@@ -470,31 +526,26 @@ impl CachedResponse {
                 None => None,
             },
         };
-        let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
-        for (name, value) in &prepared.headers {
-            let keep = !not_modified
-                || name == header::VARY
-                || name == header::CONTENT_LOCATION
-                || name == header::DATE
-                || name == header::EXPIRES;
-            if keep {
-                headers.append(name.clone(), value.clone());
+        let mut headers = if not_modified {
+            let mut headers = HeaderMap::with_capacity(prepared.headers.len() + 4);
+            for (name, value) in &prepared.headers {
+                let kept = name == header::VARY
+                    || name == header::CONTENT_LOCATION
+                    || name == header::DATE
+                    || name == header::EXPIRES;
+                if kept {
+                    headers.append(name.clone(), value.clone());
+                }
             }
-        }
-        if let Some(etag) = &prepared.etag {
-            headers.insert(header::ETAG, etag.clone());
-        }
-        if let Some(cache_control) = cache_control {
-            headers.insert(header::CACHE_CONTROL, cache_control);
-        }
+            if let Some(etag) = &prepared.etag {
+                headers.insert(header::ETAG, etag.clone());
+            }
+            set_reply_fields(&mut headers, cache_control, x_cache);
+            headers
+        } else {
+            prepared.full_reply(cache_control, x_cache)
+        };
         headers.insert(header::AGE, age_value(age_ms / 1000));
-        if let Some(x_cache) = x_cache {
-            // The layer's own constants (`HIT`, `STALE`, ...).
-            headers.insert(
-                HeaderName::from_static("x-cache"),
-                HeaderValue::from_static(x_cache),
-            );
-        }
         let (status, body) = if not_modified {
             (StatusCode::NOT_MODIFIED, Body::empty())
         } else {
@@ -507,6 +558,22 @@ impl CachedResponse {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response
+    }
+}
+
+/// Sets (or, for `None`, removes) a reply's `Cache-Control`, and sets its `X-Cache` (the
+/// layer's own constants: `HIT`, `STALE`...).
+fn set_reply_fields(
+    headers: &mut HeaderMap,
+    cache_control: Option<HeaderValue>,
+    x_cache: Option<&'static str>,
+) {
+    match cache_control {
+        Some(cache_control) => headers.insert(header::CACHE_CONTROL, cache_control),
+        None => headers.remove(header::CACHE_CONTROL),
+    };
+    if let Some(x_cache) = x_cache {
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
     }
 }
 

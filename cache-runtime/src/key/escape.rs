@@ -77,8 +77,8 @@ pub fn push_value_before<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T, fol
 /// Escapes `text` for its context and ends the value.
 fn escape_before(key: &mut KeyBuf, text: &str, follow: Follow) {
     match follow {
-        Follow::Char(stop) => escape_with(key, text, |ch| ch == stop || needs_escape(ch)),
-        Follow::End | Follow::Terminator => escape_with(key, text, needs_escape),
+        Follow::Char(stop) => escape_with(key, text, Some(stop)),
+        Follow::End | Follow::Terminator => escape_with(key, text, None),
     }
     end_value(key, follow);
 }
@@ -192,29 +192,71 @@ impl<T: Serialize + ?Sized> ViaSerde for &KeyValueProbe<'_, T> {
 /// assert_eq!(out, "50%25%2A%7Bx%7D%0A");
 /// ```
 pub fn escape_into(out: &mut impl std::fmt::Write, text: &str) {
-    escape_with(out, text, needs_escape);
+    escape_with(out, text, None);
 }
 
-fn escape_with(out: &mut impl std::fmt::Write, text: &str, escaped: impl Fn(char) -> bool) {
-    let mut rest = text;
-    while let Some(at) = rest.find(&escaped) {
-        let _ = out.write_str(&rest[..at]);
-        let ch = rest[at..].chars().next().unwrap_or_default();
-        let mut buf = [0u8; 4];
-        for byte in ch.encode_utf8(&mut buf).bytes() {
-            let escaped = [
-                b'%',
-                HEX_UPPER[usize::from(byte >> 4)],
-                HEX_UPPER[usize::from(byte & 0xf)],
-            ];
-            let _ = out.write_str(std::str::from_utf8(&escaped).unwrap_or_default());
+fn escape_with(out: &mut impl std::fmt::Write, text: &str, stop: Option<char>) {
+    let bytes = text.as_bytes();
+    // Runs of characters kept as they are are written in one piece; ASCII is decided by a
+    // table, other characters by `needs_escape`.
+    let (mut kept_from, mut at) = (0, 0);
+    while at < bytes.len() {
+        let byte = bytes[at];
+        let (ch, len) = if byte.is_ascii() {
+            (char::from(byte), 1)
+        } else {
+            let ch = text[at..].chars().next().unwrap_or_default();
+            (ch, ch.len_utf8())
+        };
+        let escaped = if byte.is_ascii() {
+            ASCII_ESCAPED[usize::from(byte)]
+        } else {
+            needs_escape(ch)
+        };
+        if escaped || stop == Some(ch) {
+            let _ = out.write_str(&text[kept_from..at]);
+            for byte in &bytes[at..at + len] {
+                let escaped = [
+                    b'%',
+                    HEX_UPPER[usize::from(byte >> 4)],
+                    HEX_UPPER[usize::from(byte & 0xf)],
+                ];
+                let _ = out.write_str(std::str::from_utf8(&escaped).unwrap_or_default());
+            }
+            kept_from = at + len;
         }
-        rest = &rest[at + ch.len_utf8()..];
+        at += len;
     }
-    let _ = out.write_str(rest);
+    let _ = out.write_str(&text[kept_from..]);
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// [`needs_escape`] of every ASCII character: the listed ones, space and the controls.
+const ASCII_ESCAPED: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        table[byte] = matches!(
+            byte as u8,
+            b'%' | b':'
+                | b'*'
+                | b'?'
+                | b'['
+                | b']'
+                | b'{'
+                | b'}'
+                | b'\\'
+                | b'"'
+                | b'\''
+                | b'#'
+                | b' '
+                | 0..=0x1f | 0x7f
+        );
+        byte += 1;
+    }
+    table
+};
 
 fn needs_escape(ch: char) -> bool {
     matches!(
@@ -222,4 +264,68 @@ fn needs_escape(ch: char) -> bool {
         '%' | ':' | '*' | '?' | '[' | ']' | '{' | '}' | '\\' | '"' | '\'' | '#'
     ) || ch.is_whitespace()
         || ch.is_control()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `escape_with` writes, one character at a time.
+    fn escaped_char_by_char(text: &str, stop: Option<char>) -> String {
+        let mut out = String::new();
+        for ch in text.chars() {
+            if stop == Some(ch) || needs_escape(ch) {
+                let mut buf = [0u8; 4];
+                for byte in ch.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{byte:02X}"));
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_rule() {
+        for byte in 0u8..128 {
+            assert_eq!(
+                ASCII_ESCAPED[usize::from(byte)],
+                needs_escape(char::from(byte)),
+                "byte {byte:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_matches_the_rule_character_by_character() {
+        let alphabet: Vec<char> =
+            "aZ09-_./:%*?[]{}\\\"'# \t\n\r\x00\x7f~éß€😀\u{85}\u{a0}\u{2028}\u{3000}\u{200b}"
+                .chars()
+                .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let stop = match next() % 4 {
+                0 => None,
+                _ => Some(alphabet[(next() % alphabet.len() as u64) as usize]),
+            };
+            let mut out = String::new();
+            escape_with(&mut out, &text, stop);
+            assert_eq!(
+                out,
+                escaped_char_by_char(&text, stop),
+                "{text:?} stop {stop:?}"
+            );
+        }
+    }
 }

@@ -80,23 +80,33 @@ pub fn fresh_hit<T: Clone + 'static>(site: &'static Site, key: &KeyBuf) -> Optio
     if !key.is_keyable() {
         return None; // runs uncached, on the full path
     }
-    let memory = match backend.memory() {
-        Some(memory) => memory,
-        // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
-        // groups, which include one standing for its key.
-        None => backend.tiered()?.usable_local()?,
-    };
     // A default key's entry is stored under its call text: no digest to compute.
     let key = match key.call_text() {
         Some(call) => call,
         None => short(key.as_str())?,
     };
     let started = crate::stats::sample_timing().then(Instant::now);
-    let value = memory.get_fresh::<T>(key)?;
+    let value = fresh_in_process::<T>(backend, key)?;
     site.register();
     site.count(Event::Hit);
     site.hit_took(started.map(|s| s.elapsed()));
     Some(value)
+}
+
+/// A fresh typed value under `stored_under` (a key as stored, or a call text) in an in-process
+/// backend, or in the local tier of a two-tier one; `None` for any other backend.
+#[inline]
+pub(crate) fn fresh_in_process<T: Clone + 'static>(
+    backend: &Registered,
+    stored_under: &str,
+) -> Option<T> {
+    let memory = match backend.memory() {
+        Some(memory) => memory,
+        // As `lookup::probe_tiered` reads it first: a local entry is checked against its own
+        // groups, which include one standing for its key.
+        None => backend.tiered()?.usable_local()?,
+    };
+    memory.get_fresh::<T>(stored_under)
 }
 
 /// The key of a call, with its call text when it is a default key built as one (see

@@ -106,7 +106,6 @@ where
     S::Error: Send + 'static,
     B: Send + 'static,
 {
-    let config = &shared.config;
     // The layer's site names its backend: resolved through the site's cached slot.
     let Some(backend) = shared.site.resolve() else {
         return inner.call(request).await;
@@ -117,32 +116,18 @@ where
         // Bypassed or not, a mutation removes what the cache holds for its URI.
         return mutation(inner, parts, body, &shared, backend).await;
     }
-    // Preconditions other than the validators the cache answers itself pass through: their
-    // answers (412...) belong to the request, not to the URI. So does an `If-Range` alone.
     let range = parts.headers.get(header::RANGE).cloned();
-    // Several Range lines are one multi-range request: passed through.
-    let multi_range = parts.headers.get_all(header::RANGE).iter().nth(1).is_some();
-    let bypassed = config.bypass.as_ref().is_some_and(|bypass| bypass(&parts))
-        || PASSED_THROUGH
-            .iter()
-            .any(|name| parts.headers.contains_key(name))
-        || (range.is_none() && parts.headers.contains_key(header::IF_RANGE))
-        || multi_range;
-    if bypassed || keys::cookie_bypass(config, &parts) {
-        let request = Request::from_parts(parts, body);
-        return Ok(mark(inner.call(request).await?, "BYPASS"));
-    }
-    let base = keys::base(config, &parts);
-    let mut request_cc = CacheControl::of(&parts.headers);
-    if config.ignore_client_no_cache {
-        request_cc.no_cache = false;
-        request_cc.max_age = None;
-        request_cc.min_fresh = None;
-    }
-    if request_cc.no_store {
-        let request = Request::from_parts(parts, body);
-        return Ok(mark(inner.call(request).await?, "MISS"));
-    }
+    let (base, request_cc) = match admit(&shared, &parts) {
+        Admission::Bypass => {
+            let request = Request::from_parts(parts, body);
+            return Ok(mark(inner.call(request).await?, "BYPASS"));
+        }
+        Admission::NoStore => {
+            let request = Request::from_parts(parts, body);
+            return Ok(mark(inner.call(request).await?, "MISS"));
+        }
+        Admission::Cached { base, request_cc } => (base, request_cc),
+    };
     let cx = Context {
         shared: &shared,
         backend,
@@ -286,6 +271,79 @@ where
     fetched.map(|(reply, _)| reply)
 }
 
+/// How the layer takes a `GET` or `HEAD` request.
+enum Admission {
+    /// Passed to the inner service as it is (marked `BYPASS`).
+    Bypass,
+    /// The client forbids storing (`no-store`): passed through (marked `MISS`).
+    NoStore,
+    /// Answered from the cache where it can be, under `base`.
+    Cached {
+        base: String,
+        request_cc: CacheControl,
+    },
+}
+
+fn admit(shared: &Shared, parts: &Parts) -> Admission {
+    let config = &shared.config;
+    // Preconditions other than the validators the cache answers itself pass through: their
+    // answers (412...) belong to the request, not to the URI. So does an `If-Range` alone.
+    let ranges = parts.headers.get_all(header::RANGE).iter().count();
+    let bypassed = config.bypass.as_ref().is_some_and(|bypass| bypass(parts))
+        || PASSED_THROUGH
+            .iter()
+            .any(|name| parts.headers.contains_key(name))
+        || (ranges == 0 && parts.headers.contains_key(header::IF_RANGE))
+        // Several Range lines are one multi-range request: passed through.
+        || ranges > 1;
+    if bypassed || keys::cookie_bypass(config, parts) {
+        return Admission::Bypass;
+    }
+    let mut request_cc = CacheControl::of(&parts.headers);
+    if config.ignore_client_no_cache {
+        request_cc.no_cache = false;
+        request_cc.max_age = None;
+        request_cc.min_fresh = None;
+    }
+    if request_cc.no_store {
+        return Admission::NoStore;
+    }
+    Admission::Cached {
+        base: keys::base(config, &shared.key_head, parts),
+        request_cc,
+    }
+}
+
+/// The hot path, taken before the request's future is built: the reply (`HIT`, or `304`) from
+/// a stored response without `Vary` that this `GET` or `HEAD` may reuse, in an in-process store
+/// (or the local tier of a two-tier one). `None`: the request takes the full flow, which would
+/// have served the same reply had this found it.
+pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> Option<Response<Body>> {
+    let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !cacheable || parts.headers.contains_key(header::RANGE) {
+        return None;
+    }
+    let backend = shared.site.resolve()?;
+    let Admission::Cached { base, request_cc } = admit(shared, parts) else {
+        return None;
+    };
+    let Some(UriEntry::Whole(cached)) = memo::fresh_in_process::<UriEntry>(backend, &base) else {
+        return None;
+    };
+    let cx = Context {
+        shared,
+        backend,
+        base,
+        request_cc,
+        conditionals: Conditionals::of(&parts.headers),
+    };
+    if !matches!(cx.reuse(&cached), Reuse::Fresh | Reuse::StaleAccepted) {
+        return None;
+    }
+    shared.site.count(Event::Hit);
+    Some(cx.serve(&cached, "HIT"))
+}
+
 /// Marks a request whose misses a `CacheLayer` coalesces, for the layers nested inside it.
 #[derive(Debug, Clone, Copy)]
 struct Coalesced;
@@ -383,6 +441,9 @@ impl Context<'_> {
                 .headers_mut()
                 .insert(header::CONTENT_RANGE, content_range);
             let (first, last) = (usize::try_from(first).ok()?, usize::try_from(last).ok()?);
+            reply
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             *reply.body_mut() = Body::from(cached.body.slice(first..=last));
         }
         Some(reply)
@@ -452,7 +513,7 @@ where
     S: tower_service::Service<Request<B>, Response = Response<Body>>,
 {
     let method = parts.method.clone();
-    let target = keys::base(&shared.config, &parts);
+    let target = keys::base(&shared.config, &shared.key_head, &parts);
     // If this request is cancelled while the origin handles it, the mutation may have happened:
     // its URI is removed anyway (costs a miss at most).
     let mut cancelled = (!method.is_safe()).then(|| RemoveOnDrop {
@@ -473,7 +534,7 @@ where
     let mut bases = vec![target];
     for field in [header::LOCATION, header::CONTENT_LOCATION] {
         if let Some(uri) = response.headers().get(field).and_then(|v| v.to_str().ok()) {
-            bases.extend(keys::base_of(&shared.config, &parts, uri));
+            bases.extend(keys::base_of(&shared.config, &shared.key_head, &parts, uri));
         }
     }
     let keys: Vec<String> = bases

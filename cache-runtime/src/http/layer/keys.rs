@@ -22,12 +22,19 @@ pub(super) fn cookie_bypass(config: &CacheLayer, parts: &Parts) -> bool {
     config.cookies == Cookies::Bypass && parts.headers.contains_key(header::COOKIE)
 }
 
-/// The base key of a request.
-pub(super) fn base(config: &CacheLayer, parts: &Parts) -> String {
-    let mut key = String::with_capacity(64);
-    key.push_str("http:");
-    escape_into(&mut key, &config.name);
-    key.push(':');
+/// What every base key of a layer starts with, `http:<name>:`: escaped once, when the layer is
+/// applied.
+pub(super) fn head(config: &CacheLayer) -> String {
+    let mut head = String::from("http:");
+    escape_into(&mut head, &config.name);
+    head.push(':');
+    head
+}
+
+/// The base key of a request (`head`: the layer's [`head`]).
+pub(super) fn base(config: &CacheLayer, head: &str, parts: &Parts) -> String {
+    let mut key = String::with_capacity(head.len() + 48);
+    key.push_str(head);
     match &config.cache_key {
         Some(custom) => escape_into(&mut key, &custom(parts)),
         None => {
@@ -47,7 +54,12 @@ pub(super) fn always_variants(config: &CacheLayer) -> bool {
 }
 
 /// The base key of another URI on the request's host (a `Location` after a mutation).
-pub(super) fn base_of(config: &CacheLayer, request: &Parts, uri: &str) -> Option<String> {
+pub(super) fn base_of(
+    config: &CacheLayer,
+    head: &str,
+    request: &Parts,
+    uri: &str,
+) -> Option<String> {
     let path = if uri.starts_with('/') || uri.contains("://") {
         let uri: Uri = uri.parse().ok()?;
         if let Some(authority) = uri.authority() {
@@ -68,7 +80,7 @@ pub(super) fn base_of(config: &CacheLayer, request: &Parts, uri: &str) -> Option
         builder = builder.header(name, value);
     }
     let (parts, ()) = builder.body(()).ok()?.into_parts();
-    Some(base(config, &parts))
+    Some(base(config, head, &parts))
 }
 
 /// The key of the variant of `base` for a request's values of the `Vary` header names and of the
@@ -175,6 +187,14 @@ mod tests {
             builder = builder.header(*n, *v);
         }
         builder.body(()).unwrap().into_parts().0
+    }
+
+    fn base(layer: &CacheLayer, parts: &Parts) -> String {
+        super::base(layer, &head(layer), parts)
+    }
+
+    fn base_of(layer: &CacheLayer, request: &Parts, uri: &str) -> Option<String> {
+        super::base_of(layer, &head(layer), request, uri)
     }
 
     #[test]

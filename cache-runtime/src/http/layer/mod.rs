@@ -481,6 +481,7 @@ impl<S> tower_layer::Layer<S> for CacheLayer {
         CacheService {
             inner,
             shared: Arc::new(Shared {
+                key_head: keys::head(self),
                 config: self.clone(),
                 site,
                 revalidating: Mutex::default(),
@@ -493,6 +494,8 @@ impl<S> tower_layer::Layer<S> for CacheLayer {
 #[derive(Debug)]
 struct Shared {
     config: CacheLayer,
+    /// The start of the layer's base keys (see [`keys::head`]).
+    key_head: String,
     site: &'static Site,
     /// Keys being revalidated in the background (one revalidation per key at a time).
     revalidating: Mutex<HashSet<String>>,
@@ -521,6 +524,12 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        if let Some(reply) = flow::fresh_reply(&self.shared, &parts) {
+            // The inner service, ready and unused, stays for the next request.
+            return Box::pin(std::future::ready(Ok(reply)));
+        }
+        let request = Request::from_parts(parts, body);
         // The clone that was polled ready serves this request; a fresh clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
