@@ -634,3 +634,38 @@ async fn nested_layers_do_not_wait_for_their_own_flight() {
     assert_eq!(runs, 1);
     assert_eq!(x_cache.iter().filter(|x| *x == "HIT").count(), 3);
 }
+
+static REWRITTEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A layer outside the cache that replaces the body gets the same, consistent reply on a hit as on
+/// the miss: the cache's replies carry no `Content-Length` of the stored body to contradict it.
+#[tokio::test]
+async fn a_body_rewritten_outside_the_cache_is_sent_whole_on_hits() {
+    async fn short() -> &'static str {
+        REWRITTEN_RUNS.fetch_add(1, Ordering::SeqCst);
+        "abc"
+    }
+    let rewrite = |response: axum::response::Response| {
+        let (parts, _) = response.into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::from("rewritten: longer"))
+    };
+    let app = Router::new()
+        .route("/rewritten", get(short))
+        .layer(CacheLayer::new().name("rewritten"))
+        .layer(tower::util::MapResponseLayer::new(rewrite));
+    let server = TestServer::start(app).await;
+    for round in ["miss", "hit", "hit again"] {
+        let reply = server.get("/rewritten").await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "rewritten: longer"),
+            "{round}"
+        );
+        assert_eq!(reply.header("content-length"), Some("17"), "{round}");
+    }
+    assert_eq!(
+        REWRITTEN_RUNS.load(Ordering::SeqCst),
+        1,
+        "served from the cache"
+    );
+}

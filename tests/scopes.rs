@@ -248,3 +248,46 @@ async fn two_servers_in_two_scopes_cache_apart() {
     assert_eq!(PAGE_RUNS.load(Ordering::SeqCst), 2);
     assert_eq!(LAYER_RUNS.load(Ordering::SeqCst), 2);
 }
+
+static SERVICE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A `CacheLayer` service called outside a scope and awaited inside it answers from the scope's
+/// store, as the whole call would (the backend a hit reads is resolved where the future runs).
+#[tokio::test]
+async fn a_layer_called_outside_a_scope_and_awaited_in_it_reads_the_scope() {
+    use axum::{body::Body, http::Request, response::Response};
+    use tower::{Layer, Service, ServiceExt};
+
+    let origin = tower::service_fn(|_: Request<Body>| async {
+        let run = SERVICE_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok::<_, std::convert::Infallible>(Response::new(Body::from(format!("run {run}"))))
+    });
+    let service = CacheLayer::new().name("called-outside").layer(origin);
+    let request = || {
+        Request::get("http://example.test/outside-in")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let body = |response: Response| async move {
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    // Stored process-wide.
+    let first = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(body(first).await, "run 1");
+    let second = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(body(second).await, "run 1", "a process-wide hit");
+    let caches = Caches::new();
+    for round in 0..2 {
+        let mut service = service.clone();
+        let called = ServiceExt::<Request<Body>>::ready(&mut service)
+            .await
+            .unwrap()
+            .call(request());
+        let scoped = body(caches.scope(called).await.unwrap()).await;
+        assert_eq!(scoped, "run 2", "round {round}: the scope's own entry");
+    }
+    assert_eq!(SERVICE_RUNS.load(Ordering::SeqCst), 2);
+}

@@ -148,37 +148,45 @@ struct Prepared {
     /// The attribute's `<visibility>, max-age=<lifetime><kept directives>`, for the visibility
     /// first asked for (a handler always asks with the same one).
     origin_cache_control: OnceLock<(String, Option<HeaderValue>)>,
-    /// The fields of a full reply, without and with `X-Cache`: the stored headers, `ETag`,
-    /// `Content-Length`, and `Cache-Control`, `Age` (and `X-Cache`) whose values a reply
-    /// replaces, so that it never grows the map.
-    full_replies: [HeaderMap; 2],
-    /// The fields of a full reply with the `Cache-Control` and `X-Cache` first asked for in
-    /// place (a layer or a handler always asks with the same ones): such a reply clones them
-    /// and replaces `Age` only.
+    /// The fields of a full reply (the stored headers, `ETag`, `Cache-Control`, `Age` and
+    /// `X-Cache`) with the `Cache-Control` and `X-Cache` values first asked for by a hit (a layer
+    /// or a handler always asks with the same ones): a reply clones them and replaces `Age`.
     shaped_reply: OnceLock<(Option<HeaderValue>, Option<&'static str>, HeaderMap)>,
 }
 
 impl Prepared {
-    /// The fields of a full reply with these `Cache-Control` and `X-Cache` values, and `Age` to
-    /// be replaced.
+    /// The fields of a full reply with these `Cache-Control` and `X-Cache` values (an `Age`
+    /// to be replaced).
     fn full_reply(
         &self,
         cache_control: Option<HeaderValue>,
         x_cache: Option<&'static str>,
     ) -> HeaderMap {
-        let build = |cache_control: Option<HeaderValue>| {
-            let mut headers = self.full_replies[usize::from(x_cache.is_some())].clone();
-            set_reply_fields(&mut headers, cache_control, x_cache);
-            headers
-        };
-        let (shaped_cache_control, shaped_x_cache, shaped) = self
-            .shaped_reply
-            .get_or_init(|| (cache_control.clone(), x_cache, build(cache_control.clone())));
-        if *shaped_cache_control == cache_control && *shaped_x_cache == x_cache {
-            shaped.clone()
-        } else {
-            build(cache_control)
+        if let Some((shaped_cache_control, shaped_x_cache, shaped)) = self.shaped_reply.get() {
+            let mut headers = shaped.clone();
+            if *shaped_cache_control != cache_control || *shaped_x_cache != x_cache {
+                set_reply_fields(&mut headers, cache_control, x_cache);
+            }
+            return headers;
         }
+        // Room in its index beyond the 4 fields added here (clones keep it): the `Content-Length`
+        // the router adds then does not rehash the map.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 8);
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(etag) = &self.etag {
+            headers.insert(header::ETAG, etag.clone());
+        }
+        headers.insert(header::AGE, HeaderValue::from_static("0"));
+        set_reply_fields(&mut headers, cache_control.clone(), x_cache);
+        // Kept for the shape of hits; the first reply may be another (`STALE`, `REVALIDATED`).
+        if matches!(x_cache, None | Some("HIT")) {
+            let _ = self
+                .shaped_reply
+                .set((cache_control, x_cache, headers.clone()));
+        }
+        headers
     }
 
     fn origin_cache_control(&self, visibility: &str, lifetime: u64) -> Option<HeaderValue> {
@@ -449,26 +457,6 @@ impl CachedResponse {
             }
             let lifetime = self.ttl_ms / 1000;
             let etag = HeaderValue::from_str(&self.etag).ok();
-            let full_reply = |x_cache: bool| {
-                let mut full = HeaderMap::with_capacity(headers.len() + 5);
-                for (name, value) in &headers {
-                    full.append(name.clone(), value.clone());
-                }
-                if let Some(etag) = &etag {
-                    full.insert(header::ETAG, etag.clone());
-                }
-                // No body, no length (RFC 9110 §8.6).
-                if !matches!(self.status, 100..=199 | 204 | 304) {
-                    full.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-                }
-                full.insert(header::CACHE_CONTROL, HeaderValue::from_static(""));
-                full.insert(header::AGE, HeaderValue::from_static("0"));
-                if x_cache {
-                    full.insert(X_CACHE, HeaderValue::from_static("HIT"));
-                }
-                full
-            };
-            let full_replies = [full_reply(false), full_reply(true)];
             Prepared {
                 headers,
                 etag,
@@ -481,7 +469,6 @@ impl CachedResponse {
                 .ok(),
                 kept_directives,
                 origin_cache_control: OnceLock::new(),
-                full_replies,
                 shaped_reply: OnceLock::new(),
             }
         })
@@ -561,8 +548,8 @@ impl CachedResponse {
     }
 }
 
-/// Sets (or, for `None`, removes) a reply's `Cache-Control`, and sets its `X-Cache` (the
-/// layer's own constants: `HIT`, `STALE`...).
+/// Sets a reply's `Cache-Control` and `X-Cache` (the layer's own constants: `HIT`, `STALE`...),
+/// or removes them for `None`.
 fn set_reply_fields(
     headers: &mut HeaderMap,
     cache_control: Option<HeaderValue>,
@@ -572,9 +559,10 @@ fn set_reply_fields(
         Some(cache_control) => headers.insert(header::CACHE_CONTROL, cache_control),
         None => headers.remove(header::CACHE_CONTROL),
     };
-    if let Some(x_cache) = x_cache {
-        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
-    }
+    match x_cache {
+        Some(x_cache) => headers.insert(X_CACHE, HeaderValue::from_static(x_cache)),
+        None => headers.remove(X_CACHE),
+    };
 }
 
 /// The fields a `Connection` header names: hop-by-hop too (RFC 9110 §7.6.1), never stored.
@@ -737,6 +725,62 @@ mod tests {
         assert!(not_modified.headers().get(header::CONTENT_TYPE).is_none());
         let body = not_modified.into_body().collect().await.unwrap().to_bytes();
         assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn replies_of_every_shape_carry_their_own_fields() {
+        let (cached, _) =
+            CachedResponse::capture(response(Body::from("hello")), Stamp::now(60_000), 1024)
+                .await
+                .unwrap();
+        // The first reply of a shape is kept for the next ones: alternate, and come back.
+        let shapes = [
+            (ReplyCacheControl::Shared { default: true }, Some("HIT")),
+            (ReplyCacheControl::Origin("private"), None),
+            (ReplyCacheControl::Shared { default: false }, Some("STALE")),
+            (ReplyCacheControl::Origin("public"), Some("HIT")),
+            (ReplyCacheControl::Shared { default: true }, Some("HIT")),
+            (ReplyCacheControl::Shared { default: false }, None),
+        ];
+        for (round, (cache_control, x_cache)) in shapes.into_iter().enumerate() {
+            let expected = match cache_control {
+                ReplyCacheControl::Origin(visibility) => Some(format!("{visibility}, max-age=60")),
+                ReplyCacheControl::Shared { default: true } => Some("public, max-age=60".into()),
+                ReplyCacheControl::Shared { default: false } => None,
+            };
+            let reply = cached.reply_to(cache_control, false, x_cache);
+            let headers = reply.headers();
+            let all = |name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                all(header::CACHE_CONTROL),
+                Vec::from_iter(expected),
+                "{round}"
+            );
+            assert_eq!(
+                all(X_CACHE),
+                Vec::from_iter(x_cache.map(str::to_owned)),
+                "{round}"
+            );
+            assert_eq!(all(header::AGE), ["0"], "{round}");
+            assert_eq!(
+                all(header::ETAG),
+                std::slice::from_ref(&cached.etag),
+                "{round}"
+            );
+            assert_eq!(all(header::CONTENT_TYPE), ["text/plain"], "{round}");
+            assert!(headers.get(header::CONTENT_LENGTH).is_none(), "{round}");
+            assert_eq!(
+                headers.keys().count(),
+                headers.len(),
+                "{round}: one value per field"
+            );
+        }
     }
 
     #[tokio::test]

@@ -169,6 +169,14 @@ pub(super) fn resolve(name: &str) -> Option<Option<&'static Registered>> {
     resolve_in_scope(name)
 }
 
+/// Whether a name resolved now resolves as it would later in this task: no scope is alive, or
+/// this code already runs inside one (a service's `call` made outside the scope its future is
+/// awaited in would otherwise read the process-wide backends).
+#[inline]
+pub(crate) fn resolution_is_settled() -> bool {
+    LIVE.load(Ordering::Relaxed) == 0 || CURRENT.try_with(|_| ()).is_ok()
+}
+
 #[cold]
 fn resolve_in_scope(name: &str) -> Option<Option<&'static Registered>> {
     CURRENT

@@ -99,6 +99,7 @@ pub(super) async fn handle<S, B>(
     mut inner: S,
     request: Request<B>,
     shared: Arc<Shared>,
+    admitted: Option<Admission>,
 ) -> Result<Response<Body>, S::Error>
 where
     S: tower_service::Service<Request<B>, Response = Response<Body>> + Send + 'static,
@@ -117,7 +118,8 @@ where
         return mutation(inner, parts, body, &shared, backend).await;
     }
     let range = parts.headers.get(header::RANGE).cloned();
-    let (base, request_cc) = match admit(&shared, &parts) {
+    let admission = admitted.unwrap_or_else(|| admit(&shared, &parts));
+    let (base, request_cc) = match admission {
         Admission::Bypass => {
             let request = Request::from_parts(parts, body);
             return Ok(mark(inner.call(request).await?, "BYPASS"));
@@ -272,7 +274,7 @@ where
 }
 
 /// How the layer takes a `GET` or `HEAD` request.
-enum Admission {
+pub(super) enum Admission {
     /// Passed to the inner service as it is (marked `BYPASS`).
     Bypass,
     /// The client forbids storing (`no-store`): passed through (marked `MISS`).
@@ -314,22 +316,35 @@ fn admit(shared: &Shared, parts: &Parts) -> Admission {
     }
 }
 
+/// What [`fresh_reply`] found.
+pub(super) enum HotPath {
+    /// The reply.
+    Reply(Response<Body>),
+    /// None: the request takes the full flow, with its admission when it was decided.
+    Full(Option<Admission>),
+}
+
 /// The hot path, taken before the request's future is built: the reply (`HIT`, or `304`) from
 /// a stored response without `Vary` that this `GET` or `HEAD` may reuse, in an in-process store
-/// (or the local tier of a two-tier one). `None`: the request takes the full flow, which would
-/// have served the same reply had this found it.
-pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> Option<Response<Body>> {
+/// (or the local tier of a two-tier one). Otherwise the request takes the full flow (which would
+/// have served the same reply had this found it), with the admission decided here if it was.
+pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
     let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
-    if !cacheable || parts.headers.contains_key(header::RANGE) {
-        return None;
+    // Resolved now, the backend must be the one the full flow would resolve when polled.
+    if !cacheable
+        || parts.headers.contains_key(header::RANGE)
+        || !crate::registry::resolution_is_settled()
+    {
+        return HotPath::Full(None);
     }
-    let backend = shared.site.resolve()?;
-    let Admission::Cached { base, request_cc } = admit(shared, parts) else {
-        return None;
+    let Some(backend) = shared.site.resolve() else {
+        return HotPath::Full(None);
     };
-    let Some(UriEntry::Whole(cached)) = memo::fresh_in_process::<UriEntry>(backend, &base) else {
-        return None;
+    let (base, request_cc) = match admit(shared, parts) {
+        Admission::Cached { base, request_cc } => (base, request_cc),
+        passed => return HotPath::Full(Some(passed)),
     };
+    let found = memo::fresh_in_process::<UriEntry>(backend, &base);
     let cx = Context {
         shared,
         backend,
@@ -337,11 +352,18 @@ pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> Option<Response<Bod
         request_cc,
         conditionals: Conditionals::of(&parts.headers),
     };
-    if !matches!(cx.reuse(&cached), Reuse::Fresh | Reuse::StaleAccepted) {
-        return None;
+    match found {
+        Some(UriEntry::Whole(cached))
+            if matches!(cx.reuse(&cached), Reuse::Fresh | Reuse::StaleAccepted) =>
+        {
+            shared.site.count(Event::Hit);
+            HotPath::Reply(cx.serve(&cached, "HIT"))
+        }
+        _ => HotPath::Full(Some(Admission::Cached {
+            base: cx.base,
+            request_cc: cx.request_cc,
+        })),
     }
-    shared.site.count(Event::Hit);
-    Some(cx.serve(&cached, "HIT"))
 }
 
 /// Marks a request whose misses a `CacheLayer` coalesces, for the layers nested inside it.
@@ -441,9 +463,6 @@ impl Context<'_> {
                 .headers_mut()
                 .insert(header::CONTENT_RANGE, content_range);
             let (first, last) = (usize::try_from(first).ok()?, usize::try_from(last).ok()?);
-            reply
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             *reply.body_mut() = Body::from(cached.body.slice(first..=last));
         }
         Some(reply)

@@ -525,14 +525,20 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (parts, body) = request.into_parts();
-        if let Some(reply) = flow::fresh_reply(&self.shared, &parts) {
+        let admitted = match flow::fresh_reply(&self.shared, &parts) {
             // The inner service, ready and unused, stays for the next request.
-            return Box::pin(std::future::ready(Ok(reply)));
-        }
+            flow::HotPath::Reply(reply) => return Box::pin(std::future::ready(Ok(reply))),
+            flow::HotPath::Full(admitted) => admitted,
+        };
         let request = Request::from_parts(parts, body);
         // The clone that was polled ready serves this request; a fresh clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(flow::handle(inner, request, Arc::clone(&self.shared)))
+        Box::pin(flow::handle(
+            inner,
+            request,
+            Arc::clone(&self.shared),
+            admitted,
+        ))
     }
 }
