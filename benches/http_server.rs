@@ -13,11 +13,28 @@
 //! | `GET /redis/{id}` | the same handler, `#[cached(http, ttl = 300, backend = "redis")]` |
 //! | `GET /layer/{id}` | the uncached handler behind `CacheLayer` (memory) |
 //! | `GET /stats` | `cache_runtime::stats()` as JSON, for the script's hit/miss check |
+//! | `GET /hit/{contender}/page` | issue 11's HTTP hit comparison (`PEERS=1 scripts/bench-http.sh`) |
+//! | `GET /hit/calls` | how many times each contender's handler ran, one `{contender} {calls}` a line |
+//!
+//! The `/hit/` routes serve the routers of `benches/http_hit.rs` (built in
+//! `common/http_contenders.rs`: a constant handler with a 63-byte body, bare or behind
+//! `#[cached(http)]`, `CacheLayer`, axum-response-cache, hitbox, tower-http-cache or
+//! http-cache-tower-server, each caching in memory for 600 s), each under its own prefix:
+//! `/hit/bare/page`, `/hit/cached-http/page`, `/hit/layer/page`, `/hit/axum-response-cache/page`,
+//! `/hit/hitbox/page`, `/hit/tower-http-cache/page`, `/hit/http-cache-tower-server/page`.
+//! `/hit/calls` lets the script check that each caching contender's handler ran once (`-` for the
+//! bare handler, which caches nothing).
+//!
+//! `WORKERS` sets the number of tokio worker threads (default: one per CPU, tokio's default);
+//! the peer comparison runs with `WORKERS=1`.
 //!
 //! Redis is required (`REDIS_URL`): the server exits when it does not answer, rather than measuring
 //! a silent fallback. Run without `serve` (as `cargo bench` does), it only prints this usage.
 
-use std::time::Duration;
+#[path = "common/http_contenders.rs"]
+mod http_contenders;
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use axum::{extract::Path, http::header, response::IntoResponse, routing::get, Json, Router};
 use cache_runtime::{cached, http::CacheLayer, RedisBackend};
@@ -62,6 +79,34 @@ async fn stats() -> impl IntoResponse {
     Json(cache_runtime::stats())
 }
 
+/// The `/hit/` routes: each contender of the HTTP hit comparison under `/hit/{slug}`, and
+/// `/hit/calls`.
+fn peers() -> Router {
+    let contenders = Arc::new(http_contenders::contenders());
+    let calls = {
+        let contenders = Arc::clone(&contenders);
+        get(move || async move {
+            let mut text = String::new();
+            for contender in contenders.iter() {
+                match contender.handler_calls() {
+                    Some(calls) => writeln!(text, "{} {calls}", contender.slug),
+                    None => writeln!(text, "{} -", contender.slug),
+                }
+                .expect("a String");
+            }
+            text
+        })
+    };
+    let mut router = Router::new().route("/hit/calls", get(calls));
+    for contender in contenders.iter() {
+        router = router.nest(
+            &format!("/hit/{}", contender.slug),
+            contender.router.clone(),
+        );
+    }
+    router
+}
+
 fn app() -> Router {
     let layered = Router::new()
         .route("/{id}", get(plain))
@@ -73,6 +118,7 @@ fn app() -> Router {
         .route("/redis/{id}", get(redis))
         .nest("/layer", layered)
         .route("/stats", get(stats))
+        .merge(peers())
 }
 
 async fn serve() {
@@ -103,7 +149,17 @@ fn main() {
         );
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = std::env::var("WORKERS").ok().filter(|w| !w.is_empty()) {
+        let workers: usize = workers
+            .parse()
+            .ok()
+            .filter(|&w| w > 0)
+            .expect("WORKERS: a number of worker threads, at least 1");
+        runtime.worker_threads(workers);
+        eprintln!("http_server: {workers} tokio worker thread(s) (WORKERS)");
+    }
+    runtime
         .enable_all()
         .build()
         .expect("tokio runtime")

@@ -11,6 +11,13 @@
 #   DURATION=10s CONNECTIONS=64 scripts/bench-http.sh
 # Each scenario runs REPEAT times, round-robin with the others; the tables show medians.
 #
+#   PEERS=1 scripts/bench-http.sh         # issue 11's HTTP hit comparison instead (THREADS=1)
+# PEERS=1 runs only the comparison of benches/http_hit.rs under wrk: the bench server on ONE tokio
+# worker (WORKERS=1), the same router (GET /page, constant handler, 63-byte body, memory, TTL 600 s)
+# bare and behind each caching layer under /hit/{contender}/page, each warmed with one request and
+# checked (its handler ran once, before and after the runs; ours send ETag, Cache-Control and Age),
+# then wrk -t1 -c32 on each. The example app is not built or run.
+#
 # Honors CARGO_TARGET_DIR. Needs redis-server, redis-cli, curl and wrk (installed with apt-get
 # when missing and running as root).
 set -euo pipefail
@@ -18,7 +25,8 @@ cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-5s}"
 REPEAT="${REPEAT:-3}"
-THREADS="${THREADS:-2}"
+PEERS="${PEERS:-0}"
+if [ "$PEERS" = 1 ]; then THREADS="${THREADS:-1}"; else THREADS="${THREADS:-2}"; fi
 CONNECTIONS="${CONNECTIONS:-32}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 LUA="$PWD/scripts/wrk-report.lua"
@@ -78,12 +86,12 @@ etag_of() { # url
 }
 
 echo "== building in release (target dir: $TARGET_DIR)"
-cargo build --release --example axum_app
+[ "$PEERS" = 1 ] || cargo build --release --example axum_app
 SERVER_BIN="$(cargo bench --bench http_server --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*http_server[^"]*"' | sed 's/^"executable":"//; s/"$//' | tail -n 1)"
 APP_BIN="$TARGET_DIR/release/examples/axum_app"
 [ -x "$SERVER_BIN" ] || { echo "bench-http: http_server bench executable not found" >&2; exit 1; }
-[ -x "$APP_BIN" ] || { echo "bench-http: $APP_BIN not found" >&2; exit 1; }
+[ "$PEERS" = 1 ] || [ -x "$APP_BIN" ] || { echo "bench-http: $APP_BIN not found" >&2; exit 1; }
 
 REDIS_PORT="$(free_port)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
@@ -108,6 +116,10 @@ add() { # label url [header]
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# After `measure`: the labels and median req/s of its scenarios (for a comparison of its rows).
+MEASURED_LABELS=()
+MEASURED_RPS=()
+
 measure() { # title
   local title="$1" rep i out line
   rm -f "$WORK"/result.*
@@ -129,6 +141,7 @@ measure() { # title
   echo "| scenario | route | req/s | p50 ms | p99 ms | req/s vs first row | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|"
   local ceiling="" rps p50 p99 errs ratio
+  MEASURED_RPS=()
   for i in "${!LABELS[@]}"; do
     rps="$(cut -d' ' -f1 "$WORK/result.$i" | median)"
     p50="$(cut -d' ' -f2 "$WORK/result.$i" | median)"
@@ -137,7 +150,9 @@ measure() { # title
     [ -n "$ceiling" ] || ceiling="$rps"
     ratio="$(awk -v a="$rps" -v b="$ceiling" 'BEGIN { printf "%.2f", a / b }')"
     echo "| ${LABELS[$i]} | \`/${URLS[$i]#http://127.0.0.1:*/}\` | ${rps%.*} | $p50 | $p99 | $ratio | $errs |"
+    MEASURED_RPS+=("$rps")
   done
+  MEASURED_LABELS=("${LABELS[@]}")
   LABELS=()
   URLS=()
   HEADERS=()
@@ -145,6 +160,75 @@ measure() { # title
 
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "== wrk: $THREADS threads, $CONNECTIONS connections, $DURATION per run, $REPEAT runs per scenario"
+
+# --- PEERS=1: issue 11's HTTP hit comparison, the bench server on one worker --------------------
+if [ "$PEERS" = 1 ]; then
+  PORT="$(free_port)"
+  WORKERS=1 PORT="$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" CACHE_DIR="$WORK/cache-server" \
+    "$SERVER_BIN" serve >"$WORK/server.log" 2>&1 &
+  PIDS+=("$!")
+  BASE="http://127.0.0.1:$PORT"
+  wait_for "$BASE/const"
+  grep -q '1 tokio worker' "$WORK/server.log" || { echo "bench-http: the server did not start on one worker" >&2; exit 1; }
+  SLUGS=(bare cached-http layer axum-response-cache hitbox tower-http-cache http-cache-tower-server)
+  NAMES=("bare handler (no cache)" "cache_runtime #[cached(http)]" "cache_runtime CacheLayer"
+    "axum-response-cache 0.5" "hitbox 0.2" "tower-http-cache 0.6" "http-cache-tower-server 0.2")
+  for slug in "${SLUGS[@]}"; do
+    curl -fsS -o /dev/null "$BASE/hit/$slug/page" # the miss
+  done
+  sleep 0.2 # http-cache-tower-server stores its miss from a spawned task
+  check_calls() { # when: every caching contender's handler ran exactly once
+    local calls
+    calls="$(curl -fsS "$BASE/hit/calls")"
+    if awk '$2 != "-" && $2 != 1 { bad = 1 } END { exit !bad }' <<<"$calls"; then
+      echo "bench-http: a contender's handler did not run exactly once ($1):" >&2
+      echo "$calls" >&2
+      exit 1
+    fi
+  }
+  echo "== headers of a hit (after one warming request each)"
+  curl -fsS -o "$WORK/page" "$BASE/hit/bare/page"
+  for i in "${!SLUGS[@]}"; do
+    hdrs="$(curl -fsS -D - -o "$WORK/body" "$BASE/hit/${SLUGS[$i]}/page" | tr -d '\r')"
+    cmp -s "$WORK/page" "$WORK/body" || { echo "bench-http: ${SLUGS[$i]} did not send the bare handler's page" >&2; exit 1; }
+    present=""
+    for h in etag cache-control age x-cache x-cache-status; do
+      grep -qi "^$h:" <<<"$hdrs" && present+="$(grep -i "^$h:" <<<"$hdrs" | head -n 1 | sed 's/ *$//'); "
+    done
+    printf '  %-32s %s\n' "${NAMES[$i]}" "${present:-(none of ETag, Cache-Control, Age, X-Cache, X-Cache-Status)}"
+    case "${SLUGS[$i]}" in
+      cached-http | layer)
+        for h in etag cache-control age; do
+          grep -qi "^$h:" <<<"$hdrs" || { echo "bench-http: ${SLUGS[$i]} sends no $h on a hit" >&2; exit 1; }
+        done
+        ;;
+    esac
+  done
+  check_calls "after a second request"
+  echo "== HTTP hit comparison (benches/http_server.rs /hit/, server on 1 tokio worker)"
+  for i in "${!SLUGS[@]}"; do
+    add "${NAMES[$i]}" "$BASE/hit/${SLUGS[$i]}/page"
+  done
+  measure "HTTP hits under wrk, bench server on 1 tokio worker (issue 11)"
+  check_calls "after the runs"
+  echo
+  echo "handler calls after the runs (each caching contender: 1, the miss):"
+  curl -fsS "$BASE/hit/calls" | sed 's/^/  /'
+  # The fastest peer (rows 3 and up), and ours beside it.
+  best=0 best_name=""
+  for i in 3 4 5 6; do
+    if awk -v a="${MEASURED_RPS[$i]}" -v b="$best" 'BEGIN { exit !(a > b) }'; then
+      best="${MEASURED_RPS[$i]}" best_name="${MEASURED_LABELS[$i]}"
+    fi
+  done
+  echo
+  echo "fastest peer: $best_name, ${best%.*} req/s (median)"
+  for i in 1 2; do
+    awk -v a="${MEASURED_RPS[$i]}" -v b="$best" -v n="${MEASURED_LABELS[$i]}" \
+      'BEGIN { printf "  %-32s %.2fx the fastest peer (%s)\n", n, a / b, a >= b ? "at least as fast" : "slower" }'
+  done
+  exit 0
+fi
 
 # --- the bench server ---------------------------------------------------------------------------
 PORT="$(free_port)"
