@@ -669,3 +669,32 @@ async fn a_body_rewritten_outside_the_cache_is_sent_whole_on_hits() {
         "served from the cache"
     );
 }
+
+static LONG_URI_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A URI whose key is too long to be stored as it is (it is shortened with a digest) is still
+/// served from the cache, and another long URI with the same beginning is not served its entry.
+#[tokio::test]
+async fn long_uris_are_cached_apart() {
+    async fn echo(uri: axum::http::Uri) -> String {
+        LONG_URI_RUNS.fetch_add(1, Ordering::SeqCst);
+        uri.to_string()
+    }
+    let app = Router::new()
+        .route("/long/{*rest}", get(echo))
+        .layer(CacheLayer::new().name("long-uris"));
+    let server = TestServer::start(app).await;
+    let stem = format!("/long/{}", "segment/".repeat(40));
+    for tail in ["a", "b"] {
+        let uri = format!("{stem}{tail}");
+        for round in ["miss", "hit"] {
+            let reply = server.get(&uri).await;
+            assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (200, uri.as_str()),
+                "{round}"
+            );
+        }
+    }
+    assert_eq!(LONG_URI_RUNS.load(Ordering::SeqCst), 2, "one run per URI");
+}

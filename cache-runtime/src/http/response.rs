@@ -496,7 +496,17 @@ impl CachedResponse {
         not_modified: bool,
         x_cache: Option<&'static str>,
     ) -> Response<Body> {
-        let age_ms = self.age_ms();
+        self.reply_at(cache_control, not_modified, x_cache, self.age_ms())
+    }
+
+    /// [`reply_to`](Self::reply_to), `age_ms` old.
+    pub(crate) fn reply_at(
+        &self,
+        cache_control: ReplyCacheControl<'_>,
+        not_modified: bool,
+        x_cache: Option<&'static str>,
+        age_ms: u64,
+    ) -> Response<Body> {
         // Whole seconds, as HTTP counts them: Age is floored; max-age is the whole lifetime, of
         // which Age says how much is gone (RFC 9111 §4.2.3).
         let lifetime = self.ttl_ms / 1000;

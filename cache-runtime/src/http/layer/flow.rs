@@ -20,6 +20,7 @@ use crate::{
         policy::{self, date_field, Exchange, Heuristic, Reuse, Rules, Windows},
         response::{CachedResponse, ReplyCacheControl, Stamp},
     },
+    key::{normalize_key, KeyBuf, MAX_KEY_LEN},
     memo::{self, probe, store, Probe},
     registry::Registered,
     stats::{Event, Policy},
@@ -287,6 +288,33 @@ pub(super) enum Admission {
 }
 
 fn admit(shared: &Shared, parts: &Parts) -> Admission {
+    match directives(shared, parts) {
+        Ok(request_cc) => Admission::Cached {
+            base: keys::base(&shared.config, &shared.key_head, parts),
+            request_cc,
+        },
+        Err(passed) => passed.into(),
+    }
+}
+
+/// How a request the layer does not answer from the cache passes on.
+enum Passed {
+    Bypass,
+    NoStore,
+}
+
+impl From<Passed> for Admission {
+    fn from(passed: Passed) -> Self {
+        match passed {
+            Passed::Bypass => Self::Bypass,
+            Passed::NoStore => Self::NoStore,
+        }
+    }
+}
+
+/// The request's directives, when the layer may answer it from the cache; otherwise how it
+/// passes it on.
+fn directives(shared: &Shared, parts: &Parts) -> Result<CacheControl, Passed> {
     let config = &shared.config;
     // Preconditions other than the validators the cache answers itself pass through: their
     // answers (412...) belong to the request, not to the URI. So does an `If-Range` alone.
@@ -299,7 +327,7 @@ fn admit(shared: &Shared, parts: &Parts) -> Admission {
         // Several Range lines are one multi-range request: passed through.
         || ranges > 1;
     if bypassed || keys::cookie_bypass(config, parts) {
-        return Admission::Bypass;
+        return Err(Passed::Bypass);
     }
     let mut request_cc = CacheControl::of(&parts.headers);
     if config.ignore_client_no_cache {
@@ -308,12 +336,9 @@ fn admit(shared: &Shared, parts: &Parts) -> Admission {
         request_cc.min_fresh = None;
     }
     if request_cc.no_store {
-        return Admission::NoStore;
+        return Err(Passed::NoStore);
     }
-    Admission::Cached {
-        base: keys::base(config, &shared.key_head, parts),
-        request_cc,
-    }
+    Ok(request_cc)
 }
 
 /// What [`fresh_reply`] found.
@@ -340,30 +365,40 @@ pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
     let Some(backend) = shared.site.resolve() else {
         return HotPath::Full(None);
     };
-    let (base, request_cc) = match admit(shared, parts) {
-        Admission::Cached { base, request_cc } => (base, request_cc),
-        passed => return HotPath::Full(Some(passed)),
+    let request_cc = match directives(shared, parts) {
+        Ok(request_cc) => request_cc,
+        Err(passed) => return HotPath::Full(Some(passed.into())),
     };
-    let found = memo::fresh_in_process::<UriEntry>(backend, &base);
+    // The key on the stack: a hit allocates none. One too long to be stored as it is (it is
+    // shortened) is looked up by the full flow.
+    let mut key = KeyBuf::new();
+    keys::write_base(&shared.config, &shared.key_head, parts, &mut key);
+    let found = (key.as_str().len() <= MAX_KEY_LEN)
+        .then(|| memo::fresh_in_process::<UriEntry>(backend, key.as_str()))
+        .flatten();
     let cx = Context {
         shared,
         backend,
-        base,
+        // Not read by `reuse_at` and `serve_at`: the key is on the stack.
+        base: String::new(),
         request_cc,
         conditionals: Conditionals::of(&parts.headers),
     };
-    match found {
-        Some(UriEntry::Whole(cached))
-            if matches!(cx.reuse(&cached), Reuse::Fresh | Reuse::StaleAccepted) =>
-        {
+    if let Some(UriEntry::Whole(cached)) = found {
+        // One clock read for the decision and the reply's `Age`.
+        let age_ms = cached.age_ms();
+        if matches!(
+            cx.reuse_at(&cached, age_ms),
+            Reuse::Fresh | Reuse::StaleAccepted
+        ) {
             shared.site.count(Event::Hit);
-            HotPath::Reply(cx.serve(&cached, "HIT"))
+            return HotPath::Reply(cx.serve_at(&cached, "HIT", age_ms));
         }
-        _ => HotPath::Full(Some(Admission::Cached {
-            base: cx.base,
-            request_cc: cx.request_cc,
-        })),
     }
+    HotPath::Full(Some(Admission::Cached {
+        base: normalize_key(key.as_str().to_owned()),
+        request_cc: cx.request_cc,
+    }))
 }
 
 /// Marks a request whose misses a `CacheLayer` coalesces, for the layers nested inside it.
@@ -380,8 +415,13 @@ impl Context<'_> {
     }
 
     fn reuse(&self, cached: &CachedResponse) -> Reuse {
+        self.reuse_at(cached, cached.age_ms())
+    }
+
+    /// [`reuse`](Self::reuse) of a response `age_ms` old.
+    fn reuse_at(&self, cached: &CachedResponse, age_ms: u64) -> Reuse {
         policy::reuse(
-            cached.age_ms(),
+            age_ms,
             cached.ttl_ms,
             cached.rules,
             &self.request_cc,
@@ -414,11 +454,22 @@ impl Context<'_> {
 
     /// The reply from a stored response: itself, or `304` when the client's conditions hold.
     fn serve(&self, cached: &CachedResponse, x_cache: &'static str) -> Response<Body> {
+        self.serve_at(cached, x_cache, cached.age_ms())
+    }
+
+    /// [`serve`](Self::serve) of a response `age_ms` old.
+    fn serve_at(
+        &self,
+        cached: &CachedResponse,
+        x_cache: &'static str,
+        age_ms: u64,
+    ) -> Response<Body> {
         let default = self.shared.config.mode == Mode::App;
-        cached.reply_to(
+        cached.reply_at(
             ReplyCacheControl::Shared { default },
             self.conditionals.not_modified(cached),
             Some(x_cache),
+            age_ms,
         )
     }
 

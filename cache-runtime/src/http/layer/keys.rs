@@ -34,18 +34,28 @@ pub(super) fn head(config: &CacheLayer) -> String {
 /// The base key of a request (`head`: the layer's [`head`]).
 pub(super) fn base(config: &CacheLayer, head: &str, parts: &Parts) -> String {
     let mut key = String::with_capacity(head.len() + 48);
-    key.push_str(head);
+    write_base(config, head, parts, &mut key);
+    normalize_key(key)
+}
+
+/// Writes the base key of a request as [`base`] does, before a key too long is shortened.
+pub(super) fn write_base(
+    config: &CacheLayer,
+    head: &str,
+    parts: &Parts,
+    key: &mut impl std::fmt::Write,
+) {
+    let _ = key.write_str(head);
     match &config.cache_key {
-        Some(custom) => escape_into(&mut key, &custom(parts)),
+        Some(custom) => escape_into(key, &custom(parts)),
         None => {
             // The default target, `<host><path and query>`, escaped as one text (escaping is
             // per character).
             let uri = original_uri(parts);
-            escape_into(&mut key, host(parts));
-            escape_into(&mut key, uri.path_and_query().map_or("/", |p| p.as_str()));
+            escape_into(key, host(parts));
+            escape_into(key, uri.path_and_query().map_or("/", |p| p.as_str()));
         }
     }
-    normalize_key(key)
 }
 
 /// Whether the layer's entries are variants even without `Vary` (it varies on cookies).
