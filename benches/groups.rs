@@ -73,9 +73,17 @@ fn fill_redis(rt: &tokio::runtime::Runtime, conn: &redis::aio::MultiplexedConnec
             .query_async(&mut conn)
             .await
             .expect("the real entry is stored");
-        let generations = usize::from(u16::from_le_bytes([real[28], real[29]]));
-        let header = &real[..30 + 8 * generations];
-        assert_eq!(&real[header.len()..], b"0", "payload of the real entry");
+        // Its envelope ends with the payload, `0` (JSON, uncompressed): what comes before is the
+        // header (format, schema, times, type, generations) every entry of the group shares.
+        assert_eq!(real.last(), Some(&b'0'), "payload of the real entry");
+        let header = &real[..real.len() - 1];
+        // Each key has a tombstone generation, recorded in its entries: the others get the one
+        // recorded in the header (key 0's).
+        let tombstone: String = redis::cmd("GET")
+            .arg(format!("{PREFIX}t:{}", redis_entry_key(&group, 0)))
+            .query_async(&mut conn)
+            .await
+            .expect("the real entry's tombstone generation");
         for chunk in (1..size).collect::<Vec<_>>().chunks(10_000) {
             let mut pipe = redis::pipe();
             for &i in chunk {
@@ -84,6 +92,12 @@ fn fill_redis(rt: &tokio::runtime::Runtime, conn: &redis::aio::MultiplexedConnec
                 pipe.cmd("SET")
                     .arg(format!("{PREFIX}k:{}", redis_entry_key(&group, i)))
                     .arg(value)
+                    .arg("PX")
+                    .arg(TTL_MS)
+                    .ignore();
+                pipe.cmd("SET")
+                    .arg(format!("{PREFIX}t:{}", redis_entry_key(&group, i)))
+                    .arg(&tombstone)
                     .arg("PX")
                     .arg(TTL_MS)
                     .ignore();
