@@ -369,8 +369,8 @@ pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
         Ok(request_cc) => request_cc,
         Err(passed) => return HotPath::Full(Some(passed.into())),
     };
-    // The key on the stack: a hit allocates none. One too long to be stored as it is (it is
-    // shortened) is looked up by the full flow.
+    // The key on the stack: a hit allocates none (up to `KeyBuf`'s inline length). One too long
+    // to be stored as it is (it is shortened) is looked up by the full flow.
     let mut key = KeyBuf::new();
     keys::write_base(&shared.config, &shared.key_head, parts, &mut key);
     let found = (key.as_str().len() <= MAX_KEY_LEN)
