@@ -430,7 +430,7 @@ impl CachedResponse {
 
     fn prepared(&self) -> &Prepared {
         self.prepared.get_or_init(|| {
-            let headers: Vec<(HeaderName, HeaderValue)> = self
+            let headers = self
                 .headers
                 .iter()
                 .filter(|(name, _)| !name.eq_ignore_ascii_case("cache-control"))
@@ -456,10 +456,9 @@ impl CachedResponse {
                 }
             }
             let lifetime = self.ttl_ms / 1000;
-            let etag = HeaderValue::from_str(&self.etag).ok();
             Prepared {
                 headers,
-                etag,
+                etag: HeaderValue::from_str(&self.etag).ok(),
                 stored_cache_control: cache_control
                     .as_deref()
                     .and_then(|value| HeaderValue::from_str(value).ok()),

@@ -202,16 +202,11 @@ fn escape_with(out: &mut impl std::fmt::Write, text: &str, stop: Option<char>) {
     let (mut kept_from, mut at) = (0, 0);
     while at < bytes.len() {
         let byte = bytes[at];
-        let (ch, len) = if byte.is_ascii() {
-            (char::from(byte), 1)
+        let (ch, len, escaped) = if byte.is_ascii() {
+            (char::from(byte), 1, ASCII_ESCAPED[usize::from(byte)])
         } else {
             let ch = text[at..].chars().next().unwrap_or_default();
-            (ch, ch.len_utf8())
-        };
-        let escaped = if byte.is_ascii() {
-            ASCII_ESCAPED[usize::from(byte)]
-        } else {
-            needs_escape(ch)
+            (ch, ch.len_utf8(), needs_escape(ch))
         };
         if escaped || stop == Some(ch) {
             let _ = out.write_str(&text[kept_from..at]);

@@ -121,13 +121,13 @@ where
     let range = parts.headers.get(header::RANGE).cloned();
     let admission = admitted.unwrap_or_else(|| admit(&shared, &parts));
     let (base, request_cc) = match admission {
-        Admission::Bypass => {
+        Admission::Passed(passed) => {
+            let x_cache = match passed {
+                Passed::Bypass => "BYPASS",
+                Passed::NoStore => "MISS",
+            };
             let request = Request::from_parts(parts, body);
-            return Ok(mark(inner.call(request).await?, "BYPASS"));
-        }
-        Admission::NoStore => {
-            let request = Request::from_parts(parts, body);
-            return Ok(mark(inner.call(request).await?, "MISS"));
+            return Ok(mark(inner.call(request).await?, x_cache));
         }
         Admission::Cached { base, request_cc } => (base, request_cc),
     };
@@ -276,10 +276,8 @@ where
 
 /// How the layer takes a `GET` or `HEAD` request.
 pub(super) enum Admission {
-    /// Passed to the inner service as it is (marked `BYPASS`).
-    Bypass,
-    /// The client forbids storing (`no-store`): passed through (marked `MISS`).
-    NoStore,
+    /// Passed to the inner service as it is.
+    Passed(Passed),
     /// Answered from the cache where it can be, under `base`.
     Cached {
         base: String,
@@ -293,23 +291,16 @@ fn admit(shared: &Shared, parts: &Parts) -> Admission {
             base: keys::base(&shared.config, &shared.key_head, parts),
             request_cc,
         },
-        Err(passed) => passed.into(),
+        Err(passed) => Admission::Passed(passed),
     }
 }
 
-/// How a request the layer does not answer from the cache passes on.
-enum Passed {
+/// Why a request the layer does not answer from the cache passes on.
+pub(super) enum Passed {
+    /// Bypassed (marked `BYPASS`).
     Bypass,
+    /// The client forbids storing (`no-store`; marked `MISS`).
     NoStore,
-}
-
-impl From<Passed> for Admission {
-    fn from(passed: Passed) -> Self {
-        match passed {
-            Passed::Bypass => Self::Bypass,
-            Passed::NoStore => Self::NoStore,
-        }
-    }
 }
 
 /// The request's directives, when the layer may answer it from the cache; otherwise how it
@@ -367,7 +358,7 @@ pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
     };
     let request_cc = match directives(shared, parts) {
         Ok(request_cc) => request_cc,
-        Err(passed) => return HotPath::Full(Some(passed.into())),
+        Err(passed) => return HotPath::Full(Some(Admission::Passed(passed))),
     };
     // The key on the stack: a hit allocates none (up to `KeyBuf`'s inline length). One too long
     // to be stored as it is (it is shortened) is looked up by the full flow.
@@ -396,7 +387,7 @@ pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
         }
     }
     HotPath::Full(Some(Admission::Cached {
-        base: normalize_key(key.as_str().to_owned()),
+        base: normalize_key(key.into_string()),
         request_cc: cx.request_cc,
     }))
 }
