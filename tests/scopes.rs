@@ -249,45 +249,134 @@ async fn two_servers_in_two_scopes_cache_apart() {
     assert_eq!(LAYER_RUNS.load(Ordering::SeqCst), 2);
 }
 
+/// A `CacheLayer` around a service counting its runs in `runs` (answering `run <n>`), one
+/// `GET` for `path`, and the text of a response's body: for the tests of services called in one
+/// place and awaited in another.
+mod called_apart {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::{body::Body, http::Request, response::Response};
+    use cache_runtime::http::{CacheLayer, CacheService};
+    use tower::{Layer, Service, ServiceExt};
+
+    /// Answers `run <n>`, counting its runs.
+    #[derive(Clone)]
+    pub struct Origin(&'static AtomicUsize);
+
+    impl Service<Request<Body>> for Origin {
+        type Response = Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            let run = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(Ok(Response::new(Body::from(format!("run {run}")))))
+        }
+    }
+
+    pub fn service(name: &str, runs: &'static AtomicUsize) -> CacheService<Origin> {
+        CacheLayer::new().name(name).layer(Origin(runs))
+    }
+
+    pub fn request(path: &str) -> Request<Body> {
+        Request::get(format!("http://example.test{path}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// `service` polled ready and called with `GET path`: the future, not awaited yet.
+    pub async fn call(
+        service: &CacheService<Origin>,
+        path: &str,
+    ) -> <CacheService<Origin> as Service<Request<Body>>>::Future {
+        let mut service = service.clone();
+        ServiceExt::<Request<Body>>::ready(&mut service)
+            .await
+            .unwrap()
+            .call(request(path))
+    }
+
+    pub async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// A process-wide entry for `path`: its first run, then a hit.
+    pub async fn store_process_wide(service: &CacheService<Origin>, path: &str) {
+        let first = service.clone().oneshot(request(path)).await.unwrap();
+        assert_eq!(body(first).await, "run 1");
+        let second = service.clone().oneshot(request(path)).await.unwrap();
+        assert_eq!(body(second).await, "run 1", "a process-wide hit");
+    }
+}
+
 static SERVICE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// A `CacheLayer` service called outside a scope and awaited inside it answers from the scope's
 /// store, as the whole call would (the backend a hit reads is resolved where the future runs).
 #[tokio::test]
 async fn a_layer_called_outside_a_scope_and_awaited_in_it_reads_the_scope() {
-    use axum::{body::Body, http::Request, response::Response};
-    use tower::{Layer, Service, ServiceExt};
-
-    let origin = tower::service_fn(|_: Request<Body>| async {
-        let run = SERVICE_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok::<_, std::convert::Infallible>(Response::new(Body::from(format!("run {run}"))))
-    });
-    let service = CacheLayer::new().name("called-outside").layer(origin);
-    let request = || {
-        Request::get("http://example.test/outside-in")
-            .body(Body::empty())
-            .unwrap()
-    };
-    let body = |response: Response| async move {
-        let bytes = axum::body::to_bytes(response.into_body(), 1024)
-            .await
-            .unwrap();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    };
-    // Stored process-wide.
-    let first = service.clone().oneshot(request()).await.unwrap();
-    assert_eq!(body(first).await, "run 1");
-    let second = service.clone().oneshot(request()).await.unwrap();
-    assert_eq!(body(second).await, "run 1", "a process-wide hit");
+    let service = called_apart::service("called-outside", &SERVICE_RUNS);
+    called_apart::store_process_wide(&service, "/outside-in").await;
     let caches = Caches::new();
     for round in 0..2 {
-        let mut service = service.clone();
-        let called = ServiceExt::<Request<Body>>::ready(&mut service)
-            .await
-            .unwrap()
-            .call(request());
-        let scoped = body(caches.scope(called).await.unwrap()).await;
+        let called = called_apart::call(&service, "/outside-in").await;
+        let scoped = called_apart::body(caches.scope(called).await.unwrap()).await;
         assert_eq!(scoped, "run 2", "round {round}: the scope's own entry");
     }
     assert_eq!(SERVICE_RUNS.load(Ordering::SeqCst), 2);
+}
+
+static EARLY_CALL_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The same, with the scope created after the call (while no scope may have been alive).
+#[tokio::test]
+async fn a_layer_called_before_its_scope_exists_reads_the_scope() {
+    let service = called_apart::service("called-before", &EARLY_CALL_RUNS);
+    called_apart::store_process_wide(&service, "/before").await;
+    for round in 0..2 {
+        let called = called_apart::call(&service, "/before").await;
+        let caches = Caches::new();
+        let scoped = called_apart::body(caches.scope(called).await.unwrap()).await;
+        assert_eq!(
+            scoped,
+            format!("run {}", round + 2),
+            "round {round}: a new scope's own entry"
+        );
+    }
+    assert_eq!(EARLY_CALL_RUNS.load(Ordering::SeqCst), 3);
+}
+
+static OTHER_SCOPE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A call made in one scope and awaited in another reads the second scope's store.
+#[tokio::test]
+async fn a_layer_called_in_one_scope_and_awaited_in_another_reads_the_second() {
+    let service = called_apart::service("called-elsewhere", &OTHER_SCOPE_RUNS);
+    let (first, second) = (Caches::new(), Caches::new());
+    let stored = first
+        .scope(async {
+            let response = called_apart::call(&service, "/elsewhere")
+                .await
+                .await
+                .unwrap();
+            called_apart::body(response).await
+        })
+        .await;
+    assert_eq!(stored, "run 1", "stored in the first scope");
+    let called = first
+        .scope(called_apart::call(&service, "/elsewhere"))
+        .await;
+    let answered = called_apart::body(second.scope(called).await.unwrap()).await;
+    assert_eq!(answered, "run 2", "the second scope's own entry");
+    assert_eq!(OTHER_SCOPE_RUNS.load(Ordering::SeqCst), 2);
 }

@@ -15,8 +15,8 @@ use std::{
 use arc_swap::ArcSwap;
 
 mod scope;
+pub(crate) use scope::carry;
 pub use scope::Caches;
-pub(crate) use scope::{carry, resolution_is_settled};
 
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},

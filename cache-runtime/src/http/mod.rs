@@ -22,7 +22,7 @@ mod response;
 mod scoped;
 
 pub use axum::response::{IntoResponse, Response};
-pub use layer::{CacheLayer, CacheService, DEFAULT_PROXY_STALE_IF_UNREACHABLE};
+pub use layer::{CacheLayer, CacheService, ResponseFuture, DEFAULT_PROXY_STALE_IF_UNREACHABLE};
 pub use scoped::{ScopeLayer, ScopeService};
 
 /// Default limit on the size of a cached body (8 MiB).

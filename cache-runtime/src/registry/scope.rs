@@ -169,15 +169,6 @@ pub(super) fn resolve(name: &str) -> Option<Option<&'static Registered>> {
     resolve_in_scope(name)
 }
 
-/// Whether a name resolved now is resolved where a service's future would resolve it in the
-/// usual orders: no scope is alive, or this code already runs inside one (a `call` made outside
-/// the scope its future is awaited in would otherwise read the process-wide backends). Not
-/// covered: a scope created after the call, or a call made in one scope and awaited in another.
-#[inline]
-pub(crate) fn resolution_is_settled() -> bool {
-    LIVE.load(Ordering::Relaxed) == 0 || CURRENT.try_with(|_| ()).is_ok()
-}
-
 #[cold]
 fn resolve_in_scope(name: &str) -> Option<Option<&'static Registered>> {
     CURRENT

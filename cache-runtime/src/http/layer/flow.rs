@@ -340,17 +340,14 @@ pub(super) enum HotPath {
     Full(Option<Admission>),
 }
 
-/// The hot path, taken before the request's future is built: the reply (`HIT`, or `304`) from
+/// The hot path, taken at the first poll of the request's future, before the full flow is
+/// built (where the full flow would resolve its backend): the reply (`HIT`, or `304`) from
 /// a stored response without `Vary` that this `GET` or `HEAD` may reuse, in an in-process store
 /// (or the local tier of a two-tier one). Otherwise the request takes the full flow (which would
 /// have served the same reply had this found it), with the admission decided here if it was.
 pub(super) fn fresh_reply(shared: &Shared, parts: &Parts) -> HotPath {
     let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
-    // Resolved now, the backend must be the one the full flow would resolve when polled.
-    if !cacheable
-        || parts.headers.contains_key(header::RANGE)
-        || !crate::registry::resolution_is_settled()
-    {
+    if !cacheable || parts.headers.contains_key(header::RANGE) {
         return HotPath::Full(None);
     }
     let Some(backend) = shared.site.resolve() else {

@@ -11,7 +11,6 @@ use axum::{
     body::Body,
     http::{request::Parts, HeaderName, Request, Response},
 };
-use futures_util::future::BoxFuture;
 
 use super::DEFAULT_MAX_BODY;
 use crate::{
@@ -21,7 +20,10 @@ use crate::{
 };
 
 mod flow;
+mod future;
 mod keys;
+
+pub use future::ResponseFuture;
 
 /// Caches whole responses of the routes it wraps, as an RFC 9111 shared cache, on any backend.
 ///
@@ -517,28 +519,16 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = request.into_parts();
-        let admitted = match flow::fresh_reply(&self.shared, &parts) {
-            // The inner service, ready and unused, stays for the next request.
-            flow::HotPath::Reply(reply) => return Box::pin(std::future::ready(Ok(reply))),
-            flow::HotPath::Full(admitted) => admitted,
-        };
-        let request = Request::from_parts(parts, body);
         // The clone that was polled ready serves this request; a fresh clone stays for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(flow::handle(
-            inner,
-            request,
-            Arc::clone(&self.shared),
-            admitted,
-        ))
+        ResponseFuture::new(inner, request, Arc::clone(&self.shared))
     }
 }
