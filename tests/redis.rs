@@ -277,3 +277,165 @@ async fn invalidation_reports_a_failing_backend() {
     // ... and what to check.
     assert!(error.to_string().contains("REDIS_URL"), "{error}");
 }
+
+static FIRST_MISS_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+static FIRST_MISS_RUNS: AtomicUsize = AtomicUsize::new(0);
+/// What the server held while the body of `first_miss` last ran.
+static HELD_WHILE_COMPUTING: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+#[cached(
+    ttl = 600,
+    backend = "redis-first-miss",
+    key = "fresh:{n}",
+    group = "fresh"
+)]
+async fn first_miss(n: u64) -> u64 {
+    FIRST_MISS_RUNS.fetch_add(1, Ordering::SeqCst);
+    let port = FIRST_MISS_PORT.load(Ordering::SeqCst).to_string();
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "DBSIZE"])
+        .output()
+        .expect("redis-cli runs");
+    *HELD_WHILE_COMPUTING.lock().unwrap() = String::from_utf8_lossy(&output.stdout).trim().into();
+    if INVALIDATE_WHILE_COMPUTING.swap(false, Ordering::SeqCst) {
+        // Another process's invalidation of this key, made while the body runs: it creates the
+        // tombstone the lookup found missing, and moves it.
+        let tombstone = format!("cache:t:fresh:{n}");
+        for command in [
+            &["SET", &tombstone, "4242", "NX"][..],
+            &["INCR", &tombstone],
+        ] {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &port])
+                .args(command)
+                .output()
+                .expect("redis-cli runs");
+        }
+    }
+    n
+}
+
+static INVALIDATE_WHILE_COMPUTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A miss on a key never seen writes nothing before its value: the lookup proposes the missing
+/// generations (the key's tombstone, the group's) and the store creates them with the value, so
+/// the miss costs one read and one write. The value then hits, and invalidations of its key and
+/// of its group still make it a miss.
+#[tokio::test]
+async fn a_first_miss_writes_its_generations_with_its_value() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-first-miss");
+    FIRST_MISS_PORT.store(redis.server.port(), Ordering::SeqCst);
+    let held = || HELD_WHILE_COMPUTING.lock().unwrap().clone();
+
+    assert_eq!(first_miss(1).await, 1);
+    assert_eq!(held(), "0", "the lookup wrote nothing");
+    let stored = redis.server.cli(&["KEYS", "cache:*"]);
+    let mut stored: Vec<&str> = stored.lines().collect();
+    stored.sort_unstable();
+    assert_eq!(
+        stored,
+        ["cache:g:fresh", "cache:k:fresh:1", "cache:t:fresh:1"],
+        "the entry and the generations it was read under"
+    );
+    let tombstone_ttl: i64 = redis
+        .server
+        .cli(&["PTTL", "cache:t:fresh:1"])
+        .parse()
+        .unwrap();
+    assert!(
+        tombstone_ttl > 23 * 3_600_000,
+        "the tombstone expires: {tombstone_ttl}"
+    );
+    assert_eq!(
+        redis.server.cli(&["PTTL", "cache:g:fresh"]),
+        "-1",
+        "a group's lives"
+    );
+    assert_eq!(first_miss(1).await, 1);
+    assert_eq!(FIRST_MISS_RUNS.load(Ordering::SeqCst), 1, "a hit");
+
+    // A second key of the group: its lookup finds the group's generation, proposes its tombstone.
+    first_miss(2).await;
+    assert_eq!(held(), "3");
+    first_miss(2).await;
+    assert_eq!(FIRST_MISS_RUNS.load(Ordering::SeqCst), 2, "a hit");
+
+    first_miss_invalidate(1).await.unwrap();
+    first_miss(1).await;
+    assert_eq!(
+        FIRST_MISS_RUNS.load(Ordering::SeqCst),
+        3,
+        "invalidated by key"
+    );
+    cache_runtime::invalidate_group("fresh").await.unwrap();
+    first_miss(1).await;
+    first_miss(2).await;
+    assert_eq!(
+        FIRST_MISS_RUNS.load(Ordering::SeqCst),
+        5,
+        "invalidated by group"
+    );
+    first_miss(1).await;
+    first_miss(2).await;
+    assert_eq!(FIRST_MISS_RUNS.load(Ordering::SeqCst), 5, "hits again");
+}
+
+/// A key invalidated by another process while its first miss computes (the invalidation creates
+/// the tombstone the lookup found missing): the value stored is a miss, never a hit.
+#[tokio::test]
+async fn a_tombstone_created_while_the_first_miss_computes_makes_its_value_a_miss() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-first-miss");
+    FIRST_MISS_PORT.store(redis.server.port(), Ordering::SeqCst);
+    let runs = || FIRST_MISS_RUNS.load(Ordering::SeqCst);
+    let before = runs();
+    INVALIDATE_WHILE_COMPUTING.store(true, Ordering::SeqCst);
+    first_miss(10).await;
+    assert_eq!(redis.server.cli(&["GET", "cache:t:fresh:10"]), "4243");
+    assert_eq!(
+        redis.server.cli(&["EXISTS", "cache:k:fresh:10"]),
+        "1",
+        "stored"
+    );
+    first_miss(10).await;
+    assert_eq!(
+        runs(),
+        before + 2,
+        "the value computed before the invalidation is a miss"
+    );
+    first_miss(10).await;
+    assert_eq!(runs(), before + 2, "the value computed after it hits");
+}
+
+static COLD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, backend = "redis-cold", key = "cold:{n}", group = "cold")]
+async fn cold(n: u64) -> u64 {
+    COLD_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    n
+}
+
+/// Concurrent first misses of a new key in one process run its body once: each lookup proposes
+/// its own generations for the missing tombstone and group, and they still join one computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_misses_of_a_new_key_run_the_body_once() {
+    let _global = GLOBAL.lock().await;
+    let _redis = RegisteredRedis::start("redis-cold");
+    for n in 0..5 {
+        let before = COLD_RUNS.load(Ordering::SeqCst);
+        let calls: Vec<_> = (0..8).map(|_| tokio::spawn(cold(n))).collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), n);
+        }
+        assert_eq!(COLD_RUNS.load(Ordering::SeqCst), before + 1, "key {n}");
+        cold(n).await;
+        assert_eq!(
+            COLD_RUNS.load(Ordering::SeqCst),
+            before + 1,
+            "key {n}: a hit"
+        );
+    }
+}

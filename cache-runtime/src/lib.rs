@@ -30,6 +30,7 @@ mod control;
 mod envelope;
 mod error;
 mod flight;
+mod generation;
 mod guard;
 mod handle;
 #[cfg(feature = "http")]
