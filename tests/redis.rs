@@ -297,14 +297,21 @@ async fn first_miss(n: u64) -> u64 {
         .output()
         .expect("redis-cli runs");
     *HELD_WHILE_COMPUTING.lock().unwrap() = String::from_utf8_lossy(&output.stdout).trim().into();
-    if INVALIDATE_WHILE_COMPUTING.swap(false, Ordering::SeqCst) {
-        // Another process's invalidation of this key, made while the body runs: it creates the
-        // tombstone the lookup found missing, and moves it.
+    let invalidate = INVALIDATE_WHILE_COMPUTING.swap(false, Ordering::SeqCst);
+    let lose = LOSE_TOMBSTONE_WHILE_COMPUTING.swap(false, Ordering::SeqCst);
+    if invalidate || lose {
+        // Another process's invalidation of this key, made while the body runs (it creates the
+        // tombstone if it is missing, and moves it); then, maybe, the tombstone is lost (evicted,
+        // or the server restarted without persistence).
         let tombstone = format!("cache:t:fresh:{n}");
-        for command in [
-            &["SET", &tombstone, "4242", "NX"][..],
-            &["INCR", &tombstone],
-        ] {
+        let mut commands: Vec<Vec<&str>> = vec![
+            vec!["SET", &tombstone, "4242", "NX"],
+            vec!["INCR", &tombstone],
+        ];
+        if lose {
+            commands.push(vec!["DEL", &tombstone]);
+        }
+        for command in commands {
             std::process::Command::new("redis-cli")
                 .args(["-p", &port])
                 .args(command)
@@ -317,20 +324,25 @@ async fn first_miss(n: u64) -> u64 {
 
 static INVALIDATE_WHILE_COMPUTING: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+static LOSE_TOMBSTONE_WHILE_COMPUTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
-/// A miss on a key never seen writes nothing before its value: the lookup proposes the missing
-/// generations (the key's tombstone, the group's) and the store creates them with the value, so
-/// the miss costs one read and one write. The value then hits, and invalidations of its key and
-/// of its group still make it a miss.
+/// A miss on a key never seen stores its value with the generations it was read under (the key's
+/// tombstone, the group's), which the lookup created before the body ran; the value then hits,
+/// and invalidations of its key and of its group still make it a miss.
 #[tokio::test]
-async fn a_first_miss_writes_its_generations_with_its_value() {
+async fn a_first_miss_stores_its_value_under_new_generations() {
     let _global = GLOBAL.lock().await;
     let redis = RegisteredRedis::start("redis-first-miss");
     FIRST_MISS_PORT.store(redis.server.port(), Ordering::SeqCst);
     let held = || HELD_WHILE_COMPUTING.lock().unwrap().clone();
 
     assert_eq!(first_miss(1).await, 1);
-    assert_eq!(held(), "0", "the lookup wrote nothing");
+    assert_eq!(
+        held(),
+        "2",
+        "the lookup created the key's and group's generations"
+    );
     let stored = redis.server.cli(&["KEYS", "cache:*"]);
     let mut stored: Vec<&str> = stored.lines().collect();
     stored.sort_unstable();
@@ -356,9 +368,9 @@ async fn a_first_miss_writes_its_generations_with_its_value() {
     assert_eq!(first_miss(1).await, 1);
     assert_eq!(FIRST_MISS_RUNS.load(Ordering::SeqCst), 1, "a hit");
 
-    // A second key of the group: its lookup finds the group's generation, proposes its tombstone.
+    // A second key of the group: its lookup finds the group's generation, creates its tombstone.
     first_miss(2).await;
-    assert_eq!(held(), "3");
+    assert_eq!(held(), "4");
     first_miss(2).await;
     assert_eq!(FIRST_MISS_RUNS.load(Ordering::SeqCst), 2, "a hit");
 
@@ -393,7 +405,6 @@ async fn a_tombstone_created_while_the_first_miss_computes_makes_its_value_a_mis
     let before = runs();
     INVALIDATE_WHILE_COMPUTING.store(true, Ordering::SeqCst);
     first_miss(10).await;
-    assert_eq!(redis.server.cli(&["GET", "cache:t:fresh:10"]), "4243");
     assert_eq!(
         redis.server.cli(&["EXISTS", "cache:k:fresh:10"]),
         "1",
@@ -436,6 +447,42 @@ async fn concurrent_first_misses_of_a_new_key_run_the_body_once() {
             COLD_RUNS.load(Ordering::SeqCst),
             before + 1,
             "key {n}: a hit"
+        );
+    }
+}
+
+/// The same, with the tombstone lost after the invalidation and before the value is stored (an
+/// eviction, a restart without persistence): the value computed before the invalidation is still
+/// a miss, never brought back as a hit.
+#[tokio::test]
+async fn a_tombstone_lost_after_an_invalidation_during_a_miss_never_revives_its_value() {
+    let _global = GLOBAL.lock().await;
+    let redis = RegisteredRedis::start("redis-first-miss");
+    FIRST_MISS_PORT.store(redis.server.port(), Ordering::SeqCst);
+    let runs = || FIRST_MISS_RUNS.load(Ordering::SeqCst);
+    for n in [20, 21] {
+        if n == 21 {
+            first_miss(n).await; // a key seen before: its tombstone exists
+            first_miss_invalidate(n).await.unwrap();
+        }
+        let before = runs();
+        LOSE_TOMBSTONE_WHILE_COMPUTING.store(true, Ordering::SeqCst);
+        first_miss(n).await;
+        assert_eq!(
+            redis.server.cli(&["EXISTS", &format!("cache:k:fresh:{n}")]),
+            "1"
+        );
+        first_miss(n).await;
+        assert_eq!(
+            runs(),
+            before + 2,
+            "key {n}: the value computed before the invalidation is a miss"
+        );
+        first_miss(n).await;
+        assert_eq!(
+            runs(),
+            before + 2,
+            "key {n}: the value computed after it hits"
         );
     }
 }

@@ -30,7 +30,6 @@ mod control;
 mod envelope;
 mod error;
 mod flight;
-mod generation;
 mod guard;
 mod handle;
 #[cfg(feature = "http")]

@@ -21,7 +21,6 @@ pub use scope::Caches;
 use crate::{
     backend::{Backend, FileBackend, MemoryBackend, RedisBackend, TieredBackend},
     codec::Storage,
-    generation,
     guard::{Guard, Protection},
     pending::BackendInvalidation,
     seal::Sealing,
@@ -104,8 +103,6 @@ enum Typed {
     Memory(Arc<MemoryBackend>),
     /// Two tiers: a typed local one in front of a serialized remote one.
     Tiered(Arc<TieredBackend>),
-    /// Redis, serialized: its lookups propose missing generations (see `generation.rs`).
-    Redis(Arc<RedisBackend>),
     /// Serialized values only.
     Bytes,
 }
@@ -117,10 +114,7 @@ impl Typed {
             Ok(memory) => Self::Memory(memory),
             Err(any) => match any.downcast::<TieredBackend>() {
                 Ok(tiered) => Self::Tiered(tiered),
-                Err(any) => match any.downcast::<RedisBackend>() {
-                    Ok(redis) => Self::Redis(redis),
-                    Err(_) => Self::Bytes,
-                },
+                Err(_) => Self::Bytes,
             },
         }
     }
@@ -141,67 +135,6 @@ impl Registered {
         match &self.typed {
             Typed::Tiered(tiered) => Some(tiered),
             _ => None,
-        }
-    }
-
-    /// The Redis backend that serves this one's lookups and stores (itself, or the remote tier
-    /// of a two-tier store), if it is a built-in one: its lookups write nothing (see
-    /// `generation.rs`). `None` for every other backend, a user's wrapper of Redis included.
-    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
-        match &self.typed {
-            Typed::Redis(redis) => Some(redis),
-            Typed::Tiered(tiered) => Some(tiered.remote()),
-            _ => None,
-        }
-    }
-
-    /// The generations a computation started after a lookup that saw `generations` runs under,
-    /// for `flight::join`: `None` on an in-process store (the epoch check is exact there, and its
-    /// stamps move with any invalidation); on a built-in Redis, each proposal as [`PROPOSED`]
-    /// alone (two lookups that found a generation missing saw the same state).
-    ///
-    /// [`PROPOSED`]: crate::generation::PROPOSED
-    pub(crate) fn joined_under(&self, generations: &Option<Vec<u64>>) -> Option<Vec<u64>> {
-        if self.memory().is_some() {
-            return None;
-        }
-        let generations = generations.as_ref()?;
-        Some(match self.redis() {
-            Some(_) => generations
-                .iter()
-                .copied()
-                .map(generation::joinable)
-                .collect(),
-            None => generations.clone(),
-        })
-    }
-
-    /// Reads `key` and its groups' generations: [`Backend::get`], or, on a built-in Redis,
-    /// its lookup that proposes the missing generations instead of creating them.
-    pub(crate) async fn lookup(
-        &self,
-        key: &str,
-        groups: &[String],
-    ) -> Result<crate::Lookup, crate::BackendError> {
-        match self.redis() {
-            Some(redis) => redis.lookup(key, groups).await,
-            None => self.backend.get(key, groups).await,
-        }
-    }
-
-    /// Stores `value` under `key` as read with [`lookup`](Self::lookup) (`generations`, one per
-    /// group): [`Backend::set`], or, on a built-in Redis, with the proposed generations created.
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: std::time::Duration,
-        groups: &[String],
-        generations: &[u64],
-    ) -> Result<(), crate::BackendError> {
-        match self.redis() {
-            Some(redis) => redis.store(key, value, ttl, groups, generations).await,
-            None => self.backend.set(key, value, ttl, groups).await,
         }
     }
 }

@@ -10,18 +10,16 @@
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
 //! - `{prefix}g:{group}`: a group's generation, created at a random value on first use
 //!   (`SET NX`) and moved by `INCR` (no TTL);
-//! - `{prefix}t:{key}`: the key's tombstone generation, created like a group's and moved by every
-//!   invalidation of the key; it expires [`TOMBSTONE_TTL`] after it was created or last moved (an
-//!   entry older than that becomes a miss);
+//! - `{prefix}t:{key}`: the key's tombstone generation, created like a group's by the first lookup
+//!   and moved by every invalidation of the key; it expires [`TOMBSTONE_TTL`] after it was created
+//!   or last moved (an entry older than that becomes a miss);
 //! - `{prefix}l:{key}`: a computation lock (`SET NX PX`, released by compare-and-delete).
 //!
 //! A lookup is one `MGET` of the entry and its groups' generations, the key's tombstone among them
 //! (the runtime adds it as a group of every memoized call; one round trip; on a cluster the client
 //! splits it by slot and runs the parts in parallel, so there is no `CROSSSLOT` error). The
 //! tombstone travels inside stored values like a group's generation, so a value computed before a
-//! key invalidation, in any process, and stored after it, is stale. The runtime's lookups write
-//! nothing: a missing generation is proposed and created by the store of the value read under it
-//! ([`RedisBackend::store`], see `generation.rs`); [`Backend::get`] creates it at once. Group invalidation is one `INCR`
+//! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `INCR`
 //! (after a `SET NX` that only creates a missing generation), followed by a `PUBLISH` on
 //! `{prefix}invalidations` that in-process tiers of other processes listen to on a cluster (on a
 //! single node they track the keys themselves; see [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
@@ -40,7 +38,6 @@ use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::C
 use super::{Backend, Lookup};
 use crate::BackendError;
 use crate::{
-    generation,
     io::{PerRuntime, RuntimeSlot},
     target::tombstone_key_of,
 };
@@ -391,22 +388,12 @@ fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cm
 /// `SET key <random> NX [PX ttl]`: creates a missing generation at a random value (see
 /// [`random_generation`]), leaves an existing one alone.
 fn init_generation(generation_key: &str, ttl: Option<Duration>) -> redis::Cmd {
-    create_generation(generation_key, random_generation(), ttl)
-}
-
-/// `SET key <generation> NX [PX ttl]`: creates a missing generation at `generation`.
-fn create_generation(generation_key: &str, generation: u64, ttl: Option<Duration>) -> redis::Cmd {
     let mut init = redis::cmd("SET");
-    init.arg(generation_key).arg(generation).arg("NX");
+    init.arg(generation_key).arg(random_generation()).arg("NX");
     if let Some(ttl) = ttl {
         init.arg("PX").arg(super::clamp_ttl_ms(ttl));
     }
     init
-}
-
-/// How long a generation of `group` lives: a key's tombstone [`TOMBSTONE_TTL`], a group's for ever.
-fn generation_ttl(group: &str) -> Option<Duration> {
-    tombstone_key_of(group).map(|_| TOMBSTONE_TTL)
 }
 
 /// Publishes on a cluster: to the node that owns the channel's slot, or, if that fails (the node
@@ -508,27 +495,13 @@ static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
     )
 });
 
-/// What a lookup does with a group that has no generation.
-#[derive(Clone, Copy)]
-enum Missing {
-    /// Creates it at a random value (one more round trip): `Backend::get`, for any caller.
-    Create,
-    /// Proposes a random value, created by the store of a value read under it
-    /// ([`RedisBackend::store`]; see `generation.rs`).
-    Propose,
-}
+#[async_trait]
+impl Backend for RedisBackend {
+    fn tombstones(&self) -> bool {
+        true
+    }
 
-/// The runtime's lookups and stores (see `generation.rs`): a miss on a new key is one read and one
-/// write, the generations it lacked created with its value.
-impl RedisBackend {
-    /// The entry under `key` and the generations of `groups`, a missing generation created
-    /// (`Backend::get`) or proposed (the runtime's lookups).
-    async fn read(
-        &self,
-        key: &str,
-        groups: &[String],
-        missing: Missing,
-    ) -> Result<Lookup, BackendError> {
+    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let (slot, mut conn) = self.connection().await?;
         if groups.is_empty() {
             let value = conn.query(redis::cmd("GET").arg(self.entry_key(key))).await;
@@ -552,17 +525,15 @@ impl RedisBackend {
         }
         let mut generations = Vec::with_capacity(groups.len());
         for (group, reply) in groups.iter().zip(replies.drain(1..)) {
-            let generation = match (reply.as_deref().and_then(parse_generation), missing) {
-                (Some(generation), _) => generation,
+            let generation = match reply.as_deref().and_then(parse_generation) {
+                Some(generation) => generation,
                 // Never used, expired or evicted: start it at a random value, so that no entry
                 // recorded under an earlier generation can match it. Tombstones expire.
-                (None, Missing::Create) => {
-                    let started = conn
-                        .start_generation(self.group_key(group), generation_ttl(group))
-                        .await;
+                None => {
+                    let ttl = tombstone_key_of(group).map(|_| TOMBSTONE_TTL);
+                    let started = conn.start_generation(self.group_key(group), ttl).await;
                     self.checked(&slot, started)?
                 }
-                (None, Missing::Propose) => generation::propose(random_generation()),
             };
             generations.push(generation);
         }
@@ -570,69 +541,6 @@ impl RedisBackend {
             value: replies.pop().flatten(),
             generations,
         })
-    }
-
-    /// [`Backend::get`], except that a missing generation is proposed, not created: nothing is
-    /// written.
-    pub(crate) async fn lookup(
-        &self,
-        key: &str,
-        groups: &[String],
-    ) -> Result<Lookup, BackendError> {
-        self.read(key, groups, Missing::Propose).await
-    }
-
-    /// [`Backend::set`] of a value read with [`lookup`](Self::lookup) under `generations` (one per
-    /// group): the proposed ones are created first (`SET NX`), in the same round trip on a single
-    /// node. One another caller created first stays as it is, and the value is then a miss.
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        groups: &[String],
-        generations: &[u64],
-    ) -> Result<(), BackendError> {
-        let mut commands: Vec<redis::Cmd> = groups
-            .iter()
-            .zip(generations)
-            .filter(|(_, &proposed)| generation::is_proposed(proposed))
-            .map(|(group, &proposed)| {
-                create_generation(
-                    &self.group_key(group),
-                    generation::recorded(proposed),
-                    generation_ttl(group),
-                )
-            })
-            .collect();
-        if commands.is_empty() {
-            return self.set(key, value, ttl, groups).await;
-        }
-        commands.push(self.set_entry(key, value, ttl));
-        let (slot, mut conn) = self.connection().await?;
-        let stored = conn.query_all(commands).await;
-        self.checked(&slot, stored)
-    }
-
-    /// `SET {prefix}k:{key} value PX ttl`.
-    fn set_entry(&self, key: &str, value: Vec<u8>, ttl: Duration) -> redis::Cmd {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.entry_key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(super::clamp_ttl_ms(ttl).max(1));
-        cmd
-    }
-}
-
-#[async_trait]
-impl Backend for RedisBackend {
-    fn tombstones(&self) -> bool {
-        true
-    }
-
-    async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
-        self.read(key, groups, Missing::Create).await
     }
 
     async fn set(
@@ -643,7 +551,13 @@ impl Backend for RedisBackend {
         _groups: &[String],
     ) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
-        let stored = conn.query::<()>(&self.set_entry(key, value, ttl)).await;
+        let ttl_ms = super::clamp_ttl_ms(ttl).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.entry_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms);
+        let stored = conn.query::<()>(&cmd).await;
         self.checked(&slot, stored)
     }
 

@@ -134,7 +134,11 @@ where
         // The backend missed an invalidation: not read until it has been applied there.
         return (Probe::Miss(None), 0);
     }
-    let lookup = match backend.guard.run("get", backend.lookup(key, groups)).await {
+    let lookup = match backend
+        .guard
+        .run("get", backend.backend.get(key, groups))
+        .await
+    {
         Ok(lookup) => lookup,
         Err(_) => {
             site.count(Event::BackendError);

@@ -257,7 +257,13 @@ where
             outcome("backend-failed");
             return run_in_place(body).await;
         }
-        let joined_under = backend.joined_under(&generations);
+        // In-process stores need no generations to tell a flight's age: the epoch check is exact
+        // there, and their generation stamps move with every invalidation of any group.
+        let joined_under = if in_process {
+            None
+        } else {
+            generations.clone()
+        };
         match flight::join(flight_key.clone(), epoch, &joined_under, overtaken) {
             Role::Follower(receiver) => {
                 if let Some(value) = serve_stale(stale.clone(), true) {

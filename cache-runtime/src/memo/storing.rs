@@ -9,7 +9,7 @@ use crate::{
     backend::memory::TypedLookup,
     config,
     envelope::{self, now_ms, EncodeError, Meta},
-    generation, invalidation,
+    invalidation,
     registry::Registered,
     stats::{Event, Policy, Site},
 };
@@ -79,19 +79,10 @@ pub(crate) async fn store<T>(
         }
         return;
     }
-    // A generation the lookup proposed is recorded as the value it is created at.
-    let recorded = match backend.redis() {
-        Some(_) => generations
-            .iter()
-            .copied()
-            .map(generation::recorded)
-            .collect(),
-        None => generations.clone(),
-    };
     let meta = Meta::fresh(
         Duration::from_millis(policy.ttl_ms),
         type_fingerprint::<T>(site),
-        recorded,
+        generations,
         schema(site.policy, backend),
     );
     let compress_above = backend
@@ -117,10 +108,7 @@ pub(crate) async fn store<T>(
     }
     let stored = backend
         .guard
-        .run(
-            "set",
-            backend.store(key, bytes, retention, groups, &generations),
-        )
+        .run("set", backend.backend.set(key, bytes, retention, groups))
         .await;
     if stored.is_err() {
         site.count(Event::BackendError);
@@ -156,7 +144,11 @@ pub(crate) async fn current_generations(
     if backend.invalidation.blocked() {
         return Err(crate::BackendError::Unavailable);
     }
-    match backend.guard.run("get", backend.lookup(key, groups)).await {
+    match backend
+        .guard
+        .run("get", backend.backend.get(key, groups))
+        .await
+    {
         Ok(lookup) => Ok(lookup.generations),
         Err(error) => {
             site.count(Event::BackendError);

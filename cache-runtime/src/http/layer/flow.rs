@@ -222,7 +222,12 @@ where
                 "layer\u{0}{}",
                 crate::memo::flight_key_of(backend, &cx.base)
             );
-            let joined_under = backend.joined_under(&observed.generations);
+            // In-process stores: the epoch check is exact, their stamps move with any invalidation.
+            let joined_under = if backend.memory().is_some() {
+                None
+            } else {
+                observed.generations.clone()
+            };
             match flight::join(flight_key, epoch, &joined_under, overtaken) {
                 Role::Leader(lead) => {
                     // The previous leader may have stored the response since this request looked.
