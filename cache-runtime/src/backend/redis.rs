@@ -314,18 +314,27 @@ impl RedisBackend {
     }
 
     fn entry_key(&self, key: &str) -> String {
-        format!("{}k:{key}", self.prefix)
+        [self.prefix.as_str(), "k:", key].concat()
     }
 
     fn group_key(&self, group: &str) -> String {
-        match tombstone_key_of(group) {
-            Some(key) => format!("{}t:{key}", self.prefix),
-            None => format!("{}g:{group}", self.prefix),
-        }
+        let (kind, name) = group_kind(group);
+        [self.prefix.as_str(), kind, name].concat()
     }
 
     fn lock_key(&self, key: &str) -> String {
-        format!("{}l:{key}", self.prefix)
+        [self.prefix.as_str(), "l:", key].concat()
+    }
+
+    /// [`entry_key`](Self::entry_key) as the next argument of `cmd`, written in place.
+    fn push_entry_key(&self, cmd: &mut redis::Cmd, key: &str) {
+        push_key(cmd, [&self.prefix, "k:", key]);
+    }
+
+    /// [`group_key`](Self::group_key) as the next argument of `cmd`, written in place.
+    fn push_group_key(&self, cmd: &mut redis::Cmd, group: &str) {
+        let (kind, name) = group_kind(group);
+        push_key(cmd, [&self.prefix, kind, name]);
     }
 
     /// The pub/sub channel on which invalidations are announced to in-process tiers.
@@ -383,6 +392,25 @@ fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cm
         commands.push(expire);
     }
     commands
+}
+
+/// Where a group's generation lives: a key's tombstone under `t:`, a group's under `g:`.
+fn group_kind(group: &str) -> (&'static str, &str) {
+    match tombstone_key_of(group) {
+        Some(key) => ("t:", key),
+        None => ("g:", group),
+    }
+}
+
+/// The concatenation of `parts` as the next argument of `cmd`, with no string of its own.
+fn push_key(cmd: &mut redis::Cmd, parts: [&str; 3]) {
+    use redis::RedisWrite;
+    use std::io::Write;
+    let mut arg = cmd.writer_for_next_arg();
+    for part in parts {
+        // Writes into the command's own buffer: they cannot fail.
+        let _ = arg.write_all(part.as_bytes());
+    }
 }
 
 /// `SET key <random> NX [PX ttl]`: creates a missing generation at a random value (see
@@ -504,16 +532,25 @@ impl Backend for RedisBackend {
     async fn get(&self, key: &str, groups: &[String]) -> Result<Lookup, BackendError> {
         let (slot, mut conn) = self.connection().await?;
         if groups.is_empty() {
-            let value = conn.query(redis::cmd("GET").arg(self.entry_key(key))).await;
+            let mut get = redis::Cmd::with_capacity(2, 3 + self.prefix.len() + 2 + key.len());
+            get.arg("GET");
+            self.push_entry_key(&mut get, key);
+            let value = conn.query(&get).await;
             return Ok(Lookup {
                 value: self.checked(&slot, value)?,
                 generations: Vec::new(),
             });
         }
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.entry_key(key));
+        // Written in place: the keys are never strings of their own.
+        let names: usize = groups.iter().map(String::len).sum::<usize>() + key.len();
+        let mut cmd = redis::Cmd::with_capacity(
+            2 + groups.len(),
+            4 + (self.prefix.len() + 2) * (1 + groups.len()) + names,
+        );
+        cmd.arg("MGET");
+        self.push_entry_key(&mut cmd, key);
         for group in groups {
-            cmd.arg(self.group_key(group));
+            self.push_group_key(&mut cmd, group);
         }
         let replies = conn.query::<Vec<Option<Vec<u8>>>>(&cmd).await;
         let mut replies = self.checked(&slot, replies)?;
@@ -666,6 +703,27 @@ mod tests {
         assert_eq!(backend.group_key("users"), "app:g:users");
         let tombstone = crate::target::tombstone_group("users");
         assert_eq!(backend.group_key(&tombstone), "app:t:users");
+    }
+
+    #[test]
+    fn keys_written_in_place_are_the_keys() {
+        let backend = RedisBackend::open(DEFAULT_URL).unwrap().with_prefix("app:");
+        let tombstone = crate::target::tombstone_group("users:é");
+        let mut in_place = redis::Cmd::with_capacity(1, 4);
+        in_place.arg("MGET");
+        backend.push_entry_key(&mut in_place, "users:é");
+        backend.push_group_key(&mut in_place, "users");
+        backend.push_group_key(&mut in_place, &tombstone);
+        let mut from_strings = redis::cmd("MGET");
+        from_strings
+            .arg(backend.entry_key("users:é"))
+            .arg(backend.group_key("users"))
+            .arg(backend.group_key(&tombstone));
+        assert_eq!(
+            in_place.get_packed_command(),
+            from_strings.get_packed_command()
+        );
+        assert_eq!(backend.group_key(&tombstone), "app:t:users:é");
     }
 
     #[test]
