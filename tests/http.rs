@@ -698,3 +698,85 @@ async fn long_uris_are_cached_apart() {
     }
     assert_eq!(LONG_URI_RUNS.load(Ordering::SeqCst), 2, "one run per URI");
 }
+
+static HOSTS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+async fn host_page(uri: axum::http::Uri) -> String {
+    let run = HOSTS_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("page {} run {run}", uri.path())
+}
+
+fn hosts_app() -> Router {
+    Router::new()
+        .route("/products", get(host_page))
+        .route("/admin/products", get(host_page))
+        .route("/case", get(host_page).post(|| async { "updated" }))
+        .layer(CacheLayer::new().name("hosts"))
+}
+
+/// A `Host` that is not an authority (`example.test/admin`) cannot file a response under another
+/// URI's key (`example.test` + `/admin/products`): such requests pass the cache by.
+#[tokio::test]
+async fn a_host_with_a_path_cannot_poison_another_uri() {
+    let server = TestServer::start(hosts_app()).await;
+    let evil = server
+        .send("GET", "/products", &[("host", "example.test/admin")])
+        .await;
+    assert_eq!(evil.status, 200);
+    assert!(evil.body.starts_with("page /products"), "{}", evil.body);
+    let real = server
+        .send("GET", "/admin/products", &[("host", "example.test")])
+        .await;
+    assert!(
+        real.body.starts_with("page /admin/products"),
+        "another URI's response was served: {}",
+        real.body
+    );
+    assert_eq!(real.header("x-cache"), Some("MISS"));
+}
+
+/// Host names are compared without case (RFC 9110 §4.2.3): one entry per URI, which a mutation
+/// through any spelling of the host removes. `Range` on `HEAD` is ignored (RFC 9110 §14.2).
+#[tokio::test]
+async fn host_case_names_one_entry_and_head_ignores_range() {
+    let server = TestServer::start(hosts_app()).await;
+    let get = |host: &'static str| {
+        let server = &server;
+        async move { server.send("GET", "/case", &[("host", host)]).await }
+    };
+    let first = get("Example.TEST").await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = get("example.test").await;
+    assert_eq!(
+        second.header("x-cache"),
+        Some("HIT"),
+        "same URI, other case"
+    );
+    assert_eq!(second.body, first.body);
+
+    let head = server
+        .send(
+            "HEAD",
+            "/case",
+            &[("host", "example.test"), ("range", "bytes=0-4")],
+        )
+        .await;
+    assert_eq!(head.status, 200, "Range is ignored on HEAD");
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string().as_str())
+    );
+    assert_eq!(head.header("content-range"), None);
+
+    let posted = server
+        .send("POST", "/case", &[("host", "EXAMPLE.test")])
+        .await;
+    assert_eq!(posted.status, 200);
+    let after = get("example.test").await;
+    assert_eq!(
+        after.header("x-cache"),
+        Some("MISS"),
+        "the mutation removed it"
+    );
+    assert_ne!(after.body, first.body);
+}

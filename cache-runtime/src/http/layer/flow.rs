@@ -118,7 +118,11 @@ where
         // Bypassed or not, a mutation removes what the cache holds for its URI.
         return mutation(inner, parts, body, &shared, backend).await;
     }
-    let range = parts.headers.get(header::RANGE).cloned();
+    // `Range` is ignored on `HEAD` (RFC 9110 §14.2): its answer is the full response's head.
+    let range = match method {
+        Method::GET => parts.headers.get(header::RANGE).cloned(),
+        _ => None,
+    };
     let admission = admitted.unwrap_or_else(|| admit(&shared, &parts));
     let (base, request_cc) = match admission {
         Admission::Passed(passed) => {
@@ -317,7 +321,7 @@ fn directives(shared: &Shared, parts: &Parts) -> Result<CacheControl, Passed> {
         || (ranges == 0 && parts.headers.contains_key(header::IF_RANGE))
         // Several Range lines are one multi-range request: passed through.
         || ranges > 1;
-    if bypassed || keys::cookie_bypass(config, parts) {
+    if bypassed || keys::cookie_bypass(config, parts) || !keys::host_is_authority(config, parts) {
         return Err(Passed::Bypass);
     }
     let mut request_cc = CacheControl::of(&parts.headers);

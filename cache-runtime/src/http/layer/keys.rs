@@ -22,6 +22,39 @@ pub(super) fn cookie_bypass(config: &CacheLayer, parts: &Parts) -> bool {
     config.cookies == Cookies::Bypass && parts.headers.contains_key(header::COOKIE)
 }
 
+/// Whether the request's host can go into its key: an authority (`host[:port]`, an IP literal),
+/// with none of the characters that end one (`/`, `?`, `#`, `@`, spaces). A `Host` of
+/// `example.test/admin` would otherwise file a response for `/products` under the key of
+/// `example.test` + `/admin/products`: such requests pass the cache by. A layer with its own
+/// [`cache_key`](CacheLayer::cache_key) puts no host in its keys.
+pub(super) fn host_is_authority(config: &CacheLayer, parts: &Parts) -> bool {
+    config.cache_key.is_some()
+        || host(parts).bytes().all(|byte| {
+            byte.is_ascii_alphanumeric()
+                || matches!(
+                    byte,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'%'
+                        | b'['
+                        | b']'
+                )
+        })
+}
+
 /// What every base key of a layer starts with, `http:<name>:`: escaped once, when the layer is
 /// applied.
 pub(super) fn head(config: &CacheLayer) -> String {
@@ -52,7 +85,13 @@ pub(super) fn write_base(
             // The default target, `<host><path and query>`, escaped as one text (escaping is
             // per character).
             let uri = original_uri(parts);
-            escape_into(key, host(parts));
+            // Host names have no case (RFC 9110 §4.2.3): one key for every spelling.
+            let host = host(parts);
+            if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+                escape_into(key, &host.to_ascii_lowercase());
+            } else {
+                escape_into(key, host);
+            }
             escape_into(key, uri.path_and_query().map_or("/", |p| p.as_str()));
         }
     }
