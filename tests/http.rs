@@ -780,3 +780,42 @@ async fn host_case_names_one_entry_and_head_ignores_range() {
     );
     assert_ne!(after.body, first.body);
 }
+
+/// An endless event stream: one event every 50 ms.
+async fn events() -> axum::response::Response {
+    let ticks = futures_util::stream::unfold(0u64, |n| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let event = bytes::Bytes::from(format!("data: {n}\n\n"));
+        Some((Ok::<_, std::convert::Infallible>(event), n + 1))
+    });
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(axum::body::Body::from_stream(ticks))
+        .unwrap()
+}
+
+/// Server-sent events stream through a layer that gives unlabelled responses a lifetime of its
+/// own: the first event reaches the client while the stream goes on (an event stream is never
+/// stored, so it is never read to its end first).
+#[tokio::test]
+async fn an_event_stream_reaches_the_client_as_it_goes() {
+    use http_body_util::BodyExt;
+    let app = Router::new()
+        .route("/events", get(events))
+        .layer(CacheLayer::new().name("events"));
+    let server = TestServer::start(app).await;
+    let first_event = async {
+        let response = client()
+            .get(server.url("/events").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        body.frame().await.expect("a frame").expect("no error")
+    };
+    let first = tokio::time::timeout(Duration::from_secs(5), first_event)
+        .await
+        .expect("the first event arrives while the stream goes on");
+    let data = first.into_data().expect("data");
+    assert_eq!(&data[..], b"data: 0\n\n");
+}

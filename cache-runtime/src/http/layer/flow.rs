@@ -951,6 +951,16 @@ fn retention_ms(
 }
 
 /// Whether a response may be stored by a shared cache (RFC 9111 §3, §3.5), and its lifetime.
+/// Whether the response is a stream of server-sent events: never stored, since storing would read
+/// it to its end before the client got its first event (it may never end).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 fn storable_lifetime(
     cx: &Context<'_>,
     status: u16,
@@ -977,6 +987,7 @@ fn storable_lifetime(
         || cc.private
         || headers.contains_key(header::SET_COOKIE)
         || varies_on_everything
+        || is_event_stream(headers)
     {
         return None;
     }
