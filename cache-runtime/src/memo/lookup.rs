@@ -99,20 +99,21 @@ where
     // Not copied while the backend missed an invalidation (the read may have overtaken it), nor
     // across a clear of the local tier (a lost subscription: invalidations may have been missed).
     let usable = !backend.invalidation.blocked() && local.map(MemoryBackend::clears) == clears;
-    if let (Probe::Hit(value), Some(local), Some(generations), true) =
-        (&probe, local, observed, usable)
+    if let (Probe::Hit(value), Some(local), Some(generations), Some(clears), true) =
+        (&probe, local, observed, clears, usable)
     {
         let remaining = Duration::from_millis(expires_ms.saturating_sub(now_ms()));
         let ttl = remaining.min(tiered.local_ttl());
         if !ttl.is_zero() {
-            let _ = local.set_typed(
+            // Not kept if the local tier is cleared before it lands, however long copying takes.
+            let _ = local.copy_typed(
                 key.to_owned(),
                 call,
                 value,
                 ttl,
-                0,
                 (&local_groups, generations),
                 max_value_bytes(),
+                clears,
             );
         }
     }

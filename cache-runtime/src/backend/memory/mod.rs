@@ -384,8 +384,42 @@ impl MemoryBackend {
         value: &T,
         ttl: Duration,
         fresh_until_ms: u64,
+        stamps: (&[String], Vec<u64>),
+        max_value_bytes: u64,
+    ) -> bool {
+        let at = (ttl, fresh_until_ms);
+        self.insert_typed(key, call, value, at, stamps, max_value_bytes, None)
+    }
+
+    /// [`set_typed`](Self::set_typed) of a copy read elsewhere while this store had been cleared
+    /// `clears` times (see [`clears`](Self::clears)): not kept if a clear began since, even one
+    /// that runs while the copy is being made (checked under the shard's lock, which a clear takes
+    /// after counting itself).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn copy_typed<T: serde::Serialize + Clone + Send + Sync + 'static>(
+        &self,
+        key: String,
+        call: Option<&str>,
+        value: &T,
+        ttl: Duration,
+        stamps: (&[String], Vec<u64>),
+        max_value_bytes: u64,
+        clears: u64,
+    ) -> bool {
+        let at = (ttl, 0);
+        self.insert_typed(key, call, value, at, stamps, max_value_bytes, Some(clears))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_typed<T: serde::Serialize + Clone + Send + Sync + 'static>(
+        &self,
+        key: String,
+        call: Option<&str>,
+        value: &T,
+        (ttl, fresh_until_ms): (Duration, u64),
         (groups, generations): (&[String], Vec<u64>),
         max_value_bytes: u64,
+        unless_cleared_since: Option<u64>,
     ) -> bool {
         if call.is_none() && !keyable(&key) {
             return true; // nothing is stored under such a key (see `keyable`)
@@ -420,11 +454,13 @@ impl MemoryBackend {
         // already (computed before an invalidation): the older value goes too.
         // Under the same lock, an entry stored under a call text links its key to it (`links.rs`).
         self.entries.insert_if(stored_under, entry, |entry| {
-            let storable = entry.groups.is_empty()
-                || self
-                    .generations
-                    .read()
-                    .storable(&entry.groups, &entry.generations);
+            let uncleared = unless_cleared_since.is_none_or(|clears| self.clears() == clears);
+            let storable = uncleared
+                && (entry.groups.is_empty()
+                    || self
+                        .generations
+                        .read()
+                        .storable(&entry.groups, &entry.generations));
             if let (true, Some(guard), Some(call)) = (storable, &entry.link, call) {
                 self.links.link(guard, call);
             }
@@ -1144,6 +1180,65 @@ mod tests {
             0,
             (&[], vec![]),
             u64::MAX,
+        );
+    }
+
+    /// A value whose serialization (which a store runs to weigh it) clears the store armed in
+    /// `CLEAR_WHILE_SERIALIZED`: a clear that runs while a copy is being made.
+    #[derive(Clone, Debug, PartialEq)]
+    struct ClearsWhileSerialized(u64);
+
+    thread_local! {
+        static CLEAR_WHILE_SERIALIZED: std::cell::RefCell<Option<Arc<MemoryBackend>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    impl serde::Serialize for ClearsWhileSerialized {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            if let Some(mem) = CLEAR_WHILE_SERIALIZED.with(|armed| armed.borrow_mut().take()) {
+                mem.clear_now();
+            }
+            serializer.serialize_u64(self.0)
+        }
+    }
+
+    #[test]
+    fn a_copy_is_not_kept_when_the_store_is_cleared_while_it_is_made() {
+        let mem = Arc::new(MemoryBackend::default());
+        let copy = |value: u64, clears: u64| {
+            mem.copy_typed(
+                "k".into(),
+                None,
+                &ClearsWhileSerialized(value),
+                Duration::from_secs(60),
+                (&[], vec![]),
+                u64::MAX,
+                clears,
+            )
+        };
+        let before = mem.clears();
+        CLEAR_WHILE_SERIALIZED.with(|armed| *armed.borrow_mut() = Some(Arc::clone(&mem)));
+        copy(7, before);
+        assert_eq!(mem.clears(), before + 1, "the clear ran during the copy");
+        assert!(
+            matches!(
+                mem.get_typed::<ClearsWhileSerialized>("k", &[]),
+                TypedLookup::Miss(_)
+            ),
+            "a copy read before the clear outlived it"
+        );
+        copy(8, mem.clears());
+        assert!(matches!(
+            mem.get_typed::<ClearsWhileSerialized>("k", &[]),
+            TypedLookup::Hit(ClearsWhileSerialized(8))
+        ));
+        copy(9, before);
+        assert!(
+            !matches!(
+                mem.get_typed::<ClearsWhileSerialized>("k", &[]),
+                TypedLookup::Hit(ClearsWhileSerialized(9))
+            ),
+            "a copy read before an earlier clear is refused"
         );
     }
 
