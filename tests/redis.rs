@@ -81,7 +81,7 @@ async fn member(n: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_invalidation_is_one_incr_whatever_the_group_size() {
+async fn group_invalidation_is_one_set_whatever_the_group_size() {
     let _global = GLOBAL.lock().await;
     let redis = RegisteredRedis::start("redis-groups");
     const MEMBERS: u64 = 3_000;
@@ -104,14 +104,11 @@ async fn group_invalidation_is_one_incr_whatever_the_group_size() {
         .filter(|l| l.starts_with("cmdstat_"))
         .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
         .collect();
-    // For the whole group the server saw one INCR of its generation (after a `SET NX` that only
-    // creates a missing one), and one PUBLISH announcing it to in-process tiers: no KEYS, SCAN or DEL.
-    assert_eq!(commands.len(), 3, "{commands:?}");
-    for expected in [
-        "cmdstat_set:calls=1,",
-        "cmdstat_incr:calls=1,",
-        "cmdstat_publish:calls=1,",
-    ] {
+    // For the whole group the server saw one SET of its generation to a new random value (a move
+    // that reads nothing, so a generation lost meanwhile never restarts at a value used before),
+    // and one PUBLISH announcing it to in-process tiers: no KEYS, SCAN or DEL.
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    for expected in ["cmdstat_set:calls=1,", "cmdstat_publish:calls=1,"] {
         assert!(
             commands.iter().any(|c| c.starts_with(expected)),
             "{commands:?}"

@@ -9,7 +9,7 @@
 //! Layout under the prefix (default `cache:`):
 //! - `{prefix}k:{key}`: an entry, written with `SET .. PX <ttl ms>`;
 //! - `{prefix}g:{group}`: a group's generation, created at a random value on first use
-//!   (`SET NX`) and moved by `INCR` (no TTL);
+//!   (`SET NX`) and moved to a new random value (`SET`; no TTL);
 //! - `{prefix}t:{key}`: the key's tombstone generation, created like a group's by the first lookup
 //!   and moved by every invalidation of the key; it expires [`TOMBSTONE_TTL`] after it was created
 //!   or last moved (an entry older than that becomes a miss);
@@ -19,8 +19,8 @@
 //! (the runtime adds it as a group of every memoized call; one round trip; on a cluster the client
 //! splits it by slot and runs the parts in parallel, so there is no `CROSSSLOT` error). The
 //! tombstone travels inside stored values like a group's generation, so a value computed before a
-//! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `INCR`
-//! (after a `SET NX` that only creates a missing generation), followed by a `PUBLISH` on
+//! key invalidation, in any process, and stored after it, is stale. Group invalidation is one `SET` of
+//! the generation to a new random value, followed by a `PUBLISH` on
 //! `{prefix}invalidations` that in-process tiers of other processes listen to on a cluster (on a
 //! single node they track the keys themselves; see [`TieredBackend`](super::TieredBackend)). Clearing walks the prefix with `SCAN` and removes in
 //! batches with `UNLINK`, so no command blocks the server.
@@ -379,19 +379,17 @@ impl RedisBackend {
     }
 }
 
-/// The commands that move a generation to a value it never had: `INCR`, after creating it at a
-/// random value if it is missing (never used, or evicted); with `ttl`, it expires that long after.
+/// The command that moves a generation to a value it never had: `SET` to a new random value (see
+/// [`random_generation`]), whether it exists or not; with `ttl`, it expires that long after. One
+/// command that reads nothing: an `INCR` after a `SET NX` would start a generation evicted between
+/// the two (or a tombstone expiring there) at 1 every time, a value an entry may have recorded.
 fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cmd> {
-    let init = init_generation(generation_key, ttl);
-    let mut incr = redis::cmd("INCR");
-    incr.arg(generation_key);
-    let mut commands = vec![init, incr];
+    let mut set = redis::cmd("SET");
+    set.arg(generation_key).arg(random_generation());
     if let Some(ttl) = ttl {
-        let mut expire = redis::cmd("PEXPIRE");
-        expire.arg(generation_key).arg(super::clamp_ttl_ms(ttl));
-        commands.push(expire);
+        set.arg("PX").arg(super::clamp_ttl_ms(ttl));
     }
-    commands
+    vec![set]
 }
 
 /// Where a group's generation lives: a key's tombstone under `t:`, a group's under `g:`.
