@@ -48,3 +48,128 @@ async fn a_silent_backend_costs_the_configured_timeout_then_nothing() {
     assert_eq!(RUNS.load(Ordering::SeqCst), 11);
     drop(silent);
 }
+
+mod support;
+
+/// A TCP proxy to a Redis server whose open connections can be made silent (bytes read and
+/// dropped both ways, sockets left open: a peer gone without a word) while new ones work.
+struct SilencingProxy {
+    port: u16,
+    silenced: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl SilencingProxy {
+    async fn start(target: u16) -> Self {
+        use std::sync::{atomic::AtomicBool, Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let open = Arc::clone(&silenced);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                open.lock().unwrap().push(Arc::clone(&silent));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, Arc::clone(&silent)));
+                tokio::spawn(pump(server_read, client_write, silent));
+            }
+        });
+        Self { port, silenced }
+    }
+
+    /// Every connection open now goes silent.
+    fn silence_open_connections(&self) {
+        for silent in self.silenced.lock().unwrap().iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn pump(
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if from.readable().await.is_err() {
+            return;
+        }
+        let read = match from.try_read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        };
+        if silent.load(Ordering::SeqCst) {
+            continue; // read and dropped
+        }
+        let mut written = 0;
+        while written < read {
+            if to.writable().await.is_err() {
+                return;
+            }
+            match to.try_write(&buffer[written..read]) {
+                Ok(n) => written += n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+static RECOVERY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, backend = "protected-recovers", key = "recovers:{id}")]
+async fn recovering(id: u64) -> u64 {
+    RECOVERY_RUNS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// A connection that goes silent (no reply, no error) under a guard timeout shorter than the
+/// connection's own reply timeout: the timed-out operation drops it, and the next ones connect
+/// again and hit, instead of timing out on the dead connection until the kernel gives up on it.
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced_after_a_timeout() {
+    let server = support::RedisServer::start();
+    let proxy = SilencingProxy::start(server.port()).await;
+    cache_runtime::register_with(
+        "protected-recovers",
+        RedisBackend::open(&format!("redis://127.0.0.1:{}", proxy.port)).expect("valid url"),
+        Protection::default()
+            .timeout(Duration::from_millis(100))
+            .breaker(1_000, Duration::from_secs(60)),
+    );
+    let _unregister = support::Unregister("protected-recovers");
+    assert_eq!(recovering(1).await, 1);
+    assert_eq!(recovering(1).await, 1);
+    assert_eq!(
+        RECOVERY_RUNS.load(Ordering::SeqCst),
+        1,
+        "a hit through the proxy"
+    );
+
+    proxy.silence_open_connections();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = RECOVERY_RUNS.load(Ordering::SeqCst);
+        assert_eq!(
+            recovering(1).await,
+            1,
+            "a failing backend never fails the call"
+        );
+        if RECOVERY_RUNS.load(Ordering::SeqCst) == before {
+            break; // a hit: served through a new connection
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still no hit 3 s after the connection went silent ({} runs)",
+            RECOVERY_RUNS.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

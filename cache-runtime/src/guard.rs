@@ -144,7 +144,6 @@ impl Protection {
 }
 
 /// Timeout plus breaker for one named backend.
-#[derive(Debug)]
 pub(crate) struct Guard {
     name: String,
     timeout: Duration,
@@ -152,6 +151,18 @@ pub(crate) struct Guard {
     cool_down_ms: u64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
+    /// Run when an operation times out, where it ran (see [`on_timeout`](Self::on_timeout)).
+    on_timeout: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Guard {
@@ -163,7 +174,16 @@ impl Guard {
             cool_down_ms: u64::try_from(protection.cool_down.as_millis()).unwrap_or(u64::MAX),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            on_timeout: None,
         }
+    }
+
+    /// Runs `hook` whenever an operation times out, on the task that ran it: the built-in Redis
+    /// backends forget that runtime's connection, so that one gone silently dead (no reply, no
+    /// error) is replaced by the next operation, whatever this guard's timeout is.
+    pub(crate) fn on_timeout(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_timeout = Some(Box::new(hook));
+        self
     }
 
     /// The timeout of one operation.
@@ -192,7 +212,12 @@ impl Guard {
     ) -> Result<T, BackendError> {
         let result = match tokio::time::timeout(self.timeout, future).await {
             Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout(self.timeout)),
+            Err(_) => {
+                if let Some(hook) = &self.on_timeout {
+                    hook();
+                }
+                Err(BackendError::Timeout(self.timeout))
+            }
         };
         match &result {
             Ok(_) => self.succeeded(),

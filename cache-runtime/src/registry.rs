@@ -145,13 +145,24 @@ fn leak(
     protection: Protection,
     scope: u64,
 ) -> &'static Registered {
+    let typed = Typed::of(&backend);
+    let mut guard = Guard::new(name, protection.clone());
+    // A timed-out operation may sit on a connection gone silently dead: the built-in Redis
+    // backends drop the caller's runtime's connection then (the next operation connects again).
+    let any: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&backend) as _;
+    if let Ok(redis) = any.downcast::<RedisBackend>() {
+        guard = guard.on_timeout(move || redis.forget_connection());
+    } else if let Typed::Tiered(tiered) = &typed {
+        let tiered = Arc::clone(tiered);
+        guard = guard.on_timeout(move || tiered.remote().forget_connection());
+    }
     Box::leak(Box::new(Registered {
         scope,
         seal: protection.sealing().clone(),
         storage: protection.storage(),
-        guard: Guard::new(name, protection),
+        guard,
         name: name.to_owned(),
-        typed: Typed::of(&backend),
+        typed,
         backend,
         invalidation: BackendInvalidation::default(),
     }))

@@ -298,6 +298,13 @@ impl RedisBackend {
         Ok((slot, conn))
     }
 
+    /// Forgets the caller's runtime's connection: the next operation there connects again (after
+    /// an operation timed out on it, for one that may be dead without an error).
+    pub(crate) fn forget_connection(&self) {
+        let slot = self.connections.current();
+        self.connections.forget(&slot);
+    }
+
     /// Passes `result` on; a connection-level failure drops the connection it came from, so the
     /// next operation connects again.
     fn checked<T>(&self, slot: &Slot, result: redis::RedisResult<T>) -> Result<T, BackendError> {
