@@ -119,6 +119,36 @@ async fn a_group_invalidation_during_a_prime_wins() {
     cache_runtime::unregister("review-held-deletes");
 }
 
+static HK_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 60, backend = "review-held-key-deletes", key = "hk:{id}")]
+async fn hk(id: u64) -> u64 {
+    HK_RUNS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// A key invalidation recorded while a prime removes the old entry (after the prime's own
+/// invalidation was recorded) wins over the primed value too.
+#[tokio::test]
+async fn a_key_invalidation_during_a_prime_wins() {
+    let backend = Arc::new(Wrapped::new(Hold::new(Call::Delete)));
+    backend.hook.hold.store(true, Ordering::SeqCst);
+    cache_runtime::register_arc("review-held-key-deletes", backend.clone());
+    let prime = tokio::spawn(hk_prime(1, 500)); // read from the database before its new write
+    backend.hook.held.notified().await;
+    // Another writer's invalidation of the key, acknowledged before the prime returns.
+    cache_runtime::invalidate_key(&hk_key(1)).await.unwrap();
+    backend.hook.resume.notify_one();
+    prime.await.unwrap().unwrap();
+    assert_eq!(
+        hk_peek(1).await,
+        None,
+        "the primed value predates the key invalidation"
+    );
+    assert_eq!(HK_RUNS.load(Ordering::SeqCst), 0);
+    cache_runtime::unregister("review-held-key-deletes");
+}
+
 /// A huge timeout neither overflows nor panics an invalidation.
 #[tokio::test]
 async fn a_huge_protection_timeout_does_not_panic_invalidations() {

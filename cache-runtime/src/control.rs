@@ -249,11 +249,21 @@ where
     // process by the epoch read now, in others by the generations read now.
     let groups_epoch = invalidation::invalidation_epoch();
     let before = generations_of(site, backend, &key, &groups).await;
-    invalidation::invalidate_key_in(site.backend, key.clone()).await?;
+    let recorded = invalidation::invalidate_key_recorded(site.backend, key.clone()).await?;
     let Ok(value) = value else {
         return Ok(()); // not cached: the old entry is gone, which is all there is to do
     };
-    let epoch = invalidation::invalidation_epoch();
+    // Key invalidations recorded since the prime started win too: one recorded before the prime's
+    // own (the slot had moved past `groups_epoch`), or after it (the slot moved past its own
+    // number, which the store checks as its epoch).
+    let marks = recorded
+        .iter()
+        .find(|(scope, _)| *scope == backend.scope)
+        .map(|(_, marks)| *marks);
+    let Some(marks) = marks.filter(|marks| marks.before <= groups_epoch) else {
+        return Ok(());
+    };
+    let epoch = marks.own;
     let generations = generations_of(site, backend, &key, &groups).await?;
     // The key's own tombstone (last, on shared backends) moved with the invalidation above.
     let own = usize::from(backend.backend.tombstones());

@@ -98,15 +98,38 @@ pub(crate) fn record(backend: &Registered, target: &Target) {
     record_in(&[backend], target);
 }
 
-/// [`record`] for every backend of `entries`, once per scope.
-fn record_in(entries: &[&Registered], target: &Target) {
+/// What [`record_in`] did to the slot of its target in each scope: the slot's value before, and
+/// the one this record left (a value no earlier record left there).
+pub(crate) type Recorded = Vec<(u64, Marks)>;
+
+/// A slot's value before a record, and the record's own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Marks {
+    pub(crate) before: u64,
+    pub(crate) own: u64,
+}
+
+/// [`record`] for every backend of `entries`, once per scope. Each record leaves its slot at a
+/// sequence number above every earlier one there (drawing again if a later-drawn number got there
+/// first), so that a slot still at a record's own number saw no record since: for an `epoch` of
+/// `own`, [`invalidated_since`] tells whether another invalidation was recorded after this one.
+fn record_in(entries: &[&Registered], target: &Target) -> Recorded {
     let mut scopes: Vec<u64> = entries.iter().map(|entry| entry.scope).collect();
     scopes.sort_unstable();
     scopes.dedup();
-    let seq = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
-    for scope in scopes {
-        SLOT_EPOCHS[slot(scope, target)].fetch_max(seq, Ordering::SeqCst);
-    }
+    scopes
+        .into_iter()
+        .map(|scope| {
+            let slot = &SLOT_EPOCHS[slot(scope, target)];
+            loop {
+                let own = EPOCH.fetch_add(1, Ordering::SeqCst) + 1;
+                let before = slot.fetch_max(own, Ordering::SeqCst);
+                if before < own {
+                    return (scope, Marks { before, own });
+                }
+            }
+        })
+        .collect()
 }
 
 /// Held by a store from its [`invalidated_since`] check to the end of its write.
@@ -228,7 +251,7 @@ fn start_flusher(entry: &'static Registered) {
 /// away (a dropped request, a timeout around the call) cancels nothing, so an invalidation that was
 /// recorded is always carried out or kept pending.
 async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
-    invalidate_in(every_backend(), target).await
+    invalidate_in(every_backend(), target).await.map(drop)
 }
 
 /// Records `target` for `entries`, then applies it to each of them on the library's runtime; the
@@ -236,8 +259,8 @@ async fn invalidate_everywhere(target: Target) -> Result<(), CacheError> {
 async fn invalidate_in(
     entries: Vec<&'static Registered>,
     target: Target,
-) -> Result<(), CacheError> {
-    record_in(&entries, &target);
+) -> Result<Recorded, CacheError> {
+    let recorded = record_in(&entries, &target);
     crate::io::run(async move {
         let mut first_error = None;
         for entry in entries {
@@ -246,7 +269,8 @@ async fn invalidate_in(
         }
         first_error.map_or(Ok(()), Err)
     })
-    .await
+    .await?;
+    Ok(recorded)
 }
 
 fn every_backend() -> Vec<&'static Registered> {
@@ -338,6 +362,15 @@ pub(crate) async fn invalidate_keys_in(
 /// fns, `Cache::invalidate`, refreshes and primes): the one a call made here uses, the
 /// process-wide one, and, outside every [`Caches`](crate::Caches) scope, those of every scope.
 pub(crate) async fn invalidate_key_in(backend: &str, key: String) -> Result<(), CacheError> {
+    invalidate_key_recorded(backend, key).await.map(drop)
+}
+
+/// [`invalidate_key_in`], with what its record did to the key's slot in each scope (a prime
+/// tells from it whether another invalidation of the key was recorded meanwhile).
+pub(crate) async fn invalidate_key_recorded(
+    backend: &str,
+    key: String,
+) -> Result<Recorded, CacheError> {
     let target = Target::Key(normalize_key(key));
     let entries = registry::all_named(backend);
     if entries.is_empty() {
