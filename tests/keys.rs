@@ -407,3 +407,42 @@ async fn cache_invalidate_still_removes_the_targets_it_can_build() {
     touched(3).await;
     assert_eq!(TOUCHED_RUNS.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+static FLOAT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cached(ttl = 60)]
+async fn scaled(x: f64, factor: Option<f64>) -> String {
+    FLOAT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{}", x * factor.unwrap_or(1.0))
+}
+
+#[cached(ttl = 60, key = "scaled:{x}")]
+async fn scaled_template(x: f64) -> String {
+    FLOAT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{x}")
+}
+
+/// `NaN`, `inf` and `-inf` have no JSON of their own (serde_json writes `null` for each, as for
+/// `None`): a call with one runs uncached instead of sharing an entry with the others.
+#[tokio::test]
+async fn non_finite_floats_never_share_an_entry() {
+    use std::sync::atomic::Ordering;
+    let inf = scaled(f64::INFINITY, None).await;
+    assert_eq!(inf, "inf");
+    assert_eq!(scaled(f64::NEG_INFINITY, None).await, "-inf");
+    assert_eq!(scaled(f64::NAN, None).await, "NaN");
+    assert_eq!(scaled(2.0, Some(f64::INFINITY)).await, "inf");
+    assert_eq!(scaled(2.0, None).await, "2");
+    assert_eq!(scaled(2.0, Some(f64::NEG_INFINITY)).await, "-inf");
+    assert_eq!(scaled_template(f64::INFINITY).await, "inf");
+    assert_eq!(scaled_template(f64::NEG_INFINITY).await, "-inf");
+    let before = FLOAT_RUNS.load(Ordering::SeqCst);
+    assert_eq!(scaled(2.0, None).await, "2");
+    assert_eq!(scaled(2.5, Some(2.0)).await, "5");
+    assert_eq!(scaled(2.5, Some(2.0)).await, "5");
+    assert_eq!(
+        FLOAT_RUNS.load(Ordering::SeqCst),
+        before + 1,
+        "finite floats are cached as before"
+    );
+}

@@ -199,7 +199,17 @@ pub trait KeyArg {
 
 impl<T: Serialize + ?Sized> KeyArg for T {
     fn write_json(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
-        serde_json::to_writer(out, self)
+        let mut watched = super::finite::NullWatch {
+            out,
+            saw_null: false,
+        };
+        serde_json::to_writer(&mut watched, self)?;
+        // `NaN`, `inf` and `-inf` are all written `null` (as is `None`): such a value cannot be
+        // told apart from the others, so it makes the key unkeyable.
+        if watched.saw_null && super::finite::has_non_finite(self) {
+            return Err(serde::ser::Error::custom("a non-finite float has no JSON"));
+        }
+        Ok(())
     }
 }
 

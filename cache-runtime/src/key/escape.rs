@@ -63,7 +63,13 @@ pub fn push_value<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T) {
 /// assert_eq!(key.as_str(), "a%2Fb/%N%~-5");
 /// ```
 pub fn push_value_before<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T, follow: Follow) {
-    match serde_json::to_value(value) {
+    let rendered = serde_json::to_value(value);
+    // `NaN`, `inf` and `-inf` render as `null`, like `None`: a value holding one is unkeyable.
+    if rendered.as_ref().is_ok_and(holds_null) && super::finite::has_non_finite(value) {
+        key.mark_unkeyable();
+        return;
+    }
+    match rendered {
         Ok(serde_json::Value::String(text)) => escape_before(key, &text, follow),
         Ok(serde_json::Value::Null) => {
             key.push_str(NULL);
@@ -71,6 +77,16 @@ pub fn push_value_before<T: Serialize + ?Sized>(key: &mut KeyBuf, value: &T, fol
         }
         Ok(other) => escape_before(key, &other.to_string(), follow),
         Err(_) => key.mark_unkeyable(),
+    }
+}
+
+/// Whether a rendered value is or holds a `null`.
+fn holds_null(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(items) => items.iter().any(holds_null),
+        serde_json::Value::Object(fields) => fields.values().any(holds_null),
+        _ => false,
     }
 }
 

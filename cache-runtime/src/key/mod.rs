@@ -36,6 +36,7 @@ mod buf;
 mod call;
 mod default;
 mod escape;
+mod finite;
 mod hash;
 
 pub use buf::KeyBuf;
