@@ -198,27 +198,27 @@ impl ser::SerializeMap for Finder {
     }
 }
 
-impl ser::SerializeStruct for Finder {
-    type Ok = ();
-    type Error = Found;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Walked {
-        value.serialize(Finder)
-    }
-    fn end(self) -> Walked {
-        Ok(())
-    }
+/// The fields of structs and struct variants: each value walked in turn.
+macro_rules! walk_fields {
+    ($($trait:ident),* $(,)?) => {$(
+        impl ser::$trait for Finder {
+            type Ok = ();
+            type Error = Found;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _: &'static str,
+                value: &T,
+            ) -> Walked {
+                value.serialize(Finder)
+            }
+            fn end(self) -> Walked {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Finder {
-    type Ok = ();
-    type Error = Found;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Walked {
-        value.serialize(Finder)
-    }
-    fn end(self) -> Walked {
-        Ok(())
-    }
-}
+walk_fields!(SerializeStruct, SerializeStructVariant);
 
 /// Passes writes on to `out`, noting whether one was a JSON `null` (how serde_json writes a
 /// non-finite float, and `None`).
