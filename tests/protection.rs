@@ -60,6 +60,11 @@ struct SilencingProxy {
 
 impl SilencingProxy {
     async fn start(target: u16) -> Self {
+        Self::start_slow(target, Duration::ZERO).await
+    }
+
+    /// A proxy that waits `delay` before connecting each client to the server (a slow connect).
+    async fn start_slow(target: u16, delay: Duration) -> Self {
         use std::sync::{atomic::AtomicBool, Arc, Mutex};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -67,15 +72,20 @@ impl SilencingProxy {
         let open = Arc::clone(&silenced);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let silent = Arc::new(AtomicBool::new(false));
-                open.lock().unwrap().push(Arc::clone(&silent));
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(pump(client_read, server_write, Arc::clone(&silent)));
-                tokio::spawn(pump(server_read, client_write, silent));
+                let open = Arc::clone(&open);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let silent = Arc::new(AtomicBool::new(false));
+                    open.lock().unwrap().push(Arc::clone(&silent));
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(client_read, server_write, Arc::clone(&silent)));
+                    tokio::spawn(pump(server_read, client_write, silent));
+                });
             }
         });
         Self { port, silenced }
@@ -169,6 +179,48 @@ async fn a_connection_gone_silent_is_replaced_after_a_timeout() {
             Instant::now() < deadline,
             "still no hit 3 s after the connection went silent ({} runs)",
             RECOVERY_RUNS.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+static SLOW_CONNECT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(ttl = 600, backend = "protected-slow-connect", key = "slow:{id}")]
+async fn slow_connect(id: u64) -> u64 {
+    SLOW_CONNECT_RUNS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// A connect slower than the guard's timeout: the first operations time out, but the connection
+/// they started is made and kept (a timed-out operation forgets only a connection made before it
+/// started), so the backend is used once it is there.
+#[tokio::test]
+async fn a_connect_slower_than_the_timeout_is_kept_once_made() {
+    let server = support::RedisServer::start();
+    let proxy = SilencingProxy::start_slow(server.port(), Duration::from_millis(300)).await;
+    cache_runtime::register_with(
+        "protected-slow-connect",
+        RedisBackend::open(&format!("redis://127.0.0.1:{}", proxy.port)).expect("valid url"),
+        Protection::default()
+            .timeout(Duration::from_millis(50))
+            .breaker(1_000, Duration::from_secs(60)),
+    );
+    let _unregister = support::Unregister("protected-slow-connect");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = SLOW_CONNECT_RUNS.load(Ordering::SeqCst);
+        assert_eq!(
+            slow_connect(1).await,
+            1,
+            "a failing backend never fails the call"
+        );
+        if before > 0 && SLOW_CONNECT_RUNS.load(Ordering::SeqCst) == before {
+            break; // a hit: the connection was made and kept
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hit 5 s after the first call: the slow connection was never kept"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -151,8 +151,9 @@ pub(crate) struct Guard {
     cool_down_ms: u64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
-    /// Run when an operation times out, where it ran (see [`on_timeout`](Self::on_timeout)).
-    on_timeout: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Run when an operation times out, where it ran, with the instant it started (see
+    /// [`on_timeout`](Self::on_timeout)).
+    on_timeout: Option<Box<dyn Fn(std::time::Instant) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -178,10 +179,14 @@ impl Guard {
         }
     }
 
-    /// Runs `hook` whenever an operation times out, on the task that ran it: the built-in Redis
-    /// backends forget that runtime's connection, so that one gone silently dead (no reply, no
-    /// error) is replaced by the next operation, whatever this guard's timeout is.
-    pub(crate) fn on_timeout(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+    /// Runs `hook` whenever an operation times out, on the task that ran it, with the instant the
+    /// operation started: the built-in Redis backends forget that runtime's connection if it was
+    /// made before, so that one gone silently dead (no reply, no error) is replaced by the next
+    /// operation, whatever this guard's timeout is.
+    pub(crate) fn on_timeout(
+        mut self,
+        hook: impl Fn(std::time::Instant) + Send + Sync + 'static,
+    ) -> Self {
         self.on_timeout = Some(Box::new(hook));
         self
     }
@@ -210,11 +215,12 @@ impl Guard {
         operation: &'static str,
         future: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
+        let started = self.on_timeout.is_some().then(std::time::Instant::now);
         let result = match tokio::time::timeout(self.timeout, future).await {
             Ok(result) => result,
             Err(_) => {
-                if let Some(hook) = &self.on_timeout {
-                    hook();
+                if let (Some(hook), Some(started)) = (&self.on_timeout, started) {
+                    hook(started);
                 }
                 Err(BackendError::Timeout(self.timeout))
             }

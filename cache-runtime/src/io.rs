@@ -77,6 +77,8 @@ pub(crate) struct RuntimeSlot<C> {
     /// Cleared when the runtime drops its tasks (it shut down).
     alive: Arc<AtomicBool>,
     value: tokio::sync::OnceCell<C>,
+    /// When the value was made.
+    made_at: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// Clears its flag when dropped: held by a task that never ends, so only its runtime's shutdown
@@ -128,6 +130,7 @@ impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
             handle,
             alive,
             value: tokio::sync::OnceCell::new(),
+            made_at: std::sync::OnceLock::new(),
         });
         let mut next: Vec<_> = slots
             .iter()
@@ -137,6 +140,25 @@ impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
         next.push(Arc::clone(&slot));
         self.slots.store(Arc::new(next));
         slot
+    }
+
+    /// Forgets the caller's runtime's value if it was made before `started` (an operation that
+    /// began then on it has timed out: it may be dead without an error). A value still being made,
+    /// or made since, stays; no slot is created.
+    pub(crate) fn forget_if_made_before(&self, started: std::time::Instant) {
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        let runtime = handle.id();
+        let slots = self.slots.load();
+        let stale = slots.iter().find(|slot| {
+            slot.runtime == runtime
+                && slot.alive.load(Ordering::Acquire)
+                && slot.made_at.get().is_some_and(|made| *made <= started)
+        });
+        if let Some(slot) = stale {
+            self.forget(slot);
+        }
     }
 
     /// Drops `slot` (its value turned out broken): the next caller on that runtime makes another.
@@ -165,9 +187,13 @@ impl<C: Clone + Send + Sync + 'static> RuntimeSlot<C> {
             return Ok(value.clone());
         }
         let slot = Arc::clone(self);
-        let making = self
-            .handle
-            .spawn(async move { slot.value.get_or_try_init(make).await.cloned() });
+        let making = self.handle.spawn(async move {
+            let made = slot.value.get_or_try_init(make).await.cloned();
+            if made.is_ok() {
+                let _ = slot.made_at.set(std::time::Instant::now());
+            }
+            made
+        });
         match making.await {
             Ok(result) => result,
             Err(join) => Err(BackendError::other(join)),

@@ -151,10 +151,12 @@ fn leak(
     // backends drop the caller's runtime's connection then (the next operation connects again).
     let any: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&backend) as _;
     if let Ok(redis) = any.downcast::<RedisBackend>() {
-        guard = guard.on_timeout(move || redis.forget_connection());
+        guard = guard.on_timeout(move |started| redis.forget_connection_made_before(started));
     } else if let Typed::Tiered(tiered) = &typed {
         let tiered = Arc::clone(tiered);
-        guard = guard.on_timeout(move || tiered.remote().forget_connection());
+        guard = guard.on_timeout(move |started| {
+            tiered.remote().forget_connection_made_before(started);
+        });
     }
     Box::leak(Box::new(Registered {
         scope,

@@ -298,11 +298,11 @@ impl RedisBackend {
         Ok((slot, conn))
     }
 
-    /// Forgets the caller's runtime's connection: the next operation there connects again (after
-    /// an operation timed out on it, for one that may be dead without an error).
-    pub(crate) fn forget_connection(&self) {
-        let slot = self.connections.current();
-        self.connections.forget(&slot);
+    /// After an operation that started at `started` timed out: forgets the caller's runtime's
+    /// connection if it was made before then (it may be dead without an error), so the next
+    /// operation there connects again. A connection still being made, or made since, stays.
+    pub(crate) fn forget_connection_made_before(&self, started: std::time::Instant) {
+        self.connections.forget_if_made_before(started);
     }
 
     /// Passes `result` on; a connection-level failure drops the connection it came from, so the
