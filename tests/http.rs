@@ -819,3 +819,68 @@ async fn an_event_stream_reaches_the_client_as_it_goes() {
     let data = first.into_data().expect("data");
     assert_eq!(&data[..], b"data: 0\n\n");
 }
+
+static AUTHORITY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests as HTTP/2 carries them: the host in the URI's authority, no `Host` field. A mutation
+/// whose answer names another URI in `Location` removes that URI's entry; a `Host` field that is not
+/// visible ASCII passes the cache by (it would otherwise key as no host at all).
+#[tokio::test]
+async fn authority_only_requests_are_keyed_and_invalidated_by_their_host() {
+    use tower::ServiceExt;
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(|Path(id): Path<u64>| async move {
+                let run = AUTHORITY_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+                format!("item {id} run {run}")
+            }),
+        )
+        .route(
+            "/items",
+            post(|| async {
+                (
+                    StatusCode::CREATED,
+                    [(header::LOCATION, "/items/2")],
+                    "made",
+                )
+            }),
+        )
+        .layer(CacheLayer::new().name("authority"));
+    let send = |method: &str, uri: &str, host: Option<&[u8]>| {
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(host) = host {
+            request = request.header(
+                header::HOST,
+                axum::http::HeaderValue::from_bytes(host).unwrap(),
+            );
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let x_cache = response
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            (x_cache, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let first = send("GET", "http://example.test/items/2", None).await;
+    assert_eq!(first.0.as_deref(), Some("MISS"));
+    let second = send("GET", "http://example.test/items/2", None).await;
+    assert_eq!(second.0.as_deref(), Some("HIT"));
+    send("POST", "http://example.test/items", None).await;
+    let after = send("GET", "http://example.test/items/2", None).await;
+    assert_eq!(
+        after.0.as_deref(),
+        Some("MISS"),
+        "the Location's entry was removed"
+    );
+
+    let odd = send("GET", "/items/3", Some(b"t\xe9nant.test")).await;
+    assert_eq!(odd.0.as_deref(), Some("BYPASS"), "a Host that is not text");
+}

@@ -436,6 +436,9 @@ async fn non_finite_floats_never_share_an_entry() {
     assert_eq!(scaled(2.0, Some(f64::NEG_INFINITY)).await, "-inf");
     assert_eq!(scaled_template(f64::INFINITY).await, "inf");
     assert_eq!(scaled_template(f64::NEG_INFINITY).await, "-inf");
+    let key = |x: f64| cache_runtime::key::default_key("m", "f", &(x,));
+    assert!(key(1.5).starts_with("m::f:"));
+    assert!(!key(f64::NAN).starts_with("m::f:"), "no key for NaN");
     let before = FLOAT_RUNS.load(Ordering::SeqCst);
     assert_eq!(scaled(2.0, None).await, "2");
     assert_eq!(scaled(2.5, Some(2.0)).await, "5");

@@ -21,7 +21,7 @@ use super::{buf::unkeyable, hash::push_hex, KeyBuf};
 /// ```
 pub fn default_key<A: Serialize + ?Sized>(module: &str, function: &str, args: &A) -> String {
     let mut json = ArgsJson::default();
-    if serde_json::to_writer(&mut json, args).is_err() {
+    if args.write_json(&mut json).is_err() {
         return unkeyable();
     }
     let mut key = KeyBuf::new();

@@ -28,31 +28,37 @@ pub(super) fn cookie_bypass(config: &CacheLayer, parts: &Parts) -> bool {
 /// `example.test` + `/admin/products`: such requests pass the cache by. A layer with its own
 /// [`cache_key`](CacheLayer::cache_key) puts no host in its keys.
 pub(super) fn host_is_authority(config: &CacheLayer, parts: &Parts) -> bool {
+    // A `Host` field that is not visible ASCII would key as no host at all.
+    let readable = parts
+        .headers
+        .get(header::HOST)
+        .is_none_or(|host| host.to_str().is_ok());
     config.cache_key.is_some()
-        || host(parts).bytes().all(|byte| {
-            byte.is_ascii_alphanumeric()
-                || matches!(
-                    byte,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'%'
-                        | b'['
-                        | b']'
-                )
-        })
+        || readable
+            && host(parts).bytes().all(|byte| {
+                byte.is_ascii_alphanumeric()
+                    || matches!(
+                        byte,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                            | b':'
+                            | b'%'
+                            | b'['
+                            | b']'
+                    )
+            })
 }
 
 /// What every base key of a layer starts with, `http:<name>:`: escaped once, when the layer is
@@ -127,6 +133,10 @@ pub(super) fn base_of(
     let mut builder = Request::builder().uri(path);
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
+    }
+    // The host as the request's own key has it: its `Host` field, or (HTTP/2) its authority.
+    if !request.headers.contains_key(header::HOST) {
+        builder = builder.header(header::HOST, host(request));
     }
     let (parts, ()) = builder.body(()).ok()?.into_parts();
     Some(base(config, head, &parts))
