@@ -105,19 +105,13 @@ impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
     pub(crate) fn current(&self) -> Arc<RuntimeSlot<C>> {
         let handle = Handle::try_current().unwrap_or_else(|_| handle().clone());
         let runtime = handle.id();
-        let find = |slots: &[Arc<RuntimeSlot<C>>]| {
-            slots
-                .iter()
-                .find(|s| s.runtime == runtime && s.alive.load(Ordering::Acquire))
-                .cloned()
-        };
-        if let Some(slot) = find(&self.slots.load()) {
-            return slot;
+        if let Some(slot) = slot_of(&self.slots.load(), runtime) {
+            return Arc::clone(slot);
         }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let slots = self.slots.load_full();
-        if let Some(slot) = find(&slots) {
-            return slot;
+        if let Some(slot) = slot_of(&slots, runtime) {
+            return Arc::clone(slot);
         }
         let alive = Arc::new(AtomicBool::new(true));
         let held = AliveWhileHeld(Arc::clone(&alive));
@@ -149,13 +143,9 @@ impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
         let Ok(handle) = Handle::try_current() else {
             return;
         };
-        let runtime = handle.id();
         let slots = self.slots.load();
-        let stale = slots.iter().find(|slot| {
-            slot.runtime == runtime
-                && slot.alive.load(Ordering::Acquire)
-                && slot.made_at.get().is_some_and(|made| *made <= started)
-        });
+        let stale = slot_of(&slots, handle.id())
+            .filter(|slot| slot.made_at.get().is_some_and(|made| *made <= started));
         if let Some(slot) = stale {
             self.forget(slot);
         }
@@ -173,6 +163,16 @@ impl<C: Clone + Send + Sync + 'static> PerRuntime<C> {
             .collect();
         self.slots.store(Arc::new(next));
     }
+}
+
+/// The live slot of `runtime` among `slots`.
+fn slot_of<C>(
+    slots: &[Arc<RuntimeSlot<C>>],
+    runtime: tokio::runtime::Id,
+) -> Option<&Arc<RuntimeSlot<C>>> {
+    slots
+        .iter()
+        .find(|slot| slot.runtime == runtime && slot.alive.load(Ordering::Acquire))
 }
 
 impl<C: Clone + Send + Sync + 'static> RuntimeSlot<C> {

@@ -145,7 +145,7 @@ impl Connection {
         group_key: String,
         ttl: Option<Duration>,
     ) -> redis::RedisResult<u64> {
-        let init = init_generation(&group_key, ttl);
+        let init = new_generation(&group_key, ttl, Write::IfMissing);
         let mut get = redis::cmd("GET");
         get.arg(&group_key);
         let read: Option<Vec<u8>> = match self {
@@ -320,13 +320,25 @@ impl RedisBackend {
         })
     }
 
+    /// `{prefix}k:{key}`, in parts.
+    fn entry_parts<'a>(&'a self, key: &'a str) -> [&'a str; 3] {
+        [&self.prefix, "k:", key]
+    }
+
+    /// `{prefix}t:{key}` for a key's tombstone group, `{prefix}g:{group}` for any other, in parts.
+    fn group_parts<'a>(&'a self, group: &'a str) -> [&'a str; 3] {
+        match tombstone_key_of(group) {
+            Some(key) => [&self.prefix, "t:", key],
+            None => [&self.prefix, "g:", group],
+        }
+    }
+
     fn entry_key(&self, key: &str) -> String {
-        [self.prefix.as_str(), "k:", key].concat()
+        self.entry_parts(key).concat()
     }
 
     fn group_key(&self, group: &str) -> String {
-        let (kind, name) = group_kind(group);
-        [self.prefix.as_str(), kind, name].concat()
+        self.group_parts(group).concat()
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -335,13 +347,12 @@ impl RedisBackend {
 
     /// [`entry_key`](Self::entry_key) as the next argument of `cmd`, written in place.
     fn push_entry_key(&self, cmd: &mut redis::Cmd, key: &str) {
-        push_key(cmd, [&self.prefix, "k:", key]);
+        push_key(cmd, self.entry_parts(key));
     }
 
     /// [`group_key`](Self::group_key) as the next argument of `cmd`, written in place.
     fn push_group_key(&self, cmd: &mut redis::Cmd, group: &str) {
-        let (kind, name) = group_kind(group);
-        push_key(cmd, [&self.prefix, kind, name]);
+        push_key(cmd, self.group_parts(group));
     }
 
     /// The pub/sub channel on which invalidations are announced to in-process tiers.
@@ -386,47 +397,47 @@ impl RedisBackend {
     }
 }
 
-/// The command that moves a generation to a value it never had: `SET` to a new random value (see
-/// [`random_generation`]), whether it exists or not; with `ttl`, it expires that long after. One
-/// command that reads nothing: an `INCR` after a `SET NX` would start a generation evicted between
-/// the two (or a tombstone expiring there) at 1 every time, a value an entry may have recorded.
-fn move_generation(generation_key: &str, ttl: Option<Duration>) -> Vec<redis::Cmd> {
+/// When [`new_generation`] writes: always (a move), or only where there is none yet.
+#[derive(Clone, Copy, PartialEq)]
+enum Write {
+    /// `SET`: the generation moves to a value it never had, whether it exists or not. One command
+    /// that reads nothing: an `INCR` after a `SET NX` would start a generation evicted between
+    /// the two (or a tombstone expiring there) at 1 every time, a value an entry may have
+    /// recorded.
+    Move,
+    /// `SET NX`: creates a missing generation, leaves an existing one alone.
+    IfMissing,
+}
+
+/// `SET key <random> [NX] [PX ttl]`: a generation at a random value (see [`random_generation`]);
+/// with `ttl`, it expires that long after.
+fn new_generation(generation_key: &str, ttl: Option<Duration>, write: Write) -> redis::Cmd {
     let mut set = redis::cmd("SET");
     set.arg(generation_key).arg(random_generation());
+    if write == Write::IfMissing {
+        set.arg("NX");
+    }
     if let Some(ttl) = ttl {
         set.arg("PX").arg(super::clamp_ttl_ms(ttl));
     }
-    vec![set]
+    set
 }
 
-/// Where a group's generation lives: a key's tombstone under `t:`, a group's under `g:`.
-fn group_kind(group: &str) -> (&'static str, &str) {
-    match tombstone_key_of(group) {
-        Some(key) => ("t:", key),
-        None => ("g:", group),
-    }
+/// How long a generation of `group` lives: a key's tombstone [`TOMBSTONE_TTL`] after it was
+/// created or last moved, a group's for ever.
+fn generation_ttl(group: &str) -> Option<Duration> {
+    tombstone_key_of(group).map(|_| TOMBSTONE_TTL)
 }
 
 /// The concatenation of `parts` as the next argument of `cmd`, with no string of its own.
 fn push_key(cmd: &mut redis::Cmd, parts: [&str; 3]) {
     use redis::RedisWrite;
-    use std::io::Write;
+    use std::io::Write as _;
     let mut arg = cmd.writer_for_next_arg();
     for part in parts {
         // Writes into the command's own buffer: they cannot fail.
         let _ = arg.write_all(part.as_bytes());
     }
-}
-
-/// `SET key <random> NX [PX ttl]`: creates a missing generation at a random value (see
-/// [`random_generation`]), leaves an existing one alone.
-fn init_generation(generation_key: &str, ttl: Option<Duration>) -> redis::Cmd {
-    let mut init = redis::cmd("SET");
-    init.arg(generation_key).arg(random_generation()).arg("NX");
-    if let Some(ttl) = ttl {
-        init.arg("PX").arg(super::clamp_ttl_ms(ttl));
-    }
-    init
 }
 
 /// Publishes on a cluster: to the node that owns the channel's slot, or, if that fails (the node
@@ -572,7 +583,7 @@ impl Backend for RedisBackend {
                 // Never used, expired or evicted: start it at a random value, so that no entry
                 // recorded under an earlier generation can match it. Tombstones expire.
                 None => {
-                    let ttl = tombstone_key_of(group).map(|_| TOMBSTONE_TTL);
+                    let ttl = generation_ttl(group);
                     let started = conn.start_generation(self.group_key(group), ttl).await;
                     self.checked(&slot, started)?
                 }
@@ -615,15 +626,14 @@ impl Backend for RedisBackend {
 
     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
         let (slot, mut conn) = self.connection().await?;
+        let moved = new_generation(&self.group_key(group), generation_ttl(group), Write::Move);
         if tombstone_key_of(group).is_some() {
             // Moved with every key invalidation (which announces itself); expires in time.
-            let commands = move_generation(&self.group_key(group), Some(TOMBSTONE_TTL));
-            let moved = conn.query_all(commands).await;
+            let moved = conn.query_all(vec![moved]).await;
             return self.checked(&slot, moved);
         }
-        let commands = move_generation(&self.group_key(group), None);
         let moved = conn
-            .query_then_announce(commands, self.announce(Invalidation::Group(group)))
+            .query_then_announce(vec![moved], self.announce(Invalidation::Group(group)))
             .await;
         self.checked(&slot, moved)
     }
