@@ -91,6 +91,19 @@ impl SilencingProxy {
         Self { port, silenced }
     }
 
+    /// Registers a Redis backend reached through this proxy under `name`, with a guard `timeout`
+    /// and a breaker that stays closed; unregistered when the guard is dropped.
+    fn register(&self, name: &'static str, timeout: Duration) -> support::Unregister {
+        cache_runtime::register_with(
+            name,
+            RedisBackend::open(&format!("redis://127.0.0.1:{}", self.port)).expect("valid url"),
+            Protection::default()
+                .timeout(timeout)
+                .breaker(1_000, Duration::from_secs(60)),
+        );
+        support::Unregister(name)
+    }
+
     /// Every connection open now goes silent.
     fn silence_open_connections(&self) {
         for silent in self.silenced.lock().unwrap().iter() {
@@ -147,14 +160,7 @@ async fn recovering(id: u64) -> u64 {
 async fn a_connection_gone_silent_is_replaced_after_a_timeout() {
     let server = support::RedisServer::start();
     let proxy = SilencingProxy::start(server.port()).await;
-    cache_runtime::register_with(
-        "protected-recovers",
-        RedisBackend::open(&format!("redis://127.0.0.1:{}", proxy.port)).expect("valid url"),
-        Protection::default()
-            .timeout(Duration::from_millis(100))
-            .breaker(1_000, Duration::from_secs(60)),
-    );
-    let _unregister = support::Unregister("protected-recovers");
+    let _unregister = proxy.register("protected-recovers", Duration::from_millis(100));
     assert_eq!(recovering(1).await, 1);
     assert_eq!(recovering(1).await, 1);
     assert_eq!(
@@ -199,14 +205,7 @@ async fn slow_connect(id: u64) -> u64 {
 async fn a_connect_slower_than_the_timeout_is_kept_once_made() {
     let server = support::RedisServer::start();
     let proxy = SilencingProxy::start_slow(server.port(), Duration::from_millis(300)).await;
-    cache_runtime::register_with(
-        "protected-slow-connect",
-        RedisBackend::open(&format!("redis://127.0.0.1:{}", proxy.port)).expect("valid url"),
-        Protection::default()
-            .timeout(Duration::from_millis(50))
-            .breaker(1_000, Duration::from_secs(60)),
-    );
-    let _unregister = support::Unregister("protected-slow-connect");
+    let _unregister = proxy.register("protected-slow-connect", Duration::from_millis(50));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let before = SLOW_CONNECT_RUNS.load(Ordering::SeqCst);
