@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cache_runtime::{cached, MemoryBackend, RedisBackend, TieredBackend};
+use cache_runtime::{cached, MemoryBackend, Protection, RedisBackend, TieredBackend};
 use support::RedisServer;
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -175,4 +175,76 @@ async fn key_invalidations_reach_local_copies_of_default_keys() {
     let old = local_copy().await;
     tiered_default_invalidate(5).await.unwrap();
     assert_ne!(tiered_default(5).await, old);
+}
+
+static DENIED_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached(ttl = 60, backend = "tiered-denied", key = "d:{n}")]
+async fn denied_value(n: u64) -> u64 {
+    DENIED_RUNS.fetch_add(1, Ordering::SeqCst) * 1000 + n
+}
+
+/// An invalidation that times out (Redis holds writes with `CLIENT PAUSE .. WRITE`; the backend's
+/// 100 ms timeout cancels each attempt before the connection's own 200 ms reply timeout) is kept
+/// pending. A call made during its last attempt reads the old value from Redis (nothing blocks it
+/// yet, and reads go on): the copy it leaves in the local tier must not be served once the
+/// invalidation has returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invalidation_leaves_no_local_copy_read_while_it_was_tried() {
+    let server = RedisServer::start();
+    let tiered = Arc::new(TieredBackend::new(
+        RedisBackend::open(&server.url()).unwrap(),
+        MemoryBackend::with_limits(1_000, 1 << 20),
+    ));
+    cache_runtime::register_arc_with(
+        "tiered-denied",
+        tiered.clone(),
+        Protection::default().timeout(Duration::from_millis(100)),
+    );
+    denied_value(0).await; // starts the subscriber
+    wait_until(Duration::from_secs(3), "the subscription", || {
+        tiered.is_subscribed()
+    })
+    .await;
+    let runs = || DENIED_RUNS.load(Ordering::SeqCst);
+    // The call must land in the last attempt's window (about 125 to 225 ms in); on a loaded
+    // machine it may miss it, so the scene is played on fresh keys until one call lands.
+    let mut landed = false;
+    for n in 1..=5 {
+        let stored = format!("cache:k:d:{n}");
+        let old = denied_value(n).await;
+        wait_until(Duration::from_secs(2), "the value in Redis", || {
+            server.cli(&["EXISTS", &stored]) == "1"
+        })
+        .await;
+        let before = runs();
+        assert_eq!(denied_value(n).await, old);
+        assert_eq!(runs(), before, "served from the cache before the test");
+
+        // Two attempts of 100 ms with 25 ms between them.
+        server.cli(&["CLIENT", "PAUSE", "800", "WRITE"]);
+        let invalidation = tokio::spawn(denied_value_invalidate(n));
+        tokio::time::sleep(Duration::from_millis(165)).await;
+        let during = denied_value(n).await;
+        let result = invalidation.await.unwrap();
+        let after = denied_value(n).await;
+        assert!(result.is_err(), "the invalidation timed out");
+        assert_ne!(
+            after, old,
+            "old value served after its invalidation returned"
+        );
+        landed |= during == old; // read from Redis while the invalidation was tried
+                                 // The pending invalidation is applied in the background once the pause ends.
+        wait_until(Duration::from_secs(3), "the pending invalidation", || {
+            server.cli(&["EXISTS", &stored]) == "0"
+        })
+        .await;
+        if landed {
+            break;
+        }
+    }
+    assert!(
+        landed,
+        "no call read Redis while the invalidation was tried"
+    );
 }

@@ -178,7 +178,13 @@ async fn apply(entry: &'static Registered, target: Target) -> Result<(), Backend
             return Ok(());
         }
     }
-    entry.invalidation.keep(target);
+    entry.invalidation.keep(target.clone());
+    // Again, now that nothing more is read from the backend or copied from it: a timed-out attempt
+    // was cancelled before its own second local pass, and a read of the old value made during it
+    // may have left a local copy.
+    if let Some(tiered) = entry.tiered() {
+        tiered.invalidate_locally(&target);
+    }
     start_flusher(entry);
     result
 }
