@@ -136,7 +136,7 @@ impl Backend for FileBackend {
         blocking(move || {
             let generations = group_files
                 .iter()
-                .map(|path| read_generation(path))
+                .map(|path| read_generation(&root, path))
                 .collect::<std::io::Result<Vec<u64>>>()?;
             let value = read_entry(&root, &entry)?;
             Ok(Lookup { value, generations })
@@ -178,13 +178,7 @@ impl Backend for FileBackend {
     async fn invalidate_group(&self, group: &str) -> Result<(), BackendError> {
         let path = self.group_path(group);
         let root = self.root.clone();
-        blocking(move || {
-            // A random 64-bit generation: no lock is needed between processes, and a value repeats
-            // with negligible probability.
-            let generation = fastrand::u64(1..);
-            write_atomically(&root, &path, &generation.to_le_bytes(), None)
-        })
-        .await
+        blocking(move || write_generation(&root, &path).map(drop)).await
     }
 
     async fn clear(&self) -> Result<(), BackendError> {
@@ -285,14 +279,27 @@ fn remove_expired(root: &Path, path: &Path) -> std::io::Result<(Option<Vec<u8>>,
     Ok(found)
 }
 
-fn read_generation(path: &Path) -> std::io::Result<u64> {
+/// A group's generation: 0 while it has no file (never invalidated). A file cut short (a crash
+/// after the rename of an invalidation, before its data reached the disk) stands for an
+/// invalidation: it is replaced by a fresh generation, never read as 0, which would revive the
+/// entries stored before the group's first invalidation.
+fn read_generation(root: &Path, path: &Path) -> std::io::Result<u64> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes
-            .get(..8)
-            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))),
+        Ok(bytes) => match bytes.get(..8) {
+            Some(head) => Ok(u64::from_le_bytes(head.try_into().unwrap_or([0; 8]))),
+            None => write_generation(root, path),
+        },
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// Writes a fresh random generation for the group file at `path`. Random 64-bit generations need
+/// no lock between processes, and a value repeats with negligible probability.
+fn write_generation(root: &Path, path: &Path) -> std::io::Result<u64> {
+    let generation = fastrand::u64(1..);
+    write_atomically(root, path, &generation.to_le_bytes(), None)?;
+    Ok(generation)
 }
 
 /// Sets its flag when dropped before [`disarm`](AbandonOnDrop::disarm). The flag's mutex is held
@@ -611,6 +618,32 @@ mod tests {
             fb.invalidate_group("g").await.unwrap();
             let after = fb.get("k", &groups).await.unwrap().generations;
             assert_ne!(after, before);
+        });
+    }
+
+    /// A crash can leave a renamed group file without its contents (zero-length, or cut short).
+    /// Read as generation 0 (no invalidation yet), it revived every entry stored before the
+    /// group's first invalidation; it now reads as a fresh invalidation.
+    #[test]
+    fn a_group_file_cut_short_reads_as_a_fresh_invalidation() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let fb = FileBackend::new(dir.path());
+            let groups = vec!["g".to_string()];
+            fb.set("k", b"old".to_vec(), Duration::from_secs(60), &groups)
+                .await
+                .unwrap();
+            let stored_under = fb.get("k", &groups).await.unwrap().generations;
+            assert_eq!(stored_under, vec![0]);
+            fb.invalidate_group("g").await.unwrap();
+            for cut in [0, 3] {
+                std::fs::write(fb.group_path("g"), &[7u8; 8][..cut]).unwrap();
+                let first = fb.get("k", &groups).await.unwrap().generations;
+                let second = fb.get("k", &groups).await.unwrap().generations;
+                assert_ne!(first, stored_under, "cut to {cut} bytes");
+                assert_eq!(first, second, "one generation once repaired");
+                assert_eq!(std::fs::read(fb.group_path("g")).unwrap().len(), 8);
+            }
         });
     }
 }
