@@ -242,6 +242,15 @@ async fn two_users_never_share_an_entry() {
         assert_eq!(alice_again.body, alice.body);
     }
     assert_eq!(server.get("/profile").await.status, 401);
+    // A repeated field in another order is another request (`HeaderMap::get` reads the first).
+    let (alice, bob) = (
+        ("authorization", "Bearer alice"),
+        ("authorization", "Bearer bob"),
+    );
+    let first = server.send("GET", "/dashboard", &[alice, bob]).await;
+    let reversed = server.send("GET", "/dashboard", &[bob, alice]).await;
+    assert_eq!(first.body, "dashboard of Bearer alice");
+    assert_eq!(reversed.body, "dashboard of Bearer bob");
 }
 
 static LAYER_RUNS: AtomicUsize = AtomicUsize::new(0);

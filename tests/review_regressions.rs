@@ -44,6 +44,33 @@ impl<T: 'static + Send + Sync> Named<T> {
     }
 }
 
+pub struct Buf<const N: usize>;
+
+impl<const N: usize> Buf<N> {
+    #[cached(ttl = 60)]
+    async fn cap() -> usize {
+        N
+    }
+}
+
+pub struct Pair<A, B>(PhantomData<(A, B)>);
+
+impl<T: 'static> Pair<u8, T> {
+    #[cached(ttl = 60)]
+    async fn size() -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
+pub struct NamedStatic<T>(PhantomData<T>);
+
+impl<T: 'static> NamedStatic<T> {
+    #[cached(ttl = 60, name = "named_static_size")]
+    async fn size() -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
 pub trait Sz {
     async fn sz(&self) -> usize;
 }
@@ -79,6 +106,17 @@ async fn instantiations_of_a_generic_impl_never_share_an_entry() {
     assert_eq!(Named::<u64>(PhantomData).size().await, 8, "a named method");
     assert_eq!(W::<u8>(PhantomData).sz().await, 1);
     assert_eq!(W::<u64>(PhantomData).sz().await, 8, "a named trait method");
+    // Parents whose printed name hides the parameters without `<_`.
+    assert_eq!(Buf::<1>::cap().await, 1);
+    assert_eq!(Buf::<2>::cap().await, 2, "a const parameter");
+    assert_eq!(Pair::<u8, u8>::size().await, 1);
+    assert_eq!(Pair::<u8, u64>::size().await, 8, "a partly generic impl");
+    assert_eq!(NamedStatic::<u8>::size().await, 1);
+    assert_eq!(
+        NamedStatic::<u64>::size().await,
+        8,
+        "a named fn without a receiver"
+    );
 }
 
 static HD_RUNS: AtomicUsize = AtomicUsize::new(0);

@@ -1336,11 +1336,31 @@ fn key_expr(
             // A `name` pins the key to the module path and that name; the impl's parameters (and
             // the receiver's type) still tell instantiations apart.
             (impl_types, impl_consts) = (&context.impl_types, &context.impl_consts);
+            let mut prefix = TokenStream::new();
             if checked.has_receiver {
                 extra = quote!(.arg(::std::any::type_name::<Self>()));
+            } else if impl_types.is_empty() && impl_consts.is_empty() {
+                // No receiver and no `#[cached_impl]`: as below, a generic parent (told by the
+                // marker) would let its instantiations share one entry; such calls run uncached.
+                let __cache_generic = local("__cache_generic");
+                let generated = generated.to_string();
+                extra = quote!(.refuse_if(#__cache_generic));
+                prefix = quote! {
+                    fn __cache_marker() {}
+                    static __CACHE_GENERIC: ::std::sync::OnceLock<bool> =
+                        ::std::sync::OnceLock::new();
+                    let #__cache_generic: bool = *__CACHE_GENERIC.get_or_init(|| {
+                        let prefix = #rt::__private::marker_prefix(
+                            ::std::any::type_name_of_val(&__cache_marker),
+                            #generated,
+                            #function_name,
+                        );
+                        #rt::__private::generic_parent(&prefix, #function_name)
+                    });
+                };
             }
             (
-                TokenStream::new(),
+                prefix,
                 Head::Prefix(quote!(::core::concat!(
                     ::core::module_path!(),
                     "::",

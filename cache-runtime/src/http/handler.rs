@@ -164,7 +164,9 @@ impl HttpKeyViaHeaders for HttpKeyArg<'_, HeaderMap> {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
-        pairs.sort();
+        // By name only, keeping each name's values in the order received: a repeated field in
+        // another order is another request (`HeaderMap::get` reads its first value).
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
         key.arg(&pairs);
     }
 }

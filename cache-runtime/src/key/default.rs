@@ -69,20 +69,28 @@ pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
     fn_prefix(parent, function)
 }
 
-/// Whether the parent of a default key's head (`"{parent}::{function}:"`) is a generic impl whose
-/// parameters the type name leaves out (`app::Store<_>`): its instantiations cannot be told apart.
+/// Whether the parent of a default key's head (`"{parent}::{function}:"`) may be an impl with
+/// parameters, which the type name does not tell apart: `Store<_>` for `impl<T> Store<T>`, but
+/// also `Buf<N>` for `impl<const N: usize> Buf<N>`, `Pair<u8, _>`, `Wrap<(_, u8)>`, `Foo<&_>`.
+/// Any generic argument list in the parent counts (so a non-generic `impl Foo<u8>` does too, and
+/// runs uncached without `#[cached_impl]`); a qualified path's opening `<` and `<impl ..>` do not.
 ///
 /// ```
 /// use cache_runtime::__private::generic_parent;
 /// assert!(generic_parent("app::Store<_>::size:", "size"));
+/// assert!(generic_parent("app::Buf<N>::cap:", "cap"));
 /// assert!(!generic_parent("app::Store::size:", "size"));
+/// assert!(!generic_parent("<app::Store as app::Sized>::size:", "size"));
 /// ```
 #[doc(hidden)]
 pub fn generic_parent(prefix: &str, function: &str) -> bool {
     let parent_len = prefix.len().saturating_sub(function.len() + 3);
-    prefix
-        .get(..parent_len)
-        .is_some_and(|parent| parent.contains("<_"))
+    let Some(parent) = prefix.get(..parent_len) else {
+        return true;
+    };
+    parent
+        .match_indices('<')
+        .any(|(at, _)| at > 0 && !parent[at + 1..].starts_with("impl "))
 }
 
 /// `"{parent}::{function}:"`, the head of a default key.
