@@ -194,3 +194,59 @@ async fn arguments_that_fail_to_serialize_run_uncached_without_error() {
     assert_eq!(unkeyable(map).await, 1);
     assert_eq!(UNKEYABLE_RUNS.load(Ordering::SeqCst), 3);
 }
+
+/// An error that cannot be shared with waiters (not `Clone`): each runs its own body.
+#[derive(Debug, PartialEq)]
+struct Down;
+
+static UNSHARED_FAILING: AtomicBool = AtomicBool::new(false);
+
+#[cached(ttl = "150ms", stale_if_error = "10s")]
+async fn unshared(n: u64) -> Result<u64, Down> {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if UNSHARED_FAILING.load(Ordering::SeqCst) {
+        return Err(Down);
+    }
+    Ok(n)
+}
+
+/// Waiters whose leader's error cannot be shared run their own body; when that fails too, the
+/// stale value stands in for them as it does for the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_run_their_own_failing_body_get_the_stale_value() {
+    assert_eq!(unshared(7).await, Ok(7));
+    UNSHARED_FAILING.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a, b, c) = tokio::join!(unshared(7), unshared(7), unshared(7));
+    assert_eq!(
+        [a, b, c],
+        [Ok(7), Ok(7), Ok(7)],
+        "stale value for every caller"
+    );
+}
+
+static GROUPED_FAILING: AtomicBool = AtomicBool::new(false);
+
+#[cached(ttl = "150ms", stale_if_error = "10s", group = "resilience-sie")]
+async fn grouped(n: u64) -> Result<u64, String> {
+    if GROUPED_FAILING.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return Err("down".into());
+    }
+    Ok(n)
+}
+
+/// A stale value found before its group was invalidated is not served once the invalidation has
+/// returned, even by a call whose body was already failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_value_invalidated_while_the_body_fails_is_not_served() {
+    assert_eq!(grouped(3).await, Ok(3));
+    GROUPED_FAILING.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let call = tokio::spawn(grouped(3)); // finds the stale value, then its body fails
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cache_runtime::invalidate_group("resilience-sie")
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap(), Err("down".into()));
+}

@@ -230,3 +230,41 @@ async fn a_rejected_value_reaches_waiting_callers_too() {
         "the follower got the stale value"
     );
 }
+
+static LC_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    ttl = 60,
+    backend = "review-lock-cancel",
+    key = "lc:{id}",
+    lock = "10s"
+)]
+async fn lc(id: u64) -> u64 {
+    LC_RUNS.fetch_add(1, Ordering::SeqCst);
+    id
+}
+
+/// A call dropped just after it took the cross-process lock (while it looks once more for a value
+/// stored by the previous holder) releases the lock: other processes do not wait out its TTL.
+#[tokio::test]
+async fn a_call_dropped_right_after_taking_the_lock_releases_it() {
+    let backend = Arc::new(Wrapped::new(Hold::new(Call::Get)));
+    cache_runtime::register_arc("review-lock-cancel", backend.clone());
+    // The first read (the lookup) goes on; the second (after the lock is taken) waits.
+    backend.hook.skip.store(1, Ordering::SeqCst);
+    backend.hook.hold.store(true, Ordering::SeqCst);
+    let call = tokio::spawn(lc(1));
+    backend.hook.held.notified().await;
+    assert_eq!(backend.locks.lock().unwrap().len(), 1, "the lock is held");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !backend.locks.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped call left the lock held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(LC_RUNS.load(Ordering::SeqCst), 0);
+}

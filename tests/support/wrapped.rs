@@ -2,8 +2,12 @@
 //! the store inside, so calls take the serialized path. Tests count calls or hold one.
 
 use std::{
+    collections::HashMap,
     future::Future,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Mutex,
+    },
     time::Duration,
 };
 
@@ -18,6 +22,7 @@ pub enum Call {
     Delete,
     InvalidateGroup,
     Clear,
+    Unlock,
 }
 
 /// What a test adds before each call of a [`Wrapped`] store.
@@ -25,10 +30,11 @@ pub trait Hook: Send + Sync + 'static {
     fn before(&self, call: Call) -> impl Future<Output = ()> + Send;
 }
 
-/// A memory store behind `hook`.
+/// A memory store behind `hook`, with computation locks of its own (key to holder's token).
 pub struct Wrapped<H> {
     pub inner: MemoryBackend,
     pub hook: H,
+    pub locks: Mutex<HashMap<String, u64>>,
 }
 
 impl<H: Hook> Wrapped<H> {
@@ -36,6 +42,7 @@ impl<H: Hook> Wrapped<H> {
         Self {
             inner: MemoryBackend::default(),
             hook,
+            locks: Mutex::default(),
         }
     }
 }
@@ -67,6 +74,18 @@ impl<H: Hook> Backend for Wrapped<H> {
     async fn clear(&self) -> Result<(), BackendError> {
         self.hook.before(Call::Clear).await;
         self.inner.clear().await
+    }
+    async fn try_lock(&self, key: &str, token: u64, _ttl: Duration) -> Result<bool, BackendError> {
+        let mut locks = self.locks.lock().unwrap();
+        Ok(*locks.entry(key.to_owned()).or_insert(token) == token)
+    }
+    async fn unlock(&self, key: &str, token: u64) -> Result<(), BackendError> {
+        self.hook.before(Call::Unlock).await;
+        let mut locks = self.locks.lock().unwrap();
+        if locks.get(key) == Some(&token) {
+            locks.remove(key);
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,24 @@ pub(super) struct LockRelease {
     pub(super) token: Option<u64>,
 }
 
+impl LockRelease {
+    /// A guard of the lock `token` holds on `key` in `backend`, taken just now.
+    pub(super) fn held(backend: &'static Registered, key: &str, token: u64) -> Self {
+        Self {
+            backend,
+            key: key.to_owned(),
+            token: Some(token),
+        }
+    }
+
+    /// Releases the lock now (and not again when dropped).
+    pub(super) async fn release(mut self) {
+        if let Some(token) = self.token.take() {
+            release_lock(self.backend, &self.key, token).await;
+        }
+    }
+}
+
 impl Drop for LockRelease {
     fn drop(&mut self) {
         let Some(token) = self.token.take() else {
@@ -42,8 +60,8 @@ impl Drop for LockRelease {
 pub(super) enum Wait<T> {
     /// Another process stored the value while this one waited.
     Found(T),
-    /// This process holds the lock: compute, then release it.
-    Locked(u64),
+    /// This process holds the lock: compute, then release it (dropping the guard releases it too).
+    Locked(LockRelease),
     /// No lock (backend failed, or the holder took too long): compute anyway.
     Proceed,
 }
@@ -74,12 +92,14 @@ where
             .await;
         match locked {
             Ok(true) => {
+                // Guarded from here: a caller dropped during the look below releases it.
+                let held = LockRelease::held(lead.backend, &lead.key, token);
                 // The previous holder may have stored the value just before releasing the lock.
                 if let Probe::Hit(value) = look().await {
-                    release_lock(backend, &lead.key, token).await;
+                    held.release().await;
                     return Wait::Found(value);
                 }
-                return Wait::Locked(token);
+                return Wait::Locked(held);
             }
             Ok(false) => {}
             Err(_) => return Wait::Proceed,

@@ -23,6 +23,8 @@ pub(crate) enum Probe<T> {
         value: T,
         generations: Vec<u64>,
         revalidate: bool,
+        /// When both stale windows end (ms since the Unix epoch): past it, never served.
+        kept_until_ms: u64,
     },
     /// A miss, with the group generations to store the new value under (`None`: the backend failed,
     /// so nothing is stored).
@@ -62,6 +64,7 @@ where
                 value,
                 generations,
                 revalidate: now_ms() < expired_ms.saturating_add(policy.stale_ms),
+                kept_until_ms: kept_until_ms(policy, expired_ms),
             },
             TypedLookup::Miss(generations) => Probe::Miss(Some(generations)),
         };
@@ -185,9 +188,7 @@ where
         return (Probe::Miss(Some(current)), 0);
     }
     let now = now_ms();
-    let stale_until = meta
-        .expires_ms
-        .saturating_add(policy.stale_ms.max(policy.stale_if_error_ms));
+    let stale_until = kept_until_ms(policy, meta.expires_ms);
     if now >= meta.expires_ms && now >= stale_until {
         return (Probe::Miss(Some(current)), 0);
     }
@@ -205,6 +206,7 @@ where
             value,
             generations: current,
             revalidate: now < meta.expires_ms.saturating_add(policy.stale_ms),
+            kept_until_ms: stale_until,
         },
         Err(error) => {
             decode_failure(site, key, &error);
@@ -212,6 +214,11 @@ where
         }
     };
     (probe, meta.expires_ms)
+}
+
+/// When a value that stopped being fresh at `expired_ms` leaves both stale windows.
+fn kept_until_ms(policy: Policy, expired_ms: u64) -> u64 {
+    expired_ms.saturating_add(policy.stale_ms.max(policy.stale_if_error_ms))
 }
 
 /// What an entry of `policy`'s function in `backend` is written under and must be read under:

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::{
+    envelope,
     flight::{self, Followed, Leader, Role},
     invalidation,
     key::{normalize_key, KeyBuf, UNKEYABLE},
@@ -23,7 +24,7 @@ use crate::{
     stats::{Event, Site},
 };
 
-use lock::{release_lock, wait_for_other_process, LockRelease, Wait};
+use lock::{wait_for_other_process, LockRelease, Wait};
 pub(crate) use lookup::{probe, Probe};
 pub use probes::{
     Body, ErrorProbe, ErrorSharing, Errors, SpawnProbe, TtlFrom, ViaClone, ViaLocal, ViaNoClone,
@@ -45,7 +46,9 @@ pub struct Lead<T> {
     groups: Vec<String>,
     generations: Option<Vec<u64>>,
     epoch: u64,
-    lock_token: Option<u64>,
+    /// The cross-process lock this computation holds, released when it ends or is dropped
+    /// (including before its first poll).
+    lock: Option<LockRelease>,
     /// This computation's flight, and the flights its caller runs inside (re-entry detection).
     flight_key: String,
     chain: Option<Arc<flight::Chain>>,
@@ -227,20 +230,44 @@ where
                     value,
                     generations,
                     revalidate,
-                } => (Some((value, revalidate)), Some(generations)),
+                    kept_until_ms,
+                } => (
+                    Some(Stale {
+                        value,
+                        revalidate,
+                        kept_until_ms,
+                    }),
+                    Some(generations),
+                ),
                 Probe::Miss(generations) => (None, generations),
             };
-        let serve_stale = |stale: Option<(T, bool)>, only_revalidating: bool| {
-            let (value, revalidate) = stale?;
-            (revalidate || !only_revalidating).then(|| {
-                site.count(Event::Stale);
-                site.hit_took(took());
-                outcome("stale");
-                value
-            })
-        };
         let overtaken =
             |started: u64| invalidation::invalidated_since(backend, started, &key, &groups);
+        let serve = |value: T| {
+            site.count(Event::Stale);
+            site.hit_took(took());
+            outcome("stale");
+            value
+        };
+        // Stale-while-revalidate, decided now.
+        let serve_revalidating =
+            |stale: Option<Stale<T>>| stale.filter(|s| s.revalidate).map(|s| serve(s.value));
+        // Stale-if-error, once a body failed (maybe long after the lookup): only inside the
+        // window still, and only if nothing invalidated the key or a group since.
+        let serve_after_failure = |stale: Option<Stale<T>>| {
+            stale
+                .filter(|s| envelope::now_ms() < s.kept_until_ms && !overtaken(epoch))
+                .map(|s| serve(s.value))
+        };
+        // A body of this call's own (not the leader's): its failure may be answered stale too.
+        let run_own = |body, stale: Option<Stale<T>>| async {
+            match run_in_place(body).await {
+                Err(error) if (errors.is_failure)(&error) => {
+                    serve_after_failure(stale).ok_or(error)
+                }
+                result => result,
+            }
+        };
         let flight_key = flight_key
             .get_or_insert_with(|| flight_key_of(backend, &key))
             .clone();
@@ -266,7 +293,7 @@ where
         };
         match flight::join(flight_key.clone(), epoch, &joined_under, overtaken) {
             Role::Follower(receiver) => {
-                if let Some(value) = serve_stale(stale.clone(), true) {
+                if let Some(value) = serve_revalidating(stale.clone()) {
                     return Ok(value); // a refresh is under way
                 }
                 let Some(followed) = follow_at_most(follow_timeout(), receiver).await else {
@@ -276,7 +303,7 @@ where
                     );
                     site.count(Event::Miss);
                     outcome("follow-timeout");
-                    return run_in_place(body).await;
+                    return run_own(body, stale).await;
                 };
                 match followed {
                     Followed::Value(shared) => {
@@ -293,7 +320,7 @@ where
                         // rejected, which is the leader's answer).
                         let failed = taken.as_ref().is_none_or(|e| (errors.is_failure)(e));
                         if failed {
-                            if let Some(value) = serve_stale(stale, false) {
+                            if let Some(value) = serve_after_failure(stale) {
                                 return Ok(value); // stale-if-error: the leader's body failed
                             }
                         }
@@ -306,7 +333,7 @@ where
                     Followed::Pass => {
                         site.count(Event::Miss);
                         outcome("passed");
-                        return run_in_place(body).await;
+                        return run_own(body, stale).await;
                     }
                     Followed::Retry => {}
                 }
@@ -322,16 +349,16 @@ where
                     groups: groups.clone(),
                     generations,
                     epoch,
-                    lock_token: None,
+                    lock: None,
                     flight_key,
                     chain: flight::current_chain(),
                 };
-                let revalidating = stale.as_ref().is_some_and(|(_, revalidate)| *revalidate);
+                let revalidating = stale.as_ref().is_some_and(|s| s.revalidate);
                 let body = match body {
                     Body::Spawn(future, spawn) if revalidating && tokio_available() => {
                         // Stale-while-revalidate: refresh in the background, answer now.
                         drop(spawn(lead, future, leader, errors));
-                        return Ok(serve_stale(stale, true).expect("revalidating stale value"));
+                        return Ok(serve_revalidating(stale).expect("revalidating stale value"));
                     }
                     body => body,
                 };
@@ -344,7 +371,7 @@ where
                             outcome("lock-wait");
                             return Ok(value);
                         }
-                        Wait::Locked(token) => lead.lock_token = Some(token),
+                        Wait::Locked(held) => lead.lock = Some(held),
                         Wait::Proceed => {}
                     }
                 }
@@ -356,17 +383,33 @@ where
                         outcome("miss");
                         Ok(Arc::unwrap_or_clone(shared))
                     }
-                    Err(error) => match stale.filter(|_| (errors.is_failure)(&error)) {
-                        Some(stale) => Ok(serve_stale(Some(stale), false).expect("stale value")), // stale-if-error
-                        None => {
-                            outcome("error");
-                            Err(error)
+                    Err(error) => {
+                        let failed = (errors.is_failure)(&error);
+                        match stale
+                            .filter(|_| failed)
+                            .and_then(|s| serve_after_failure(Some(s)))
+                        {
+                            Some(value) => Ok(value), // stale-if-error
+                            None => {
+                                outcome("error");
+                                Err(error)
+                            }
                         }
-                    },
+                    }
                 };
             }
         }
     }
+}
+
+/// A value past its freshness that a call may still answer with.
+#[derive(Clone)]
+struct Stale<T> {
+    value: T,
+    /// Inside the stale-while-revalidate window (served at once while a refresh runs).
+    revalidate: bool,
+    /// When both stale windows end (ms since the Unix epoch).
+    kept_until_ms: u64,
 }
 
 /// Waits for the leader at most `limit`, timed on the library's runtime (the caller's may have no
@@ -422,11 +465,7 @@ where
     F: Future<Output = Result<T, E>>,
 {
     // Released when this leader ends, however it ends (a dropped caller or a panic included).
-    let lock = lead.lock_token.map(|token| LockRelease {
-        backend: lead.backend,
-        key: lead.key.clone(),
-        token: Some(token),
-    });
+    let lock = lead.lock;
     let result = flight::inside(lead.chain.clone(), lead.flight_key.clone(), future).await;
     let outcome = match result {
         Ok(value) => {
@@ -475,10 +514,8 @@ where
             Err(error)
         }
     };
-    if let Some(mut lock) = lock {
-        if let Some(token) = lock.token.take() {
-            release_lock(lock.backend, &lock.key, token).await;
-        }
+    if let Some(lock) = lock {
+        lock.release().await;
     }
     outcome
 }
@@ -524,7 +561,7 @@ where
         groups,
         generations: Some(generations),
         epoch,
-        lock_token: None,
+        lock: None,
         flight_key,
         chain: flight::current_chain(),
     };
