@@ -449,3 +449,49 @@ async fn non_finite_floats_never_share_an_entry() {
         "finite floats are cached as before"
     );
 }
+
+static INTS_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Integer arguments only: in process, entries are filed under a compact call text.
+#[cached(ttl = 60)]
+async fn ints(a: i32, b: u128) -> String {
+    INTS_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{a}/{b}")
+}
+
+/// Calls whose arguments are integers (compact call texts in process, JSON ones past 24 bytes)
+/// never share an entry, keep the documented key, and are invalidated by their key string.
+#[tokio::test]
+async fn integer_calls_keep_their_key_and_their_entries_apart() {
+    let runs = || INTS_RUNS.load(std::sync::atomic::Ordering::SeqCst);
+    let calls = [
+        (0, 0),
+        (-1, 1),
+        (1, 1),
+        (1, 11),
+        (11, 1),
+        (-64, 64),
+        (i32::MIN, u128::MAX),
+    ];
+    for (a, b) in calls {
+        assert_eq!(ints(a, b).await, format!("{a}/{b}"));
+    }
+    let before = runs();
+    for (a, b) in calls {
+        assert_eq!(ints(a, b).await, format!("{a}/{b}"), "a hit");
+        let expected = cache_runtime::key::default_key(module_path!(), "ints", &(a, b));
+        assert_eq!(ints_key(a, b), expected, "the key of ({a}, {b})");
+    }
+    assert_eq!(runs(), before, "every call was a hit");
+    for (a, b) in calls {
+        cache_runtime::invalidate_key(&ints_key(a, b))
+            .await
+            .unwrap();
+        assert_eq!(ints(a, b).await, format!("{a}/{b}"));
+    }
+    assert_eq!(
+        runs(),
+        before + calls.len(),
+        "each ran again once invalidated"
+    );
+}

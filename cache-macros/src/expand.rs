@@ -1300,6 +1300,8 @@ fn key_expr(
     // More key parts: the receiver's type for a `name`d method, or the refusal of a key whose
     // parent is a generic impl of unknown parameters.
     let mut extra = TokenStream::new();
+    // Whether `extra` only refuses generic parents (adds no key part).
+    let mut extra_refuses_only = true;
     let (prefix, head) =
         if let (Some(_), None, true) = (&context.trait_path, &args.name, context.companions) {
             // `<Type as Trait>::method`, from the type name of the method's fn item, which a fn
@@ -1339,6 +1341,7 @@ fn key_expr(
             let mut prefix = TokenStream::new();
             if checked.has_receiver {
                 extra = quote!(.arg(::std::any::type_name::<Self>()));
+                extra_refuses_only = false;
             } else if impl_types.is_empty() && impl_consts.is_empty() {
                 // No receiver and no `#[cached_impl]`: as below, a generic parent (told by the
                 // marker) would let its instantiations share one entry; such calls run uncached.
@@ -1422,12 +1425,31 @@ fn key_expr(
                 .map(move |name| (arg.span, name, arg.integer))
         })
         .filter(|(_, name, _)| !args.skip.contains(name));
+    let named: Vec<_> = named.collect();
+    // A compact call text (see the runtime's `key/compact.rs`) where the prefix is the same for
+    // every call of this site and every key part is an integer argument.
+    let not_generic = context.impl_types.is_empty()
+        && context.impl_consts.is_empty()
+        && checked.type_params.is_empty()
+        && checked.const_params.is_empty();
+    let compact = !handler
+        && not_generic
+        && extra_refuses_only
+        && named.iter().all(|(_, _, integer)| *integer);
     // Written in place: the call text, with no digest (see `CallKeyBuilder`).
     let start = match head {
+        Head::Prefix(prefix) if compact => quote! {
+            compact({
+                static __CACHE_PREFIX_ID: ::std::sync::OnceLock<::core::primitive::u32> =
+                    ::std::sync::OnceLock::new();
+                *__CACHE_PREFIX_ID.get_or_init(|| #rt::__private::prefix_id(#prefix))
+            })
+        },
         Head::Prefix(prefix) => quote!(new(#prefix)),
         Head::Of(of) => quote!(new_of(#of)),
     };
     let steps: Vec<TokenStream> = named
+        .into_iter()
         .map(|(span, name, integer)| match (handler, integer) {
             (true, _) => quote_spanned! {span=>
                 (&#rt::http::HttpKeyArg(&*#name)).add_to(&mut #__cache_k);

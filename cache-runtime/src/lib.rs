@@ -75,7 +75,7 @@ pub mod __private {
     };
     pub use crate::invalidation::invalidate_after_success;
     pub use crate::key::{
-        generic_parent, marker_prefix, push_value, CallKeyBuilder, DefaultKey, Follow,
+        generic_parent, marker_prefix, prefix_id, push_value, CallKeyBuilder, DefaultKey, Follow,
         IntegerProbe, KeyBuf, KeyValueProbe, ViaInteger, ViaKeyArg, ViaPlain, ViaSerde,
     };
     pub use crate::memo::{

@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{
+    compact::{self, CompactText},
     default::{KeyArg, CALL_OPENING, SHORT_ARGS},
     hash::push_hex,
     KeyBuf,
@@ -35,6 +36,9 @@ pub struct CallKeyBuilder {
     long: Option<Box<Sha256>>,
     args: usize,
     failed: bool,
+    /// The compact call text so far, while the call is written as one (`key` is empty then; see
+    /// `compact.rs`).
+    compact: Option<CompactText>,
 }
 
 impl CallKeyBuilder {
@@ -56,6 +60,28 @@ impl CallKeyBuilder {
         call
     }
 
+    /// A call of the fn whose prefix has the id `prefix` ([`prefix_id`](super::prefix_id)),
+    /// written as a compact call text while its arguments are integers and it stays short (the
+    /// same key, see `compact.rs`); otherwise as the JSON call text [`new`](Self::new) writes.
+    ///
+    /// ```
+    /// use cache_runtime::key::CallKeyBuilder;
+    /// use cache_runtime::__private::prefix_id;
+    /// let mut compact = CallKeyBuilder::compact(prefix_id("app::f:"));
+    /// compact.arg_int(7u64);
+    /// compact.arg_int(-2i32);
+    /// let mut json = CallKeyBuilder::new("app::f:");
+    /// json.arg_int(7u64);
+    /// json.arg_int(-2i32);
+    /// assert_eq!(compact.finish().into_string(), json.finish().into_string());
+    /// ```
+    #[inline]
+    pub fn compact(prefix: u32) -> Self {
+        let mut call = Self::empty();
+        call.compact = Some(CompactText::new(prefix));
+        call
+    }
+
     #[inline]
     fn empty() -> Self {
         Self {
@@ -64,7 +90,30 @@ impl CallKeyBuilder {
             long: None,
             args: 0,
             failed: false,
+            compact: None,
         }
+    }
+
+    /// Rewrites a compact call text so far as its JSON call text, to go on in JSON.
+    #[cold]
+    fn leave_compact(&mut self) {
+        let Some(text) = self.compact.take() else {
+            return;
+        };
+        // Always decodes (this process numbered the prefix); the call runs uncached otherwise.
+        let Some((prefix, json)) = compact::decode(text.as_str()) else {
+            self.failed = true;
+            return;
+        };
+        self.key = KeyBuf::new();
+        self.key.push_str(prefix);
+        self.open();
+        // Without the brackets: the list goes on.
+        self.push_json(
+            json.strip_prefix('[')
+                .and_then(|j| j.strip_suffix(']'))
+                .unwrap_or(""),
+        );
     }
 
     /// Ends the prefix: the separator and the list's opening bracket, in one go.
@@ -86,6 +135,9 @@ impl CallKeyBuilder {
     #[allow(private_bounds)]
     #[inline]
     pub fn arg<T: KeyArg + ?Sized>(&mut self, value: &T) {
+        if self.compact.is_some() {
+            self.leave_compact();
+        }
         self.next_arg();
         if value.write_json(&mut JsonSink(self)).is_err() {
             self.failed = true;
@@ -96,6 +148,17 @@ impl CallKeyBuilder {
     #[allow(private_bounds)]
     #[inline]
     pub fn arg_int<I: IntegerArg>(&mut self, value: I) {
+        if let Some(text) = &mut self.compact {
+            let before = *text;
+            let (negative, magnitude) = value.sign_and_magnitude();
+            if text.push_int(negative, magnitude) {
+                self.args += 1;
+                return;
+            }
+            // Too long for a compact text: this argument and the rest go in JSON.
+            self.compact = Some(before);
+            self.leave_compact();
+        }
         self.next_arg();
         self.push_json(itoa::Buffer::new().format(value));
     }
@@ -112,6 +175,12 @@ impl CallKeyBuilder {
         if self.failed {
             let mut key = KeyBuf::new();
             key.mark_unkeyable();
+            return key;
+        }
+        if let Some(text) = &self.compact {
+            let mut key = KeyBuf::new();
+            key.push_str(text.as_str());
+            key.mark_call();
             return key;
         }
         self.push_json("]");
@@ -168,7 +237,10 @@ impl std::io::Write for JsonSink<'_> {
 }
 
 /// The integer types [`CallKeyBuilder::arg_int`] takes: serde_json writes them as their digits.
-pub(crate) trait IntegerArg: itoa::Integer {}
+pub(crate) trait IntegerArg: itoa::Integer {
+    /// Whether the value is negative, and its absolute value.
+    fn sign_and_magnitude(self) -> (bool, u128);
+}
 
 /// Adds an argument through [`CallKeyBuilder::arg_int`] when its type is a primitive integer, and
 /// through [`CallKeyBuilder::arg`] otherwise (autoref specialization in the generated code,
@@ -203,11 +275,30 @@ impl<T: KeyArg + ?Sized> ViaKeyArg for &IntegerProbe<'_, T> {
     }
 }
 
-macro_rules! integer_args {
-    ($($ty:ty),*) => {$( impl IntegerArg for $ty {} )*};
+macro_rules! unsigned_args {
+    ($($ty:ty),*) => {$(
+        impl IntegerArg for $ty {
+            #[inline]
+            fn sign_and_magnitude(self) -> (bool, u128) {
+                (false, self as u128)
+            }
+        }
+    )*};
 }
 
-integer_args!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+macro_rules! signed_args {
+    ($($ty:ty),*) => {$(
+        impl IntegerArg for $ty {
+            #[inline]
+            fn sign_and_magnitude(self) -> (bool, u128) {
+                (self < 0, self.unsigned_abs() as u128)
+            }
+        }
+    )*};
+}
+
+unsigned_args!(u8, u16, u32, u64, u128, usize);
+signed_args!(i8, i16, i32, i64, i128, isize);
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +360,81 @@ mod tests {
         call.arg_int(1u8);
         let built = DefaultKey::new().arg(&1u8).finish_prefixed("m::a\0b:");
         assert_eq!(call.finish().into_string(), built.into_string());
+    }
+
+    /// The compact builder names the same key as the JSON one, for every integer width and sign,
+    /// past its length limit and when a non-integer argument follows.
+    #[test]
+    fn compact_call_texts_name_the_same_key_as_json_ones() {
+        let id = super::super::prefix_id("m::compact:");
+        let cases: [&[i128]; 7] = [
+            &[],
+            &[0],
+            &[-1, 1, 63, 64, -64, 4096],
+            &[i128::MIN, i128::MAX],
+            &[i64::MIN as i128, u32::MAX as i128, 7],
+            &[1; 12],
+            &[123_456_789_012; 3],
+        ];
+        for ints in cases {
+            for text in [None, Some("a\"b")] {
+                let mut compact = CallKeyBuilder::compact(id);
+                let mut json = CallKeyBuilder::new("m::compact:");
+                for n in ints {
+                    compact.arg_int(*n);
+                    json.arg_int(*n);
+                }
+                if let Some(text) = text {
+                    compact.arg(text);
+                    json.arg(text);
+                }
+                let (compact, json) = (compact.finish(), json.finish());
+                let call = compact.call_text().map(str::to_owned);
+                if let Some(call) = &call {
+                    if call.starts_with('\0') {
+                        assert!(call.len() <= super::super::compact::MAX_COMPACT, "{call:?}");
+                    }
+                }
+                assert_eq!(
+                    compact.into_string(),
+                    json.into_string(),
+                    "{ints:?} {text:?}"
+                );
+            }
+        }
+        let mut u = CallKeyBuilder::compact(id);
+        u.arg_int(u128::MAX);
+        let built = DefaultKey::new()
+            .arg(&u128::MAX)
+            .finish_prefixed("m::compact:");
+        assert_eq!(u.finish().into_string(), built.into_string());
+    }
+
+    #[test]
+    fn compact_texts_are_short_and_differ_by_prefix_and_arguments() {
+        let (f, g) = (
+            super::super::prefix_id("m::cf:"),
+            super::super::prefix_id("m::cg:"),
+        );
+        let text = |id: u32, args: &[i64]| {
+            let mut call = CallKeyBuilder::compact(id);
+            args.iter().for_each(|n| call.arg_int(*n));
+            call.finish().call_text().unwrap().to_owned()
+        };
+        assert!(text(f, &[42]).starts_with('\0'));
+        assert!(text(f, &[i64::MAX]).len() <= super::super::compact::MAX_COMPACT);
+        let all = [
+            text(f, &[1]),
+            text(g, &[1]),
+            text(f, &[-1]),
+            text(f, &[1, 1]),
+            text(f, &[11]),
+            text(f, &[]),
+            text(f, &[64]),
+            text(f, &[0, 64]),
+        ];
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
     }
 
     #[test]

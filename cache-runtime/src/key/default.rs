@@ -188,6 +188,15 @@ pub(super) const CALL_OPENING: &str = "\0[";
 /// Appends the key a call text (`"{prefix}\0{json}"`) stands for: the prefix and the digest of
 /// the JSON.
 pub(super) fn push_call_key(call: &str, key: &mut KeyBuf) {
+    if call.starts_with(super::compact::COMPACT_MARK) {
+        // A compact call text (see `compact.rs`); this process wrote it, so it decodes.
+        let (prefix, json) = super::compact::decode(call).unwrap_or_default();
+        key.push_str(prefix);
+        return match json.len() <= SHORT_ARGS {
+            true => push_short_digest(json.as_bytes(), key),
+            false => push_hex(key, &Sha256::digest(json.as_bytes())[..16]),
+        };
+    }
     // The last NUL: compact JSON never holds one, a prefix might (a `name` spelled with one).
     let (prefix, json) = call.rsplit_once(CALL_SEPARATOR).unwrap_or((call, "[]"));
     key.push_str(prefix);

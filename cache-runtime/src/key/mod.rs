@@ -34,6 +34,7 @@
 
 mod buf;
 mod call;
+mod compact;
 mod default;
 mod escape;
 mod finite;
@@ -41,6 +42,7 @@ mod hash;
 
 pub use buf::KeyBuf;
 pub use call::{CallKeyBuilder, IntegerProbe, ViaInteger, ViaKeyArg};
+pub use compact::prefix_id;
 pub(crate) use default::fn_prefix;
 pub use default::{default_key, generic_parent, marker_prefix, DefaultKey, KeyArg};
 pub use escape::{
