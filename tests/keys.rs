@@ -495,3 +495,36 @@ async fn integer_calls_keep_their_key_and_their_entries_apart() {
         "each ran again once invalidated"
     );
 }
+
+static NAMED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cached(ttl = 60, name = "shared_name")]
+async fn named_int(id: u64) -> String {
+    NAMED_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("user {id}")
+}
+
+#[cached(ttl = 60, name = "shared_name")]
+async fn named_option(id: Option<u64>) -> u64 {
+    id.unwrap_or_default()
+}
+
+/// Two fns pinned to one `name` share their keys: whichever stored last, an invalidation of the
+/// key reaches what either of them stored.
+#[tokio::test]
+async fn fns_sharing_a_name_are_invalidated_by_their_shared_key() {
+    let runs = || NAMED_RUNS.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(named_int(1).await, "user 1");
+    assert_eq!(named_option(Some(1)).await, 1);
+    assert_eq!(named_int_key(1), named_option_key(Some(1)), "one key");
+    let before = runs();
+    cache_runtime::invalidate_key(&named_int_key(1))
+        .await
+        .unwrap();
+    assert_eq!(named_int(1).await, "user 1");
+    assert_eq!(
+        runs(),
+        before + 1,
+        "the body ran again after the invalidation"
+    );
+}

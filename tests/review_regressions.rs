@@ -71,6 +71,18 @@ impl<T: 'static> NamedStatic<T> {
     }
 }
 
+pub struct Concrete<T>(PhantomData<T>);
+
+static CONCRETE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+impl Concrete<u8> {
+    #[cached(ttl = 60)]
+    async fn make(x: u64) -> u64 {
+        CONCRETE_RUNS.fetch_add(1, Ordering::SeqCst);
+        x
+    }
+}
+
 pub trait Sz {
     async fn sz(&self) -> usize;
 }
@@ -111,6 +123,14 @@ async fn instantiations_of_a_generic_impl_never_share_an_entry() {
     assert_eq!(Buf::<2>::cap().await, 2, "a const parameter");
     assert_eq!(Pair::<u8, u8>::size().await, 1);
     assert_eq!(Pair::<u8, u64>::size().await, 8, "a partly generic impl");
+    // A non-generic impl of a generic type is cached (`Concrete<u8>` names one instantiation).
+    assert_eq!(Concrete::<u8>::make(1).await, 1);
+    assert_eq!(Concrete::<u8>::make(1).await, 1);
+    assert_eq!(
+        CONCRETE_RUNS.load(Ordering::SeqCst),
+        1,
+        "impl Concrete<u8> is cached"
+    );
     assert_eq!(NamedStatic::<u8>::size().await, 1);
     assert_eq!(
         NamedStatic::<u64>::size().await,

@@ -1432,7 +1432,9 @@ fn key_expr(
         && context.impl_consts.is_empty()
         && checked.type_params.is_empty()
         && checked.const_params.is_empty();
+    // Not with `name = ..`: two fns may share that prefix, and a key must name one call text.
     let compact = !handler
+        && args.name.is_none()
         && not_generic
         && extra_refuses_only
         && named.iter().all(|(_, _, integer)| *integer);
@@ -1440,7 +1442,7 @@ fn key_expr(
     let start = match head {
         Head::Prefix(prefix) if compact => quote! {
             compact({
-                static __CACHE_PREFIX_ID: ::std::sync::OnceLock<::core::primitive::u32> =
+                static __CACHE_PREFIX_ID: ::std::sync::OnceLock<#rt::__private::CallPrefix> =
                     ::std::sync::OnceLock::new();
                 *__CACHE_PREFIX_ID.get_or_init(|| #rt::__private::prefix_id(#prefix))
             })

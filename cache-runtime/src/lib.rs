@@ -75,8 +75,9 @@ pub mod __private {
     };
     pub use crate::invalidation::invalidate_after_success;
     pub use crate::key::{
-        generic_parent, marker_prefix, prefix_id, push_value, CallKeyBuilder, DefaultKey, Follow,
-        IntegerProbe, KeyBuf, KeyValueProbe, ViaInteger, ViaKeyArg, ViaPlain, ViaSerde,
+        generic_parent, marker_prefix, prefix_id, push_value, CallKeyBuilder, CallPrefix,
+        DefaultKey, Follow, IntegerProbe, KeyBuf, KeyValueProbe, ViaInteger, ViaKeyArg, ViaPlain,
+        ViaSerde,
     };
     pub use crate::memo::{
         fresh_hit, invalidate_entry, memoize, Body, ErrorProbe, SpawnProbe, TtlFrom, ViaClone,

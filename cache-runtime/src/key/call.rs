@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{
-    compact::{self, CompactText},
+    compact::{CallPrefix, CompactText},
     default::{KeyArg, CALL_OPENING, SHORT_ARGS},
     hash::push_hex,
     KeyBuf,
@@ -36,9 +36,9 @@ pub struct CallKeyBuilder {
     long: Option<Box<Sha256>>,
     args: usize,
     failed: bool,
-    /// The compact call text so far, while the call is written as one (`key` is empty then; see
-    /// `compact.rs`).
-    compact: Option<CompactText>,
+    /// The compact call text so far and its prefix, while the call is written as one (`key` is
+    /// empty then; see `compact.rs`).
+    compact: Option<(CompactText, &'static str)>,
 }
 
 impl CallKeyBuilder {
@@ -76,9 +76,9 @@ impl CallKeyBuilder {
     /// assert_eq!(compact.finish().into_string(), json.finish().into_string());
     /// ```
     #[inline]
-    pub fn compact(prefix: u32) -> Self {
+    pub fn compact(prefix: CallPrefix) -> Self {
         let mut call = Self::empty();
-        call.compact = Some(CompactText::new(prefix));
+        call.compact = Some((CompactText::new(prefix.id), prefix.text));
         call
     }
 
@@ -97,23 +97,21 @@ impl CallKeyBuilder {
     /// Rewrites a compact call text so far as its JSON call text, to go on in JSON.
     #[cold]
     fn leave_compact(&mut self) {
-        let Some(text) = self.compact.take() else {
-            return;
-        };
-        // Always decodes (this process numbered the prefix); the call runs uncached otherwise.
-        let Some((prefix, json)) = compact::decode(text.as_str()) else {
-            self.failed = true;
+        let Some((text, prefix)) = self.compact.take() else {
             return;
         };
         self.key = KeyBuf::new();
         self.key.push_str(prefix);
         self.open();
-        // Without the brackets: the list goes on.
-        self.push_json(
-            json.strip_prefix('[')
-                .and_then(|j| j.strip_suffix(']'))
-                .unwrap_or(""),
-        );
+        for (at, (negative, magnitude)) in text.ints().enumerate() {
+            if at > 0 {
+                self.push_json(",");
+            }
+            if negative {
+                self.push_json("-");
+            }
+            self.push_json(itoa::Buffer::new().format(magnitude));
+        }
     }
 
     /// Ends the prefix: the separator and the list's opening bracket, in one go.
@@ -148,7 +146,7 @@ impl CallKeyBuilder {
     #[allow(private_bounds)]
     #[inline]
     pub fn arg_int<I: IntegerArg>(&mut self, value: I) {
-        if let Some(text) = &mut self.compact {
+        if let Some((text, _)) = &mut self.compact {
             let before = *text;
             let (negative, magnitude) = value.sign_and_magnitude();
             if text.push_int(negative, magnitude) {
@@ -156,7 +154,7 @@ impl CallKeyBuilder {
                 return;
             }
             // Too long for a compact text: this argument and the rest go in JSON.
-            self.compact = Some(before);
+            *text = before;
             self.leave_compact();
         }
         self.next_arg();
@@ -177,7 +175,7 @@ impl CallKeyBuilder {
             key.mark_unkeyable();
             return key;
         }
-        if let Some(text) = &self.compact {
+        if let Some((text, _)) = &self.compact {
             let mut key = KeyBuf::new();
             key.push_str(text.as_str());
             key.mark_call();
@@ -416,7 +414,7 @@ mod tests {
             super::super::prefix_id("m::cf:"),
             super::super::prefix_id("m::cg:"),
         );
-        let text = |id: u32, args: &[i64]| {
+        let text = |id: CallPrefix, args: &[i64]| {
             let mut call = CallKeyBuilder::compact(id);
             args.iter().for_each(|n| call.arg_int(*n));
             call.finish().call_text().unwrap().to_owned()

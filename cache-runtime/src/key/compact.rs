@@ -35,28 +35,39 @@ pub(super) const COMPACT_MARK: char = '\0';
 static PREFIXES: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
 static IDS: Mutex<Option<HashMap<&'static str, u32>>> = Mutex::new(None);
 
-/// The id of a default key's prefix (`"{parent}::{function}:"`) in this process: the same for
-/// the same text. The generated code asks once per site and keeps it.
+/// A default key's prefix (`"{parent}::{function}:"`) and its number in this process: the same
+/// for the same text. The generated code asks once per site and keeps it.
 ///
 /// ```
 /// use cache_runtime::__private::prefix_id;
-/// assert_eq!(prefix_id("app::f:"), prefix_id("app::f:"));
-/// assert_ne!(prefix_id("app::f:"), prefix_id("app::g:"));
+/// assert_eq!(prefix_id("app::f:").id, prefix_id("app::f:").id);
+/// assert_ne!(prefix_id("app::f:").id, prefix_id("app::g:").id);
+/// assert_eq!(prefix_id("app::f:").text, "app::f:");
 /// ```
 #[doc(hidden)]
-pub fn prefix_id(prefix: &str) -> u32 {
+pub fn prefix_id(prefix: &str) -> CallPrefix {
     let mut ids = IDS.lock().unwrap_or_else(|p| p.into_inner());
     let ids = ids.get_or_insert_with(HashMap::new);
-    if let Some(id) = ids.get(prefix) {
-        return *id;
+    if let Some((text, id)) = ids.get_key_value(prefix) {
+        return CallPrefix { id: *id, text };
     }
     let mut prefixes = PREFIXES.write().unwrap_or_else(|p| p.into_inner());
     let id = u32::try_from(prefixes.len()).expect("fewer than 2^32 cached fns");
     // One per cached fn: kept for the life of the process.
-    let prefix: &'static str = Box::leak(prefix.into());
-    prefixes.push(prefix);
-    ids.insert(prefix, id);
-    id
+    let text: &'static str = Box::leak(prefix.into());
+    prefixes.push(text);
+    ids.insert(text, id);
+    CallPrefix { id, text }
+}
+
+/// A numbered prefix (see [`prefix_id`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct CallPrefix {
+    /// Its number in this process.
+    pub id: u32,
+    /// The prefix itself.
+    pub text: &'static str,
 }
 
 fn prefix_of(id: u32) -> Option<&'static str> {
@@ -114,6 +125,17 @@ impl CompactText {
                 return false;
             }
         }
+    }
+
+    /// The integer arguments written so far, as sign and magnitude.
+    pub(super) fn ints(&self) -> impl Iterator<Item = (bool, u128)> + '_ {
+        let mut bytes = &self.bytes[1..self.len];
+        let _id = read_number(&mut bytes);
+        std::iter::from_fn(move || {
+            let (&sign, rest) = bytes.split_first()?;
+            bytes = rest;
+            Some((sign == b'-', read_number(&mut bytes)?))
+        })
     }
 
     /// The text (ASCII by construction).
@@ -193,7 +215,7 @@ mod tests {
 
     #[test]
     fn texts_decode_to_the_json_serde_writes() {
-        let mut text = CompactText::new(prefix_id("compact::tests::f:"));
+        let mut text = CompactText::new(prefix_id("compact::tests::f:").id);
         for (negative, magnitude) in [(false, 7), (true, 1u128 << 63), (false, 0)] {
             assert!(text.push_int(negative, magnitude));
         }
@@ -204,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_text_never_grows_past_its_bound() {
-        let mut text = CompactText::new(prefix_id("compact::tests::h:"));
+        let mut text = CompactText::new(prefix_id("compact::tests::h:").id);
         assert!(text.push_int(false, u128::from(u64::MAX))); // 12 bytes
         assert!(!text.push_int(false, u128::from(u64::MAX)), "past 24 bytes");
     }
@@ -213,7 +235,7 @@ mod tests {
     fn texts_this_process_did_not_write_do_not_decode() {
         assert_eq!(decode("app::f:\0[1]"), None);
         assert_eq!(decode("\0\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{3f}"), None);
-        let mut text = CompactText::new(prefix_id("compact::tests::g:"));
+        let mut text = CompactText::new(prefix_id("compact::tests::g:").id);
         assert!(text.push_byte(b'*'));
         assert_eq!(
             decode(text.as_str()),

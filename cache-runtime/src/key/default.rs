@@ -69,18 +69,19 @@ pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
     fn_prefix(parent, function)
 }
 
-/// Whether the parent of a default key's head (`"{parent}::{function}:"`) may be an impl with
-/// parameters, which the type name does not tell apart: `Store<_>` for `impl<T> Store<T>`, but
-/// also `Buf<N>` for `impl<const N: usize> Buf<N>`, `Pair<u8, _>`, `Wrap<(_, u8)>`, `Foo<&_>`.
-/// Any generic argument list in the parent counts (so a non-generic `impl Foo<u8>` does too, and
-/// runs uncached without `#[cached_impl]`); a qualified path's opening `<` and `<impl ..>` do not.
+/// Whether the parent of a default key's head (`"{parent}::{function}:"`) is an impl with
+/// parameters, which the type name does not tell apart: a type parameter prints as `_`
+/// (`Store<_>`, `Pair<u8, _>`, `Wrap<(_, u8)>`, `Foo<&_>`) and a const parameter as its bare name
+/// (`Buf<N>`). Concrete arguments print as paths (`app::User`), primitives (`u8`) or values
+/// (`Buf<4>`), so a non-generic `impl Foo<u8>` is not generic.
 ///
 /// ```
 /// use cache_runtime::__private::generic_parent;
 /// assert!(generic_parent("app::Store<_>::size:", "size"));
 /// assert!(generic_parent("app::Buf<N>::cap:", "cap"));
 /// assert!(!generic_parent("app::Store::size:", "size"));
-/// assert!(!generic_parent("<app::Store as app::Sized>::size:", "size"));
+/// assert!(!generic_parent("app::Foo<u8>::make:", "make"));
+/// assert!(!generic_parent("<app::Bar as app::Tr<app::User>>::m:", "m"));
 /// ```
 #[doc(hidden)]
 pub fn generic_parent(prefix: &str, function: &str) -> bool {
@@ -88,9 +89,40 @@ pub fn generic_parent(prefix: &str, function: &str) -> bool {
     let Some(parent) = prefix.get(..parent_len) else {
         return true;
     };
-    parent
-        .match_indices('<')
-        .any(|(at, _)| at > 0 && !parent[at + 1..].starts_with("impl "))
+    // Words inside angle brackets only: the path around them is the module's and the type's.
+    let mut depth = 0usize;
+    let mut word_at = 0;
+    for (at, c) in parent.char_indices().chain([(parent.len(), ' ')]) {
+        if !"<>,()[];&* ".contains(c) {
+            continue;
+        }
+        if depth > 0 && is_parameter(&parent[word_at..at]) {
+            return true;
+        }
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        word_at = at + c.len_utf8();
+    }
+    false
+}
+
+/// Whether a word of a printed type name stands for a parameter: `_` (a type parameter) or a
+/// bare identifier that is no primitive type nor keyword (a const parameter's name; types print
+/// with their path).
+fn is_parameter(word: &str) -> bool {
+    const NOT_PARAMETERS: [&str; 23] = [
+        "bool", "char", "str", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
+        "i64", "i128", "isize", "f32", "f64", "as", "impl", "dyn", "mut", "const", "fn",
+    ];
+    let identifier = word
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && word.chars().all(|c| c.is_alphanumeric() || c == '_');
+    identifier && !NOT_PARAMETERS.contains(&word)
 }
 
 /// `"{parent}::{function}:"`, the head of a default key.
@@ -190,7 +222,10 @@ pub(super) const CALL_OPENING: &str = "\0[";
 pub(super) fn push_call_key(call: &str, key: &mut KeyBuf) {
     if call.starts_with(super::compact::COMPACT_MARK) {
         // A compact call text (see `compact.rs`); this process wrote it, so it decodes.
-        let (prefix, json) = super::compact::decode(call).unwrap_or_default();
+        let Some((prefix, json)) = super::compact::decode(call) else {
+            key.mark_unkeyable();
+            return;
+        };
         key.push_str(prefix);
         return match json.len() <= SHORT_ARGS {
             true => push_short_digest(json.as_bytes(), key),
@@ -345,5 +380,45 @@ fn push_short_digest(json: &[u8], key: &mut KeyBuf) {
     });
     if remembered.is_err() {
         key.push_str(&compute());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generic_parent;
+
+    /// What rustc 1.95 prints for the marker of an associated fn in each kind of impl.
+    #[test]
+    fn generic_parents_are_told_from_concrete_ones() {
+        let generic = [
+            "app::Store<_>",
+            "app::Buf<N>",
+            "app::Pair<u8, _>",
+            "app::Wrap<(_, u8)>",
+            "app::Wrap<[_; 2]>",
+            "app::Foo<&_>",
+            "<app::Bar as app::Tr<_>>",
+            "app::other::<impl app::Foo<_>>",
+        ];
+        let concrete = [
+            "app",
+            "app::Store",
+            "app::Foo<u8>",
+            "app::Buf<4>",
+            "app::Foo<app::User>",
+            "<app::Bar as app::Tr<u8>>",
+            "<app::Bar as app::Tr>",
+            "app::other::<impl app::Foo<u16>>",
+            "app::Wrap<(u8, bool)>",
+            "app::Wrap<[u8; 2]>",
+            "app::Foo<&str>",
+            "app::Foo<dyn app::Tr>",
+        ];
+        for parent in generic {
+            assert!(generic_parent(&format!("{parent}::f:"), "f"), "{parent}");
+        }
+        for parent in concrete {
+            assert!(!generic_parent(&format!("{parent}::f:"), "f"), "{parent}");
+        }
     }
 }

@@ -42,7 +42,7 @@ mod hash;
 
 pub use buf::KeyBuf;
 pub use call::{CallKeyBuilder, IntegerProbe, ViaInteger, ViaKeyArg};
-pub use compact::prefix_id;
+pub use compact::{prefix_id, CallPrefix};
 pub(crate) use default::fn_prefix;
 pub use default::{default_key, generic_parent, marker_prefix, DefaultKey, KeyArg};
 pub use escape::{
