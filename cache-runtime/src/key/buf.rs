@@ -2,8 +2,10 @@
 
 use super::UNKEYABLE;
 
-/// Longest key kept on the stack while it is built; longer keys move to the heap.
-const INLINE_KEY: usize = 128;
+/// Longest key kept on the stack while it is built; longer keys move to the heap. 112 keeps the
+/// whole `KeyBuf` within 128 bytes, which the compiler moves inline instead of calling `memcpy`
+/// (a hit moves its key a few times: 665 -> 636 instructions per memory hit with 128).
+const INLINE_KEY: usize = 112;
 
 /// A key (or group name) under construction: on the stack while it is short, which is most keys,
 /// so that building the key of a cache hit allocates nothing.
@@ -37,6 +39,9 @@ impl Default for KeyText {
         Self::Inline(arrayvec::ArrayString::new())
     }
 }
+
+// Moved inline by the compiler (see `INLINE_KEY`).
+const _: () = assert!(size_of::<KeyBuf>() <= 128);
 
 impl KeyBuf {
     /// An empty key.
