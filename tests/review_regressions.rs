@@ -71,6 +71,15 @@ impl<T: 'static> NamedStatic<T> {
     }
 }
 
+pub struct FnOut<F>(PhantomData<F>);
+
+impl<T: 'static> FnOut<fn() -> T> {
+    #[cached(ttl = 60)]
+    async fn size() -> usize {
+        std::mem::size_of::<T>()
+    }
+}
+
 pub struct Concrete<T>(PhantomData<T>);
 
 static CONCRETE_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -123,6 +132,13 @@ async fn instantiations_of_a_generic_impl_never_share_an_entry() {
     assert_eq!(Buf::<2>::cap().await, 2, "a const parameter");
     assert_eq!(Pair::<u8, u8>::size().await, 1);
     assert_eq!(Pair::<u8, u64>::size().await, 8, "a partly generic impl");
+    // A parameter after an arrow (`FnOut<fn() -> _>`).
+    assert_eq!(FnOut::<fn() -> u8>::size().await, 1);
+    assert_eq!(
+        FnOut::<fn() -> u64>::size().await,
+        8,
+        "a parameter after `->`"
+    );
     // A non-generic impl of a generic type is cached (`Concrete<u8>` names one instantiation).
     assert_eq!(Concrete::<u8>::make(1).await, 1);
     assert_eq!(Concrete::<u8>::make(1).await, 1);

@@ -140,7 +140,7 @@ impl KeyBuf {
             Some(call) => super::default::push_call_key(call, &mut key),
             None => key.push_str(self.text()),
         }
-        key.unkeyable = self.unkeyable;
+        key.unkeyable |= self.unkeyable;
         key
     }
 

@@ -71,9 +71,13 @@ pub fn marker_prefix(marker: &str, generated: &str, function: &str) -> String {
 
 /// Whether the parent of a default key's head (`"{parent}::{function}:"`) is an impl with
 /// parameters, which the type name does not tell apart: a type parameter prints as `_`
-/// (`Store<_>`, `Pair<u8, _>`, `Wrap<(_, u8)>`, `Foo<&_>`) and a const parameter as its bare name
-/// (`Buf<N>`). Concrete arguments print as paths (`app::User`), primitives (`u8`) or values
-/// (`Buf<4>`), so a non-generic `impl Foo<u8>` is not generic.
+/// (`Store<_>`, `Pair<u8, _>`, `Wrap<(_, u8)>`, `Foo<fn() -> _>`) and a const parameter as its
+/// bare name (`Buf<N>`). Every word from the first `<` on is read; only what is certainly
+/// concrete passes: paths (`app::User`), primitives (`u8`), literals (`4`, `-1`, `'x'`, `true`),
+/// lifetimes, operators (`->`, `+`) and the keywords of type syntax where they are used as such
+/// (`fn(`, `dyn `, `impl `, `as `, `mut `, `const `). Anything else counts as a parameter, so an
+/// unusual name costs caching, never a shared entry. (A const parameter named like a primitive,
+/// `impl<const u8: usize>`, prints like the type and is not seen.)
 ///
 /// ```
 /// use cache_runtime::__private::generic_parent;
@@ -89,40 +93,49 @@ pub fn generic_parent(prefix: &str, function: &str) -> bool {
     let Some(parent) = prefix.get(..parent_len) else {
         return true;
     };
-    // Words inside angle brackets only: the path around them is the module's and the type's.
-    let mut depth = 0usize;
-    let mut word_at = 0;
-    for (at, c) in parent.char_indices().chain([(parent.len(), ' ')]) {
+    // The path before the first `<` is the module's and the type's.
+    let Some(open) = parent.find('<') else {
+        return false;
+    };
+    let start = open + 1;
+    let mut word_at = start;
+    let ends = parent[start..]
+        .char_indices()
+        .map(move |(at, c)| (start + at, c))
+        .chain([(parent.len(), ' ')]);
+    for (at, c) in ends {
         if !"<>,()[];&* ".contains(c) {
             continue;
         }
-        if depth > 0 && is_parameter(&parent[word_at..at]) {
+        if may_be_parameter(&parent[word_at..at], c) {
             return true;
-        }
-        match c {
-            '<' => depth += 1,
-            '>' => depth = depth.saturating_sub(1),
-            _ => {}
         }
         word_at = at + c.len_utf8();
     }
     false
 }
 
-/// Whether a word of a printed type name stands for a parameter: `_` (a type parameter) or a
-/// bare identifier that is no primitive type nor keyword (a const parameter's name; types print
-/// with their path).
-fn is_parameter(word: &str) -> bool {
-    const NOT_PARAMETERS: [&str; 23] = [
+/// Whether a word of a printed type name (followed by `next`) may stand for a parameter.
+fn may_be_parameter(word: &str, next: char) -> bool {
+    const PRIMITIVES: [&str; 19] = [
         "bool", "char", "str", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32",
-        "i64", "i128", "isize", "f32", "f64", "as", "impl", "dyn", "mut", "const", "fn",
+        "i64", "i128", "isize", "f32", "f64", "true", "false",
     ];
-    let identifier = word
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
-        && word.chars().all(|c| c.is_alphanumeric() || c == '_');
-    identifier && !NOT_PARAMETERS.contains(&word)
+    let Some(first) = word.chars().next() else {
+        return false;
+    };
+    let literal = first.is_ascii_digit()
+        || matches!(first, '\'' | '"')
+        || (first == '-' && word[1..].starts_with(|c: char| c.is_ascii_digit()));
+    let operator = word.chars().all(|c| !c.is_alphanumeric() && c != '_');
+    if word.contains("::") || literal || operator || PRIMITIVES.contains(&word) {
+        return false;
+    }
+    match word {
+        "fn" => next != '(',
+        "dyn" | "impl" | "as" | "mut" | "const" | "unsafe" | "extern" => next != ' ',
+        _ => true,
+    }
 }
 
 /// `"{parent}::{function}:"`, the head of a default key.
@@ -391,6 +404,15 @@ mod tests {
     #[test]
     fn generic_parents_are_told_from_concrete_ones() {
         let generic = [
+            "main::Foo<fn() -> _>",
+            "main::Foo<(fn(u8) -> u8, _)>",
+            "main::Q<alloc::boxed::Box<dyn core::ops::function::Fn() -> u8>, _>",
+            "<fn() -> _ as main::Tr>",
+            "main::P<'>', _>",
+            "main::Buf<X\u{301}>",
+            "main::B3<N\u{203f}M>",
+            "main::B2<fn>",
+            "main::B<dyn>",
             "app::Store<_>",
             "app::Buf<N>",
             "app::Pair<u8, _>",
@@ -413,6 +435,14 @@ mod tests {
             "app::Wrap<[u8; 2]>",
             "app::Foo<&str>",
             "app::Foo<dyn app::Tr>",
+            "app::Foo<dyn app::Tr + core::marker::Send>",
+            "app::Foo<fn(u8) -> u8>",
+            "app::Foo<extern \"C\" fn(u8)>",
+            "app::Foo<*const u8>",
+            "app::C<'x'>",
+            "app::B<-1>",
+            "app::Flag<true>",
+            "app::Foo<&'static str>",
         ];
         for parent in generic {
             assert!(generic_parent(&format!("{parent}::f:"), "f"), "{parent}");
