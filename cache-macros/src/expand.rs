@@ -1346,18 +1346,14 @@ fn key_expr(
                 // No receiver and no `#[cached_impl]`: as below, a generic parent (told by the
                 // marker) would let its instantiations share one entry; such calls run uncached.
                 let __cache_generic = local("__cache_generic");
-                let generated = generated.to_string();
+                let marker_prefix = marker_prefix(generated, function_name);
                 extra = quote!(.refuse_if(#__cache_generic));
                 prefix = quote! {
                     fn __cache_marker() {}
                     static __CACHE_GENERIC: ::std::sync::OnceLock<bool> =
                         ::std::sync::OnceLock::new();
                     let #__cache_generic: bool = *__CACHE_GENERIC.get_or_init(|| {
-                        let prefix = #rt::__private::marker_prefix(
-                            ::std::any::type_name_of_val(&__cache_marker),
-                            #generated,
-                            #function_name,
-                        );
+                        let prefix = #marker_prefix;
                         #rt::__private::generic_parent(&prefix, #function_name)
                     });
                 };
@@ -1381,7 +1377,7 @@ fn key_expr(
             if impl_types.is_empty() && impl_consts.is_empty() {
                 extra = quote!(.refuse_if(#__cache_generic));
             }
-            let generated = generated.to_string();
+            let marker_prefix = marker_prefix(generated, function_name);
             (
                 quote! {
                     fn __cache_marker() {}
@@ -1389,11 +1385,7 @@ fn key_expr(
                         ::std::sync::OnceLock::new();
                     let (#__cache_prefix, #__cache_generic): (&str, bool) = {
                         let (prefix, generic) = __CACHE_PREFIX.get_or_init(|| {
-                            let prefix = #rt::__private::marker_prefix(
-                                ::std::any::type_name_of_val(&__cache_marker),
-                                #generated,
-                                #function_name,
-                            );
+                            let prefix = #marker_prefix;
                             let generic = #rt::__private::generic_parent(&prefix, #function_name);
                             (prefix, generic)
                         });
@@ -1477,6 +1469,20 @@ fn key_expr(
         #(#steps)*
         #__cache_k.finish()
     }}
+}
+
+/// The head of a default key from the type name of the `__cache_marker` fn the generated code
+/// nests in the fn (see the runtime's `marker_prefix`).
+fn marker_prefix(generated: &syn::Ident, function_name: &str) -> TokenStream {
+    let rt = runtime();
+    let generated = generated.to_string();
+    quote! {
+        #rt::__private::marker_prefix(
+            ::std::any::type_name_of_val(&__cache_marker),
+            #generated,
+            #function_name,
+        )
+    }
 }
 
 /// How a default key's head is given: whole (`"{parent}::{function}:"`), or as module and name.

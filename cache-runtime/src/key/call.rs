@@ -103,15 +103,7 @@ impl CallKeyBuilder {
         self.key = KeyBuf::new();
         self.key.push_str(prefix);
         self.open();
-        for (at, (negative, magnitude)) in text.ints().enumerate() {
-            if at > 0 {
-                self.push_json(",");
-            }
-            if negative {
-                self.push_json("-");
-            }
-            self.push_json(itoa::Buffer::new().format(magnitude));
-        }
+        text.write_elements(|json| self.push_json(json));
     }
 
     /// Ends the prefix: the separator and the list's opening bracket, in one go.

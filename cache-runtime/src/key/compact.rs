@@ -127,15 +127,10 @@ impl CompactText {
         }
     }
 
-    /// The integer arguments written so far, as sign and magnitude.
-    pub(super) fn ints(&self) -> impl Iterator<Item = (bool, u128)> + '_ {
-        let mut bytes = &self.bytes[1..self.len];
-        let _id = read_number(&mut bytes);
-        std::iter::from_fn(move || {
-            let (&sign, rest) = bytes.split_first()?;
-            bytes = rest;
-            Some((sign == b'-', read_number(&mut bytes)?))
-        })
+    /// Writes the integer arguments so far as the elements of serde's JSON list (no brackets),
+    /// through `push`.
+    pub(super) fn write_elements(&self, push: impl FnMut(&str)) {
+        let _ = write_elements(&self.bytes[1..self.len], push);
     }
 
     /// The text (ASCII by construction).
@@ -164,28 +159,36 @@ fn read_number(bytes: &mut &[u8]) -> Option<u128> {
     None
 }
 
-/// The prefix and the JSON argument list a compact call text stands for (`None` if `call` is
-/// not one this process wrote).
-pub(super) fn decode(call: &str) -> Option<(&'static str, String)> {
-    let mut bytes = call.strip_prefix(COMPACT_MARK)?.as_bytes();
+/// Reads a compact call text after its mark: returns the prefix's id, and writes the integers as
+/// the elements of serde's JSON list (commas, signs, digits; no brackets) through `push`. `None`
+/// when the text is malformed.
+fn write_elements(mut bytes: &[u8], mut push: impl FnMut(&str)) -> Option<u32> {
     let id = u32::try_from(read_number(&mut bytes)?).ok()?;
-    let prefix = prefix_of(id)?;
-    let mut json = String::from("[");
+    let mut first = true;
     while let Some((&sign, rest)) = bytes.split_first() {
         bytes = rest;
         let magnitude = read_number(&mut bytes)?;
-        if json.len() > 1 {
-            json.push(',');
+        if !std::mem::take(&mut first) {
+            push(",");
         }
         match sign {
             b'+' => {}
-            b'-' => json.push('-'),
+            b'-' => push("-"),
             _ => return None,
         }
-        json.push_str(itoa::Buffer::new().format(magnitude));
+        push(itoa::Buffer::new().format(magnitude));
     }
+    Some(id)
+}
+
+/// The prefix and the JSON argument list a compact call text stands for (`None` if `call` is
+/// not one this process wrote).
+pub(super) fn decode(call: &str) -> Option<(&'static str, String)> {
+    let bytes = call.strip_prefix(COMPACT_MARK)?.as_bytes();
+    let mut json = String::from("[");
+    let id = write_elements(bytes, |part| json.push_str(part))?;
     json.push(']');
-    Some((prefix, json))
+    Some((prefix_of(id)?, json))
 }
 
 #[cfg(test)]
